@@ -1,0 +1,229 @@
+"""The SPA layer against a plain re-computation of the paper's Eq. 3-7 and Alg. 1 (SPEC section 1)."""
+import math
+
+import pytest
+import torch
+
+from timm_spa.layers import SalientPositionsAttention, resolve_num_positions, select_salient_positions
+
+
+def reference_spa(x, theta_w, theta_b, g_w, g_b, proj_w, bn, k, scale):
+    """Eq. 3-7 and Alg. 1 written out with einsum and explicit loops, one image at a time.
+
+    The top-k step ranks positions with Python's sorted() over per-position sums of squares,
+    so nothing here shares code with the module under test. `bn` is (weight, bias, mean, var, eps)
+    of the last BatchNorm in eval mode.
+    """
+    B, C, H, W = x.shape
+    n = H * W
+    outputs = []
+    for b in range(B):
+        xb = x[b].reshape(C, n)
+        q = torch.einsum('oc,cn->on', theta_w, xb) + theta_b[:, None]      # Eq. 3, C' x n
+        v = torch.einsum('oc,cn->on', g_w, xb) + g_b[:, None]              # Eq. 4, C' x n
+        saliency = [sum(float(q[c, j].detach()) ** 2 for c in range(q.shape[0])) for j in range(n)]  # Alg. 1, 1-2
+        idx = sorted(range(n), key=lambda j: -saliency[j])[:min(k, n)]     # Alg. 1, 3
+        keys = torch.stack([q[:, j] for j in idx], dim=1)                  # Eq. 5, C' x k
+        logits = torch.einsum('ck,dk->cd', keys, keys) * scale
+        e = torch.exp(logits - logits.max(dim=1, keepdim=True).values)
+        attn = e / e.sum(dim=1, keepdim=True)                              # Eq. 6, row softmax
+        y = torch.einsum('cd,dn->cn', attn, v)                              # Eq. 7
+        z = torch.einsum('oc,cn->on', proj_w, y)
+        weight, bias, mean, var, eps = bn
+        z = (z - mean[:, None]) / torch.sqrt(var[:, None] + eps) * weight[:, None] + bias[:, None]
+        outputs.append(xb + z)
+    return torch.stack(outputs).reshape(B, C, H, W)
+
+
+def _randomize_norm(block):
+    with torch.no_grad():
+        block.norm.weight.uniform_(0.5, 1.5)
+        block.norm.bias.uniform_(-0.5, 0.5)
+        block.norm.running_mean.uniform_(-0.5, 0.5)
+        block.norm.running_var.uniform_(0.5, 2.0)
+
+
+def _reference_for(block, x, scale):
+    rd = block.rd_channels
+    w = block.qv.weight[:, :, 0, 0]
+    norm = block.norm
+    return reference_spa(
+        x, w[:rd], block.qv.bias[:rd], w[rd:], block.qv.bias[rd:], block.proj.weight[:, :, 0, 0],
+        (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps), block.k, scale)
+
+
+@pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
+@pytest.mark.parametrize('k,rd_ratio,shape', [(2, 1.0, (2, 8, 5, 6)), (7, 0.5, (3, 12, 4, 4)), (1, 1.0, (1, 4, 3, 7))])
+def test_matches_plain_equations(scale, k, rd_ratio, shape):
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(shape[1], k=k, rd_ratio=rd_ratio, scale=scale).double().eval()
+    _randomize_norm(block)
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected_scale = 1.0 if scale == 1.0 else 1.0 / block.rd_channels
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference_for(block, x, expected_scale), rtol=1e-10, atol=1e-10)
+
+
+def test_inverse_channel_scale_changes_output():
+    # guards against a scale option that is accepted but ignored
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 4, 4, dtype=torch.float64)
+    outs = []
+    for scale in (1.0, 'inv_channels'):
+        torch.manual_seed(1)
+        block = SalientPositionsAttention(16, scale=scale).double().eval()
+        _randomize_norm(block)
+        outs.append(block(x))
+    assert not torch.allclose(outs[0], outs[1])
+
+
+def test_selected_indices_are_the_k_largest_squared_norms():
+    torch.manual_seed(0)
+    query = torch.randn(3, 10, 6, 7)
+    keys, indices, saliency = select_salient_positions(query, 5)
+    flat = query.flatten(2)
+    for b in range(3):
+        norms = [float((flat[b, :, j] ** 2).sum()) for j in range(42)]
+        top = sorted(range(42), key=lambda j: -norms[j])[:5]
+        assert sorted(indices[b].tolist()) == sorted(top)
+        assert saliency[b].tolist() == pytest.approx(norms, rel=1e-5)
+        for slot, j in enumerate(indices[b].tolist()):
+            assert torch.equal(keys[b, :, slot], flat[b, :, j])
+    assert saliency.dtype == torch.float32
+
+
+def test_selection_saliency_is_float32_for_half_queries():
+    query = torch.full((1, 4, 2, 2), 300.0, dtype=torch.float16)  # 300^2 * 4 overflows float16
+    query[0, :, 1, 1] = 200.0
+    _, indices, saliency = select_salient_positions(query, 3)
+    assert torch.isfinite(saliency).all()
+    assert 3 not in indices[0].tolist()
+
+
+def test_identity_at_init():
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(32)
+    x = torch.randn(4, 32, 8, 8)
+    block.train()
+    assert torch.equal(block(x), x)
+    block.eval()
+    assert torch.equal(block(x), x)
+
+
+@pytest.mark.parametrize('k', [64, 1000])
+def test_k_at_least_n_uses_all_positions(k):
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(8, k=k).double().eval()
+    _randomize_norm(block)
+    x = torch.randn(2, 8, 4, 4, dtype=torch.float64)  # n = 16 <= k
+    assert block.num_positions(4, 4) == 16
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference_for(block, x, 1.0))
+
+
+def test_k_ratio_is_adaptive():
+    block = SalientPositionsAttention(8, k_ratio=16)
+    assert block.num_positions(32, 32) == 64
+    assert block.num_positions(8, 8) == 4
+    assert block.num_positions(2, 2) == 1  # never zero positions
+    assert resolve_num_positions(100, 2) == 2
+    assert resolve_num_positions(100, 2, k_ratio=3.5) == 28
+    assert resolve_num_positions(1, 5) == 1
+    # the rule used in forward: compare with the reference at the adaptive k
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(8, k_ratio=4.0).double().eval()
+    _randomize_norm(block)
+    x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
+    block.k = 9  # the reference reads block.k; 36 // 4 = 9
+    expected = _reference_for(block, x, 1.0)
+    block.k = 2  # forward must ignore the fixed k when k_ratio is set
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected)
+
+
+def test_gradients_reach_theta_g_and_w_and_match_reference():
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(6, k=3).double().eval()
+    _randomize_norm(block)
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    block(x).pow(2).sum().backward()
+    got = {name: p.grad.clone() for name, p in block.named_parameters()}
+    got_x = x.grad.clone()
+
+    # the reference on leaf copies of the same weights, through autograd
+    rd = block.rd_channels
+    qv_w = block.qv.weight.detach()[:, :, 0, 0].clone().requires_grad_()
+    qv_b = block.qv.bias.detach().clone().requires_grad_()
+    proj_w = block.proj.weight.detach()[:, :, 0, 0].clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    norm = block.norm
+    bn = (norm.weight.detach(), norm.bias.detach(), norm.running_mean, norm.running_var, norm.eps)
+    ref = reference_spa(x2, qv_w[:rd], qv_b[:rd], qv_w[rd:], qv_b[rd:], proj_w, bn, 3, 1.0)
+    ref.pow(2).sum().backward()
+
+    torch.testing.assert_close(got['qv.weight'][:, :, 0, 0], qv_w.grad)
+    torch.testing.assert_close(got['qv.bias'], qv_b.grad)
+    torch.testing.assert_close(got['proj.weight'][:, :, 0, 0], proj_w.grad)
+    torch.testing.assert_close(got_x, x2.grad)
+    for grad in (got['qv.weight'][:rd], got['qv.weight'][rd:], got['proj.weight']):  # theta, g, W
+        assert grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_autocast_gives_finite_outputs_on_large_inputs(dtype):
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(16)
+    _randomize_norm(block)
+    block.train()
+    x = torch.randn(2, 16, 8, 8) * 1e3
+    with torch.autocast('cpu', dtype=dtype):
+        query, _ = block.project(x)
+        keys, _, _ = select_salient_positions(query, 2)
+        attn = block.affinity(keys)
+        out = block(x)
+    assert attn.dtype == torch.float32
+    assert torch.isfinite(attn).all() and torch.isfinite(out).all()
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 16))
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+def test_half_precision_affinity_would_overflow():
+    # why the affinity runs in float32: the same keys in float16 overflow to inf
+    keys = torch.full((1, 4, 2), 300.0)
+    assert not torch.isfinite(torch.bmm(keys.half(), keys.half().transpose(1, 2))).all()
+    assert torch.isfinite(SalientPositionsAttention(4).affinity(keys.half())).all()
+
+
+def test_parameter_layout():
+    block = SalientPositionsAttention(256)
+    # theta and g with bias, W without bias, then BN: the paper's Table 1 count for C' = C
+    assert sum(p.numel() for p in block.parameters()) == 2 * (256 * 256 + 256) + 256 * 256 + 2 * 256
+    assert not hasattr(block, 'phi')
+    assert SalientPositionsAttention(64, rd_ratio=0.5).rd_channels == 32
+    assert SalientPositionsAttention(64, rd_channels=8).rd_channels == 8
+    assert SalientPositionsAttention(64, scale='inv_channels').scale == pytest.approx(1 / 64)
+    assert math.isclose(SalientPositionsAttention(64, scale=0.25).scale, 0.25)
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(k=0), 'k must be an int >= 1'),
+    (dict(k=-3), 'got -3'),
+    (dict(k=2.5), 'k must be an int'),
+    (dict(k_ratio=0), 'k_ratio must be a number > 0'),
+    (dict(k_ratio=-1.0), 'k_ratio'),
+    (dict(rd_ratio=0), 'rd_ratio must be a number > 0'),
+    (dict(scale=0.0), 'scale must be a number > 0'),
+    (dict(scale='sqrt'), "'inv_channels'"),
+])
+def test_bad_arguments_fail_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SalientPositionsAttention(16, **kwargs)
+
+
+def test_bad_input_shapes_name_the_problem():
+    block = SalientPositionsAttention(16)
+    with pytest.raises(ValueError, match=r'in_channels=16 got an input with 8 channels'):
+        block(torch.randn(1, 8, 4, 4))
+    with pytest.raises(ValueError, match=r'expects a 4D input \(B, C, H, W\), got shape \[16, 4, 4\]'):
+        block(torch.randn(16, 4, 4))

@@ -1,0 +1,179 @@
+"""Salient Positions Attention (SPA).
+
+Paper: `Salient Positions based Attention Network for Image Classification` (Fang, Li, Li).
+
+The block projects the input to queries Q = theta(X) and values V = g(X), selects the k positions
+of Q with the largest squared norm (Alg. 1), builds a C' x C' channel affinity from those k
+positions only (Eq. 6) and mixes the value channels with it (Eq. 7). Cost is O(C'^2 k + n C'^2)
+instead of non-local attention's O(n^2 C').
+
+Decisions where the paper is silent are taken in the project's SPEC (section 1): C' = C, no phi,
+logit scale 1.0 by default, zero-initialised last BN (identity at init), float32 affinity under
+autocast, no device handling inside the block.
+"""
+from typing import Optional, Tuple, Type, Union
+
+import torch
+from timm.layers import make_divisible
+from torch import nn
+
+__all__ = ['SalientPositionsAttention', 'select_salient_positions', 'resolve_num_positions']
+
+INV_CHANNELS = 'inv_channels'  # the `scale` value that selects Eq. 6's literal 1 / C'
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resolve_num_positions(num_positions: int, k: int, k_ratio: float = 0.) -> int:
+    """Number of salient positions used for `num_positions` input positions.
+
+    `k_ratio > 0` selects the adaptive rule k = max(1, n // k_ratio); otherwise the fixed `k`.
+    Never more than the positions that exist, so small inputs and late stages never fail.
+    """
+    if k_ratio > 0:
+        k = max(1, int(num_positions // k_ratio))
+    return min(k, num_positions)
+
+
+def select_salient_positions(query: torch.Tensor, k: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Salient Positions Selection (Alg. 1).
+
+    Args:
+        query: queries of shape (B, C, N) or (B, C, H, W).
+        k: number of positions to keep; clipped to N.
+
+    Returns:
+        keys: (B, C, k) queries at the selected positions (Eq. 5), differentiable w.r.t. `query`.
+        indices: (B, k) flat positions (row-major over H, W), in no particular order.
+        saliency: (B, N) float32 squared norm of every position (Alg. 1, steps 1-2).
+    """
+    query = query.flatten(2)
+    # float32: the squares of float16 activations overflow from magnitude ~256 on
+    saliency = (query.float() if query.dtype == torch.float16 or query.dtype == torch.bfloat16 else query)
+    saliency = saliency.pow(2).sum(dim=1)
+    k = min(k, saliency.shape[-1])
+    # indices are constants for autograd: gradients reach Q through the gathered values only
+    indices = saliency.topk(k, dim=-1, sorted=False).indices
+    keys = query.gather(2, indices.unsqueeze(1).expand(-1, query.shape[1], -1))
+    return keys, indices, saliency
+
+
+def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(K K^T * scale) in float32 at least (float64 stays float64)."""
+    if keys.dtype == torch.float16 or keys.dtype == torch.bfloat16:
+        keys = keys.float()
+    return torch.bmm(keys, keys.transpose(1, 2)).mul(scale).softmax(dim=-1)
+
+
+class SalientPositionsAttention(nn.Module):
+    """SPA block: Z = X + BN(W(softmax(K K^T * scale) V)).
+
+    Args:
+        in_channels: channels C of the input.
+        k: salient positions per image (paper default 2); clipped to H * W.
+        k_ratio: if given, k = max(1, H * W // k_ratio) instead (the paper's adaptive variant).
+        rd_ratio: inner width C' = rd_ratio * C (1.0 reproduces the paper's parameter counts).
+        rd_channels: inner width C' given directly; overrides `rd_ratio`.
+        rd_divisor: C' is rounded to a multiple of this.
+        scale: affinity logit scale; a float (1.0 as in the authors' code) or 'inv_channels' for 1 / C'.
+        norm_layer: normalisation after the output projection; its weight starts at zero.
+    """
+
+    def __init__(
+            self,
+            in_channels: int,
+            k: int = 2,
+            k_ratio: Optional[float] = None,
+            rd_ratio: float = 1.0,
+            rd_channels: Optional[int] = None,
+            rd_divisor: int = 1,
+            scale: Union[float, str] = 1.0,
+            norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        if not _is_int(in_channels) or in_channels < 1:
+            raise ValueError(f'in_channels must be a positive int, got {in_channels!r}.')
+        if not _is_int(k) or k < 1:
+            raise ValueError(f'k must be an int >= 1 (number of salient positions), got {k!r}.')
+        if k_ratio is not None and not (isinstance(k_ratio, (int, float)) and k_ratio > 0):
+            raise ValueError(f'k_ratio must be a number > 0 (k = max(1, H*W // k_ratio)) or None, got {k_ratio!r}.')
+        if rd_channels is None:
+            if not (isinstance(rd_ratio, (int, float)) and rd_ratio > 0):
+                raise ValueError(f'rd_ratio must be a number > 0, got {rd_ratio!r}.')
+            rd_channels = make_divisible(in_channels * rd_ratio, divisor=rd_divisor, round_limit=0.)
+        if not _is_int(rd_channels) or rd_channels < 1:
+            raise ValueError(f'rd_channels must be a positive int, got {rd_channels!r}.')
+        if scale == INV_CHANNELS:
+            scale = 1.0 / rd_channels
+        elif isinstance(scale, str) or not (isinstance(scale, (int, float)) and scale > 0):
+            raise ValueError(f"scale must be a number > 0 or '{INV_CHANNELS}' (Eq. 6's 1/C'), got {scale!r}.")
+
+        self.in_channels = in_channels
+        self.rd_channels = rd_channels
+        self.k = k
+        self.k_ratio = float(k_ratio or 0.)  # 0 = fixed k; a float attribute keeps TorchScript happy
+        self.scale = float(scale)
+        # theta (Eq. 3) and g (Eq. 4) as one conv: output channels [0, C') are Q, [C', 2C') are V
+        self.qv = nn.Conv2d(in_channels, 2 * rd_channels, kernel_size=1, bias=True, **dd)
+        self.proj = nn.Conv2d(rd_channels, in_channels, kernel_size=1, bias=False, **dd)
+        self.norm = norm_layer(in_channels, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # theta and g each initialised as its own C -> C' conv, the same as two separate layers
+        for weight in self.qv.weight.chunk(2, dim=0) + (self.proj.weight,):
+            nn.init.kaiming_normal_(weight, mode='fan_out', nonlinearity='relu')
+        nn.init.zeros_(self.qv.bias)
+        # zero last BN weight: the block starts as the identity, so it can join a trained backbone
+        nn.init.zeros_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+
+    def extra_repr(self) -> str:
+        k = f'k_ratio={self.k_ratio}' if self.k_ratio > 0 else f'k={self.k}'
+        return f'{self.in_channels}, rd_channels={self.rd_channels}, {k}, scale={self.scale:g}'
+
+    def num_positions(self, height: int, width: int) -> int:
+        """Salient positions selected for an input of this spatial size."""
+        return resolve_num_positions(height * width, self.k, self.k_ratio)
+
+    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Q = theta(X) and V = g(X) (Eq. 3, 4) as (B, C', N), from one fused 1x1 convolution."""
+        query, value = self.qv(x).flatten(2).split(self.rd_channels, dim=1)
+        return query, value
+
+    def affinity(self, keys: torch.Tensor) -> torch.Tensor:
+        """A = softmax(K K^T * scale) (Eq. 6), (B, C', C') in float32, autocast or not."""
+        if torch.jit.is_scripting():
+            return _float32_affinity(keys, self.scale)  # TorchScript has no autocast
+        return self._affinity_outside_autocast(keys)
+
+    @torch.jit.unused
+    def _affinity_outside_autocast(self, keys: torch.Tensor) -> torch.Tensor:
+        # K K^T of float16 keys overflows easily; autocast would run the bmm in low precision
+        if torch.is_autocast_enabled(keys.device.type):
+            with torch.autocast(device_type=keys.device.type, enabled=False):
+                return _float32_affinity(keys, self.scale)
+        return _float32_affinity(keys, self.scale)
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4:
+            raise ValueError(
+                'SalientPositionsAttention expects a 4D input (B, C, H, W), got shape {}.'.format(list(x.shape)))
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                'SalientPositionsAttention built for in_channels={} got an input with {} channels (shape {}).'.format(
+                    self.in_channels, x.shape[1], list(x.shape)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        B, _, H, W = x.shape
+        query, value = self.project(x)
+        keys, _, _ = select_salient_positions(query, self.num_positions(H, W))
+        attn = self.affinity(keys)
+        out = torch.bmm(attn.to(value.dtype), value).reshape(B, self.rd_channels, H, W)  # Eq. 7
+        return x + self.norm(self.proj(out))
