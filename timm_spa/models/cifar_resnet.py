@@ -17,7 +17,7 @@ from torch import nn
 from ..layers import SalientPositionsAttention
 from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, is_published
 
-__all__ = ['CifarResNet', 'CifarStemConv', 'STAGE_ATTN_LAYERS', 'PRETRAINED_TAGS']
+__all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
 
 # stage-level attention: class and the defaults that give the paper's Table 1 models
 STAGE_ATTN_LAYERS: Dict[str, Tuple[Type[nn.Module], Dict[str, Any]]] = {
@@ -135,14 +135,14 @@ def _cfg(name: str, tag: str, **kwargs) -> Dict[str, Any]:
     }
 
 
-_MODEL_NAMES = (
+MODEL_NAMES = (
     'resnet18_cifar', 'resnet50_cifar', 'resnet18_se', 'resnet50_se', 'resnet18_gc', 'resnet50_gc',
     'resnet18_nl', 'resnet50_nl', 'resnet18_spa', 'resnet50_spa',
 )
 default_cfgs = generate_default_cfgs({
     # the cifar10 tag stays the default ('*') whichever tags have weights: num_classes=10 unless asked
     f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag)
-    for name in _MODEL_NAMES for tag in PRETRAINED_TAGS
+    for name in MODEL_NAMES for tag in PRETRAINED_TAGS
 })
 
 _RESNET18 = dict(block=BasicBlock, layers=(2, 2, 2, 2))

@@ -1,0 +1,213 @@
+"""The registered model family: names, parameter counts, attention placement, configs, bad input."""
+import pytest
+import timm
+import torch
+from timm.layers import GlobalContext, NonLocalAttn, SEModule
+from timm.models import save_for_hf
+
+import timm_spa
+from timm_spa.layers import SalientPositionsAttention
+from timm_spa.models import HF_HUB_ORG, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
+
+# SPEC section 2, "ours (exact)", num_classes=10
+PARAM_COUNTS = {
+    'resnet18_cifar': 11_173_962,
+    'resnet50_cifar': 23_520_842,
+    'resnet18_nl': 11_306_186,
+    'resnet50_nl': 25_622_602,
+    'resnet18_gc': 11_190_955,
+    'resnet50_gc': 23_785_419,
+    'resnet18_spa': 11_371_594,
+    'resnet50_spa': 26_670_666,
+    'resnet18_se': 11_264_074,
+    'resnet50_se': 26_051_834,
+}
+ATTN_TYPES = {'spa': SalientPositionsAttention, 'nl': NonLocalAttn, 'gc': GlobalContext}
+
+
+def _count(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_registry_lists_our_models():
+    assert timm.list_models('*_spa') == ['resnet18_spa', 'resnet50_spa']
+    for name in PARAM_COUNTS:
+        assert timm.is_model(name)
+    assert set(timm.list_models(module='cifar_resnet')) == set(PARAM_COUNTS)
+
+
+@pytest.mark.parametrize('name', sorted(PARAM_COUNTS))
+def test_parameter_count_matches_spec(name):
+    model = timm.create_model(name, num_classes=10)
+    assert _count(model) == PARAM_COUNTS[name]
+
+
+def test_parameter_table_agrees_with_exact_counts_and_paper():
+    from timm_spa.param_table import parameter_rows
+    rows = {row['model']: row for row in parameter_rows()}
+    assert set(rows) == set(PARAM_COUNTS)
+    for name, count in PARAM_COUNTS.items():
+        assert rows[name]['params'] == count
+        if not name.endswith('_se'):  # the paper's SE rows also count its reference convs' biases
+            assert abs(count / 1e6 - rows[name]['paper_params_m']) <= 0.001
+
+
+@pytest.mark.parametrize('name,attn', [('resnet18_spa', 'spa'), ('resnet50_nl', 'nl'), ('resnet18_gc', 'gc')])
+def test_default_attention_after_last_block_of_stage3(name, attn):
+    model = timm.create_model(name)
+    for stage in (1, 2, 3, 4):
+        layer = getattr(model, f'layer{stage}')
+        has = any(isinstance(m, ATTN_TYPES[attn]) for m in layer)
+        assert has == (stage == 3)
+    assert isinstance(model.layer3[-1], ATTN_TYPES[attn])
+    assert model.attn_stages == (3,)
+
+
+def test_nl_and_gc_use_the_paper_widths():
+    nl = timm.create_model('resnet18_nl').layer3[-1]
+    assert nl.t.out_channels == 128  # rd 1/2 of 256
+    gc = timm.create_model('resnet18_gc').layer3[-1]
+    assert gc.mlp_add is not None and gc.mlp_scale is None
+    assert gc.mlp_add.fc1.out_channels == 32  # rd 1/8 of 256
+
+
+def test_se_models_put_se_in_every_block():
+    model = timm.create_model('resnet18_se')
+    blocks = [b for s in (1, 2, 3, 4) for b in getattr(model, f'layer{s}')]
+    assert len(blocks) == 8 and all(isinstance(b.se, SEModule) for b in blocks)
+
+
+@pytest.mark.parametrize('stages', [(1,), (2,), (4,), (1, 2), (2, 4), (1, 2, 3, 4)])
+def test_attention_stages_anywhere(stages):
+    model = timm.create_model('resnet18_spa', attn_stages=stages, attn_kwargs=dict(k=8))
+    found = [s for s in (1, 2, 3, 4) if isinstance(getattr(model, f'layer{s}')[-1], SalientPositionsAttention)]
+    assert tuple(found) == stages
+    assert all(getattr(model, f'layer{s}')[-1].k == 8 for s in stages)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_table_cells_through_create_model():
+    model = timm.create_model('resnet50_nl', attn_stages=(1,), attn_kwargs=dict(rd_ratio=1 / 4))
+    assert isinstance(model.layer1[-1], NonLocalAttn) and model.layer1[-1].t.out_channels == 64
+    model = timm.create_model('resnet18_spa', attn_stages=[3, 1], attn_kwargs=dict(k_ratio=16.0, scale='inv_channels'))
+    assert model.attn_stages == (1, 3)
+    assert model.layer1[-1].num_positions(32, 32) == 64
+    assert model.layer3[-1].scale == pytest.approx(1 / 256)
+    # an attention layer can be added to a baseline name, too
+    model = timm.create_model('resnet18_cifar', attn_layer='spa', attn_stages=2)
+    assert isinstance(model.layer2[-1], SalientPositionsAttention)
+
+
+def test_attention_keeps_stock_state_dict_keys():
+    base = set(timm.create_model('resnet18_cifar').state_dict())
+    spa = set(timm.create_model('resnet18_spa').state_dict())
+    assert base <= spa
+    assert {k.rsplit('.', 1)[0] for k in spa - base} == {'layer3.2.qv', 'layer3.2.proj', 'layer3.2.norm'}
+
+
+def test_spa_model_equals_baseline_at_init():
+    # zero-initialised last BN: adding SPA does not change a backbone's outputs at step 0
+    torch.manual_seed(0)
+    base = timm.create_model('resnet18_cifar').eval()
+    spa = timm.create_model('resnet18_spa').eval()
+    spa.load_state_dict(base.state_dict(), strict=False)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(base(x), spa(x))
+
+
+@pytest.mark.parametrize('size', [(32, 32), (64, 64), (24, 24), (32, 48), (20, 36)])
+def test_any_input_size(size):
+    model = timm.create_model('resnet18_spa', attn_stages=(3, 4), attn_kwargs=dict(k=64)).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, *size)).shape == (1, 10)
+        feats = model.forward_features(torch.randn(1, 3, *size))
+    assert feats.shape[-2:] == ((size[0] + 7) // 8, (size[1] + 7) // 8)
+
+
+def test_pretrained_cfgs():
+    for name in PARAM_COUNTS:
+        for tag in PRETRAINED_TAGS:
+            cfg = timm.models.get_pretrained_cfg(f'{name}.{tag}')
+            assert cfg.crop_pct == 1.0 and cfg.first_conv == 'conv1' and cfg.classifier == 'fc'
+            assert cfg.num_classes == {'cifar10': 10, 'cifar100': 100, 'tinyimagenet': 200}[tag]
+            assert cfg.input_size == ((3, 64, 64) if tag == 'tinyimagenet' else (3, 32, 32))
+            assert cfg.pool_size == tuple(s // 8 for s in cfg.input_size[1:])
+            assert cfg.hf_hub_id == (f'{HF_HUB_ORG}/{name}.{tag}' if f'{name}.{tag}' in published_names() else None)
+    assert timm.models.get_pretrained_cfg('resnet18_spa.cifar100').mean == (0.5071, 0.4865, 0.4409)
+    assert timm.models.get_pretrained_cfg('resnet18_spa.cifar10').std == (0.2470, 0.2435, 0.2616)
+    model = timm.create_model('resnet18_spa.tinyimagenet')
+    assert model.num_classes == 200 and model.pretrained_cfg['tag'] == 'tinyimagenet'
+    assert timm.create_model('resnet18_spa').pretrained_cfg['tag'] == 'cifar10'
+
+
+def test_library_claims_only_published_weights():
+    assert set(timm.list_pretrained('resnet*_*')) & {f'{n}.{t}' for n in PARAM_COUNTS for t in PRETRAINED_TAGS} \
+        == set(published_names())
+
+
+def test_unpublished_weights_fail_clearly(monkeypatch):
+    monkeypatch.setattr(timm_spa.models.published, 'published_names', lambda: ['resnet50_nl.cifar100'])
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"'resnet18_spa\.cifar100'.*Published: resnet50_nl"):
+        timm.create_model('resnet18_spa.cifar100', pretrained=True)
+    with pytest.raises(PretrainedWeightsUnavailable, match=r"'resnet18_spa\.cifar10'"):
+        timm.create_model('resnet18_spa', pretrained=True)
+
+
+def test_pretrained_from_own_file(tmp_path):
+    from safetensors.torch import save_file
+    source = timm.create_model('resnet18_gc')
+    save_file(source.state_dict(), tmp_path / 'model.safetensors')
+    model = timm.create_model(
+        'resnet18_gc', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'model.safetensors')))
+    for key, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value)
+
+
+def test_config_json_recreates_the_same_model(tmp_path):
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_spa', num_classes=7, attn_stages=(1, 3), attn_kwargs=dict(k=8)).eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SalientPositionsAttention):
+                m.norm.weight.fill_(1.0)  # attention active, so a wrong rebuild shows in the outputs
+    save_for_hf(model, tmp_path)
+    loaded = timm.create_model(f'local-dir:{tmp_path}', pretrained=True).eval()
+    assert loaded.attn_stages == (1, 3) and loaded.layer1[-1].k == 8 and loaded.num_classes == 7
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+
+
+@pytest.mark.parametrize('kwargs,match', [
+    (dict(attn_stages=()), r'attn_stages must be a non-empty set.*got \(\)'),
+    (dict(attn_stages=(0,)), r'from 1 to 4.*got \(0,\)'),
+    (dict(attn_stages=(5,)), r'got \(5,\)'),
+    (dict(attn_stages=(2, 2)), r'distinct'),
+    (dict(attn_stages='3'), r"got '3'"),
+    (dict(attn_layer='cbam'), r"attn_layer must be one of \['gc', 'nl', 'spa'\] or None; got 'cbam'"),
+    (dict(attn_kwargs=dict(k=0)), r'k must be an int >= 1'),
+    (dict(attn_kwargs=dict(k_ratio=0)), r'k_ratio must be a number > 0'),
+    (dict(attn_kwargs=dict(k_ratio=-2.0)), r'k_ratio'),
+])
+def test_bad_model_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        timm.create_model('resnet18_spa', **kwargs)
+
+
+def test_attention_arguments_need_an_attention_layer():
+    with pytest.raises(ValueError, match='attn_stages and attn_kwargs need an attention layer'):
+        timm.create_model('resnet18_cifar', attn_stages=(1,))
+
+
+def test_unknown_attention_kwarg_is_a_type_error():
+    with pytest.raises(TypeError, match='kk'):
+        timm.create_model('resnet18_spa', attn_kwargs=dict(kk=3))
+
+
+def test_wrong_input_shape_names_the_fix():
+    model = timm.create_model('resnet18_spa')
+    with pytest.raises(ValueError, match=r'\(B, 3, H, W\).*in_chans=3; got shape \[2, 1, 32, 32\].*in_chans='):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=r'got shape \[3, 32, 32\]'):
+        model(torch.randn(3, 32, 32))

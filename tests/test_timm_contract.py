@@ -1,0 +1,136 @@
+"""Every registered model behaves like a first-class timm model.
+
+Cheap checks run on all ten models at 32x32 (batch 2). The expensive ones run on a representative
+subset: `torch.compile` on resnet18_spa only (its first call costs ~40 s on CPU), ONNX export on
+one model per attention type (SPA also at depth 50); the others share the same code paths.
+"""
+import pytest
+import timm
+import torch
+
+from timm_spa.layers import SalientPositionsAttention
+from timm_spa.models import MODEL_NAMES
+
+ONNX_MODELS = ['resnet18_spa', 'resnet50_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet18_cifar']
+
+
+def _active(model):
+    """Give every attention block a non-zero last BN so that it really changes the output."""
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SalientPositionsAttention) or type(m).__name__ == 'NonLocalAttn':
+                m.norm.weight.uniform_(0.5, 1.5)
+            if type(m).__name__ == 'GlobalContext':
+                m.mlp_add.fc2.weight.normal_(0, 0.1)
+    return model
+
+
+def _images(batch=2, chans=3, size=32):
+    return torch.randn(batch, chans, size, size, generator=torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_forward_backward_with_overrides(name):
+    model = timm.create_model(name, num_classes=5, in_chans=1)
+    out = model(_images(chans=1))
+    assert out.shape == (2, 5)
+    out.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_features_and_intermediates(name):
+    model = _active(timm.create_model(name)).eval()
+    x = _images()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert tuple(feats.shape[-2:]) == model.pretrained_cfg['pool_size']
+        final, inter = model.forward_intermediates(x)
+        torch.testing.assert_close(final, feats)
+        assert [t.shape[1] for t in inter] == [info['num_chs'] for info in model.feature_info]
+        assert [32 // t.shape[-1] for t in inter] == [info['reduction'] for info in model.feature_info]
+        only = model.forward_intermediates(x, indices=[2, 4], intermediates_only=True)
+        torch.testing.assert_close(only[1], feats)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True).eval()
+    expected_chs = [64, 64, 128, 256, 512] if '18' in name else [64, 256, 512, 1024, 2048]
+    assert model.feature_info.channels() == expected_chs
+    assert model.feature_info.reduction() == [1, 1, 2, 4, 8]  # stride-1 CIFAR stem
+    with torch.no_grad():
+        outs = model(_images())
+    assert [o.shape[1] for o in outs] == expected_chs
+    assert [32 // o.shape[-1] for o in outs] == [1, 1, 2, 4, 8]
+    subset = timm.create_model(name, features_only=True, out_indices=(3,))
+    assert subset.feature_info.channels() == [expected_chs[3]]
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_reset_classifier_and_unpooled(name):
+    model = timm.create_model(name).eval()
+    x = _images()
+    model.reset_classifier(0)
+    with torch.no_grad():
+        assert model(x).shape == (2, model.num_features)
+    model.reset_classifier(0, global_pool='')
+    with torch.no_grad():
+        assert model(x).shape == (2, model.num_features, 4, 4)
+    model.reset_classifier(3, global_pool='avg')
+    with torch.no_grad():
+        assert model(x).shape == (2, 3)
+    unpooled = timm.create_model(name, num_classes=0, global_pool='').eval()
+    with torch.no_grad():
+        assert unpooled(x).shape == (2, unpooled.num_features, 4, 4)
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_grad_checkpointing_gives_same_output(name):
+    model = _active(timm.create_model(name)).eval()
+    x = _images()
+    expected = model(x)
+    model.set_grad_checkpointing(True)
+    x_ckpt = x.clone().requires_grad_()
+    out = model(x_ckpt)
+    torch.testing.assert_close(out, expected)
+    out.sum().backward()
+    assert x_ckpt.grad is not None and torch.isfinite(x_ckpt.grad).all()
+
+
+@pytest.mark.parametrize('name', MODEL_NAMES)
+def test_torchscript(name):
+    model = _active(timm.create_model(name)).eval()
+    scripted = torch.jit.script(model)
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), model(x))
+        torch.testing.assert_close(scripted(_images(size=24)), model(_images(size=24)))
+
+
+def test_torch_compile_cpu():
+    model = _active(timm.create_model('resnet18_spa', attn_stages=(2, 3))).eval()
+    compiled = torch.compile(model)
+    x = _images()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', ONNX_MODELS)
+def test_onnx_export_matches_pytorch(name, tmp_path):
+    onnxruntime = pytest.importorskip('onnxruntime')
+    model = _active(timm.create_model(name)).eval()
+    x = _images()
+    path = tmp_path / f'{name}.onnx'
+    torch.onnx.export(
+        model, (x,), str(path), input_names=['images'], output_names=['logits'],
+        dynamic_shapes=({0: torch.export.Dim('batch')},), verbose=False)
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    for batch in (2, 3):
+        images = _images(batch=batch)
+        got = session.run(None, {'images': images.numpy()})[0]
+        with torch.no_grad():
+            expected = model(images).numpy()
+        assert abs(got - expected).max() <= 1e-4
