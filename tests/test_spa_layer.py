@@ -52,8 +52,17 @@ def _reference_for(block, x, scale):
         (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps), block.k, scale)
 
 
+# the forward has three evaluation orders: n > C' (W A Wg folded), and n <= C' (Eq. 7 as written)
+# with the fused attention kernel (n <= 64) or a materialised C' x C' softmax
+PATH_SHAPES = [(2, 8, 5, 6), (2, 16, 3, 4), (1, 80, 9, 8)]
+
+
 @pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
-@pytest.mark.parametrize('k,rd_ratio,shape', [(2, 1.0, (2, 8, 5, 6)), (7, 0.5, (3, 12, 4, 4)), (1, 1.0, (1, 4, 3, 7))])
+@pytest.mark.parametrize('k,rd_ratio,shape', [
+    (2, 1.0, (2, 8, 5, 6)), (7, 0.5, (3, 12, 4, 4)), (1, 1.0, (1, 4, 3, 7)),  # n > C'
+    (2, 1.0, (2, 16, 3, 4)), (5, 0.5, (2, 24, 3, 3)), (1, 1.0, (1, 8, 1, 1)),  # n <= C', fused attention
+    (3, 1.0, (1, 96, 9, 9)),  # 64 < n <= C': materialised attention
+])
 def test_matches_plain_equations(scale, k, rd_ratio, shape):
     torch.manual_seed(0)
     block = SalientPositionsAttention(shape[1], k=k, rd_ratio=rd_ratio, scale=scale).double().eval()
@@ -90,6 +99,7 @@ def test_selected_indices_are_the_k_largest_squared_norms():
         for slot, j in enumerate(indices[b].tolist()):
             assert torch.equal(keys[b, :, slot], flat[b, :, j])
     assert saliency.dtype == torch.float32
+    assert not saliency.requires_grad
 
 
 def test_selection_saliency_is_float32_for_half_queries():
@@ -141,11 +151,12 @@ def test_k_ratio_is_adaptive():
         torch.testing.assert_close(block(x), expected)
 
 
-def test_gradients_reach_theta_g_and_w_and_match_reference():
+@pytest.mark.parametrize('shape', PATH_SHAPES)
+def test_gradients_reach_theta_g_and_w_and_match_reference(shape):
     torch.manual_seed(0)
-    block = SalientPositionsAttention(6, k=3).double().eval()
+    block = SalientPositionsAttention(shape[1], k=3).double().eval()
     _randomize_norm(block)
-    x = torch.randn(2, 6, 5, 5, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     block(x).pow(2).sum().backward()
     got = {name: p.grad.clone() for name, p in block.named_parameters()}
     got_x = x.grad.clone()
@@ -169,13 +180,14 @@ def test_gradients_reach_theta_g_and_w_and_match_reference():
         assert grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize('shape', PATH_SHAPES)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_autocast_gives_finite_outputs_on_large_inputs(dtype):
+def test_autocast_gives_finite_outputs_on_large_inputs(dtype, shape):
     torch.manual_seed(0)
-    block = SalientPositionsAttention(16)
+    block = SalientPositionsAttention(shape[1])
     _randomize_norm(block)
     block.train()
-    x = torch.randn(2, 16, 8, 8) * 1e3
+    x = torch.randn(*shape) * 1e3
     with torch.autocast('cpu', dtype=dtype):
         query, _ = block.project(x)
         keys, _, _ = select_salient_positions(query, 2)
@@ -183,7 +195,7 @@ def test_autocast_gives_finite_outputs_on_large_inputs(dtype):
         out = block(x)
     assert attn.dtype == torch.float32
     assert torch.isfinite(attn).all() and torch.isfinite(out).all()
-    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 16))
+    torch.testing.assert_close(attn.sum(-1), torch.ones(shape[0], shape[1]))
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())
 

@@ -11,11 +11,13 @@ Decisions where the paper is silent are taken in the project's SPEC (section 1):
 logit scale 1.0 by default, zero-initialised last BN (identity at init), float32 affinity under
 autocast, no device handling inside the block.
 """
+from contextlib import nullcontext
 from typing import Optional, Tuple, Type, Union
 
 import torch
 from timm.layers import make_divisible
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ['SalientPositionsAttention', 'select_salient_positions', 'resolve_num_positions']
 
@@ -47,11 +49,13 @@ def select_salient_positions(query: torch.Tensor, k: int) -> Tuple[torch.Tensor,
     Returns:
         keys: (B, C, k) queries at the selected positions (Eq. 5), differentiable w.r.t. `query`.
         indices: (B, k) flat positions (row-major over H, W), in no particular order.
-        saliency: (B, N) float32 squared norm of every position (Alg. 1, steps 1-2).
+        saliency: (B, N) squared norm of every position (Alg. 1, steps 1-2), float32 for half inputs.
     """
     query = query.flatten(2)
-    # float32: the squares of float16 activations overflow from magnitude ~256 on
-    saliency = (query.float() if query.dtype == torch.float16 or query.dtype == torch.bfloat16 else query)
+    # no autograd graph: indices are constants, and recording pow() would keep Q alive for backward
+    saliency = query.detach()
+    if saliency.dtype == torch.float16 or saliency.dtype == torch.bfloat16:
+        saliency = saliency.float()  # the squares of float16 activations overflow from magnitude ~256 on
     saliency = saliency.pow(2).sum(dim=1)
     k = min(k, saliency.shape[-1])
     # indices are constants for autograd: gradients reach Q through the gathered values only
@@ -65,6 +69,23 @@ def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
     if keys.dtype == torch.float16 or keys.dtype == torch.bfloat16:
         keys = keys.float()
     return torch.bmm(keys, keys.transpose(1, 2)).mul(scale).softmax(dim=-1)
+
+
+FUSED_ATTENTION_MAX_POSITIONS = 64  # measured on CPU: above this the materialised C' x C' softmax is faster
+
+
+def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(K K^T * scale) V in float32 at least."""
+    dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
+    keys, value = keys.to(dtype), value.to(dtype)
+    if value.shape[-1] > FUSED_ATTENTION_MAX_POSITIONS:
+        return torch.bmm(_float32_affinity(keys, scale), value)
+    # few positions: the C' x C' matrix costs more than the products. Zero key dimensions leave
+    # K K^T unchanged, and equal head dims let SDPA take its fused kernel, which never stores it.
+    pad = value.shape[-1] - keys.shape[-1]
+    if pad > 0:
+        keys = F.pad(keys, [0, pad])
+    return F.scaled_dot_product_attention(keys, keys, value, scale=scale)
 
 
 class SalientPositionsAttention(nn.Module):
@@ -150,15 +171,20 @@ class SalientPositionsAttention(nn.Module):
         """A = softmax(K K^T * scale) (Eq. 6), (B, C', C') in float32, autocast or not."""
         if torch.jit.is_scripting():
             return _float32_affinity(keys, self.scale)  # TorchScript has no autocast
-        return self._affinity_outside_autocast(keys)
+        return self._outside_autocast(keys, None)
+
+    def attend(self, keys: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Y = A V (Eq. 6, 7), (B, C', N) in float32, autocast or not; A is never materialised."""
+        if torch.jit.is_scripting():
+            return _float32_attention(keys, value, self.scale)
+        return self._outside_autocast(keys, value)
 
     @torch.jit.unused
-    def _affinity_outside_autocast(self, keys: torch.Tensor) -> torch.Tensor:
-        # K K^T of float16 keys overflows easily; autocast would run the bmm in low precision
-        if torch.is_autocast_enabled(keys.device.type):
-            with torch.autocast(device_type=keys.device.type, enabled=False):
-                return _float32_affinity(keys, self.scale)
-        return _float32_affinity(keys, self.scale)
+    def _outside_autocast(self, keys: torch.Tensor, value: Optional[torch.Tensor]) -> torch.Tensor:
+        # K K^T of float16 keys overflows easily; autocast would run it in low precision
+        device = keys.device.type
+        with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+            return _float32_affinity(keys, self.scale) if value is None else _float32_attention(keys, value, self.scale)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4:
@@ -169,11 +195,38 @@ class SalientPositionsAttention(nn.Module):
                 'SalientPositionsAttention built for in_channels={} got an input with {} channels (shape {}).'.format(
                     self.in_channels, x.shape[1], list(x.shape)))
 
+    def select_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """K = theta(X)[:, idx] (Alg. 1, Eq. 5) and idx, with an autograd graph over k positions only.
+
+        Q over all n positions only ranks them (the indices are constants), so it is computed without
+        autograd; K is then recomputed as theta(X[:, idx]), the same values, so that theta's backward
+        touches k positions instead of n.
+        """
+        rd = self.rd_channels
+        weight, bias = self.qv.weight[:rd], self.qv.bias[:rd]
+        with torch.no_grad():
+            query = F.conv2d(x, weight, bias)
+        _, indices, _ = select_salient_positions(query, self.num_positions(x.shape[2], x.shape[3]))
+        picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, x.shape[1], -1))
+        keys = torch.matmul(weight.reshape(rd, -1), picked) + bias.unsqueeze(-1)
+        return keys, indices
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        B, _, H, W = x.shape
-        query, value = self.project(x)
-        keys, _, _ = select_salient_positions(query, self.num_positions(H, W))
-        attn = self.affinity(keys)
-        out = torch.bmm(attn.to(value.dtype), value).reshape(B, self.rd_channels, H, W)  # Eq. 7
-        return x + self.norm(self.proj(out))
+        B, C, H, W = x.shape
+        rd = self.rd_channels
+        keys, _ = self.select_keys(x)
+        g_weight, g_bias = self.qv.weight[rd:], self.qv.bias[rd:]
+        if H * W <= rd:
+            # few positions: Eq. 7 as written (fused attention kernel), then W
+            value = F.conv2d(x, g_weight, g_bias).flatten(2)
+            out = self.proj(self.attend(keys, value).to(value.dtype).reshape(B, rd, H, W))
+        else:
+            # many positions: W A V = (W A Wg) X + W A bg, so V is never computed over the n positions
+            # and one C x C GEMM replaces three (g, A V, W)
+            attn = self.affinity(keys).to(keys.dtype)
+            mix = torch.matmul(self.proj.weight.reshape(C, rd).to(attn.dtype), attn)  # W A: (B, C, C')
+            g_weight, g_bias = g_weight.reshape(rd, C).to(attn.dtype), g_bias.to(attn.dtype)
+            out = torch.baddbmm(torch.matmul(mix, g_bias).unsqueeze(-1), torch.matmul(mix, g_weight), x.flatten(2))
+            out = out.reshape(B, C, H, W)
+        return x + self.norm(out)

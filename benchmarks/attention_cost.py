@@ -1,0 +1,360 @@
+"""What SPA costs against non-local (NL) and global-context (GC) attention, measured side by side.
+
+    python -m benchmarks.attention_cost                 # full run: tables, JSON and PNG
+    python -m benchmarks.attention_cost --tiny          # seconds: the same rows, batch 1, one repeat
+    python -m benchmarks.attention_cost --device cuda   # on a GPU
+
+Three tables: (1) one attention block, forward+backward time and peak memory at the ResNet-18
+CIFAR stage shapes, 64x64x64 and an ImageNet-size 256x56x56; (2) how time and memory grow with
+the number of positions (C = 64, H = W from 8 to 128), SPA against NL; (3) whole models, training
+step and inference images/s. Times are medians over repeats, taken in rounds that run every
+candidate once, so that all candidates see the same machine state. Peak memory is measured: on
+CUDA by the caching allocator, on CPU from the profiler's allocation events; "extra" memory is
+what a forward+backward allocates on top of the live input and parameters.
+"""
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # the CPU profiler's start/stop lines are noise here
+
+import timm
+import torch
+from timm.layers import GlobalContext, NonLocalAttn
+from torch import nn
+
+import timm_spa
+from benchmarks.naive_spa import NaiveSalientPositionsAttention
+from timm_spa.layers import SalientPositionsAttention
+
+BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
+BLOCKS = ('spa', 'spa_naive', 'nl', 'gc')
+SCALING_SIZES = (8, 16, 32, 64, 96, 128)
+SCALING_CHANNELS = 64
+MODELS = ('resnet18_cifar', 'resnet18_spa', 'resnet18_nl', 'resnet18_gc',
+          'resnet50_cifar', 'resnet50_spa', 'resnet50_nl', 'resnet50_gc')
+MODEL_SIZES = (32, 64)
+TABLES = ('block', 'scaling', 'models')
+
+
+def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention] = None) -> nn.Module:
+    """A block to measure; 'spa_naive' copies the weights of `spa` so both compute the same function."""
+    if kind == 'spa':
+        block = SalientPositionsAttention(channels)
+        with torch.no_grad():
+            block.norm.weight.fill_(1.0)  # an active block: the same work, and outputs worth comparing
+        return block
+    if kind == 'spa_naive':
+        return NaiveSalientPositionsAttention(channels).load_from(spa or make_block('spa', channels))
+    if kind == 'nl':
+        return NonLocalAttn(channels, rd_ratio=1 / 2)  # as in the paper's models
+    if kind == 'gc':
+        return GlobalContext(channels, fuse_add=True, fuse_scale=False, rd_ratio=1 / 8)
+    raise ValueError(f'unknown block {kind!r}; choose from {BLOCKS}')
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == 'cuda':
+        torch.cuda.synchronize(device)
+
+
+def median_times(fns: Dict[str, Callable[[], None]], repeats: int, warmup: int, device: torch.device):
+    """Median seconds per call of every fn, measured in interleaved rounds."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes allocated by fn beyond what was live when it started."""
+    if device.type == 'cuda':
+        _sync(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        _sync(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+        if e.name() == '[memory]' and e.device_type() == torch.autograd.DeviceType.CPU)
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    def step():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).sum().backward()
+    return step
+
+
+def _nl_bytes(batch: int, channels: int, positions: int) -> int:
+    # n x n logits, softmax output and their two gradients, float32
+    return 4 * 4 * batch * positions * positions + 16 * batch * channels * positions
+
+
+def _fits(nbytes: int, budget: int) -> bool:
+    return nbytes <= budget
+
+
+def _memory_budget(device: torch.device, fraction: float) -> int:
+    if device.type == 'cuda':
+        return int(torch.cuda.mem_get_info(device)[0] * fraction)
+    return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES') * fraction)
+
+
+def _compare_blocks(
+        kinds, channels: int, size: int, batch: int, args, device: torch.device, budget: int) -> List[dict]:
+    torch.manual_seed(0)
+    x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
+    modules, rows = {}, []
+    for kind in kinds:
+        if kind == 'nl' and not _fits(_nl_bytes(batch, channels, size * size), budget):
+            rows.append(dict(block=kind, skipped=f'needs ~{_nl_bytes(batch, channels, size * size) / 2**30:.1f} GiB'))
+            continue
+        modules[kind] = make_block(kind, channels, spa=modules.get('spa')).to(device).train()
+    if 'spa' in modules and 'spa_naive' in modules:  # the baseline must compute the same function
+        with torch.no_grad():
+            ours, naive = modules['spa'].eval()(x), modules['spa_naive'].eval()(x)
+        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-4)
+        modules['spa'].train(), modules['spa_naive'].train()
+    steps = {kind: _fwd_bwd(m, x) for kind, m in modules.items()}
+    times = median_times(steps, args.repeats, args.warmup, device)
+    for kind, step in steps.items():
+        rows.append(dict(block=kind, time_ms=times[kind] * 1e3, peak_extra_mib=peak_extra_bytes(step, device) / 2**20))
+    for row in rows:
+        row.update(channels=channels, height=size, width=size, batch=batch)
+    return rows
+
+
+def block_table(args, device: torch.device, budget: int) -> List[dict]:
+    rows = []
+    for channels, size, _ in BLOCK_SHAPES:
+        rows += _compare_blocks(BLOCKS, channels, size, args.batch, args, device, budget)
+        _print_progress(rows[-len(BLOCKS):])
+    return rows
+
+
+def scaling_table(args, device: torch.device, budget: int) -> List[dict]:
+    rows = []
+    for size in args.scaling_sizes:
+        rows += _compare_blocks(('spa', 'nl'), SCALING_CHANNELS, size, args.scaling_batch, args, device, budget)
+        _print_progress(rows[-2:])
+    return rows
+
+
+def _model_rates(names: List[str], size: int, args, device: torch.device) -> Dict[str, Dict[str, float]]:
+    """Training-step and inference images/s of each model, measured side by side."""
+    models = {n: timm.create_model(n).to(device) for n in names}
+    optimizers = {n: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for n, m in models.items()}
+    x = torch.randn(args.model_batch, 3, size, size, device=device)
+    target = torch.randint(0, 10, (args.model_batch,), device=device)
+
+    def train_step(name):
+        model, opt = models[name].train(), optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            loss = nn.functional.cross_entropy(model(x), target)
+        loss.backward()
+        opt.step()
+
+    @torch.no_grad()
+    def infer(name):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+            models[name].eval()(x)
+
+    train = median_times({n: partial(train_step, n) for n in names}, args.repeats, args.warmup, device)
+    test = median_times({n: partial(infer, n) for n in names}, args.repeats, args.warmup, device)
+    return {n: dict(train_img_s=args.model_batch / train[n], infer_img_s=args.model_batch / test[n]) for n in names}
+
+
+def model_table(args, device: torch.device) -> List[dict]:
+    rows = []
+    for size in MODEL_SIZES:
+        for depth in ('resnet18', 'resnet50'):
+            names = [m for m in MODELS if m.startswith(depth + '_')]
+            rates = _model_rates(names, size, args, device)
+            rows += [dict(model=n, size=size, batch=args.model_batch, **rates[n]) for n in names]
+            _print_progress(rows[-len(names):])
+    return rows
+
+
+def add_ratios(report: dict) -> None:
+    """Ratios against the row each claim is about: naive SPA and NL per shape, the baseline per model."""
+    def by_shape(rows):
+        out = {}
+        for row in rows:
+            out.setdefault((row['channels'], row['height'], row['batch']), {})[row['block']] = row
+        return out.values()
+
+    for group in list(by_shape(report['block'])) + list(by_shape(report['scaling'])):
+        spa = group.get('spa')
+        for ref in ('spa_naive', 'nl'):
+            if spa and ref in group and 'time_ms' in group[ref]:
+                spa[f'time_vs_{ref}'] = spa['time_ms'] / group[ref]['time_ms']
+                spa[f'memory_vs_{ref}'] = spa['peak_extra_mib'] / max(group[ref]['peak_extra_mib'], 1e-9)
+    for row in report['models']:
+        base = next(r for r in report['models']
+                    if r['size'] == row['size'] and r['model'] == row['model'].split('_')[0] + '_cifar')
+        row['train_time_vs_baseline'] = base['train_img_s'] / row['train_img_s']
+        row['infer_time_vs_baseline'] = base['infer_img_s'] / row['infer_img_s']
+
+
+def _fmt(value, spec):
+    return format(value, spec) if isinstance(value, (int, float)) else '-'
+
+
+def markdown_tables(report: dict) -> str:
+    lines = ['### Block: forward+backward, batch {}'.format(report['config']['batch']), '',
+             '| C x H x W | block | time (ms) | peak extra (MiB) | time vs naive SPA | time vs NL | memory vs NL |',
+             '|---|---|---:|---:|---:|---:|---:|']
+    for r in report['block']:
+        lines.append(
+            f"| {r['channels']}x{r['height']}x{r['width']} | {r['block']} | {_fmt(r.get('time_ms'), '.2f')} | "
+            f"{_fmt(r.get('peak_extra_mib'), '.1f')} | {_fmt(r.get('time_vs_spa_naive'), '.2f')} | "
+            f"{_fmt(r.get('time_vs_nl'), '.3f')} | {_fmt(r.get('memory_vs_nl'), '.3f')} |"
+            + (f" skipped: {r['skipped']}" if 'skipped' in r else ''))
+    lines += ['', f"### Scaling with positions: C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']}", '',
+              '| H = W | n | SPA ms | NL ms | SPA MiB | NL MiB | time SPA/NL | memory SPA/NL |',
+              '|---:|---:|---:|---:|---:|---:|---:|---:|']
+    sizes = sorted({r['height'] for r in report['scaling']})
+    for size in sizes:
+        spa = next(r for r in report['scaling'] if r['height'] == size and r['block'] == 'spa')
+        nl = next(r for r in report['scaling'] if r['height'] == size and r['block'] == 'nl')
+        lines.append(
+            f"| {size} | {size * size} | {_fmt(spa.get('time_ms'), '.2f')} | {_fmt(nl.get('time_ms'), '.2f')} | "
+            f"{_fmt(spa.get('peak_extra_mib'), '.1f')} | {_fmt(nl.get('peak_extra_mib'), '.1f')} | "
+            f"{_fmt(spa.get('time_vs_nl'), '.3f')} | {_fmt(spa.get('memory_vs_nl'), '.4f')} |")
+    lines += ['', '### Models: images/s, batch {}{}'.format(
+        report['config']['model_batch'], ', bfloat16 autocast' if report['config']['amp'] else ', float32'), '',
+        '| model | input | train img/s | infer img/s | train step vs baseline | inference vs baseline |',
+        '|---|---:|---:|---:|---:|---:|']
+    for r in report['models']:
+        lines.append(
+            f"| {r['model']} | {r['size']}x{r['size']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
+            f"{r['train_time_vs_baseline']:.3f}x | {r['infer_time_vs_baseline']:.3f}x |")
+    return '\n'.join(lines)
+
+
+def plot_scaling(report: dict, path: Path) -> None:
+    if not report['scaling']:
+        return
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for kind, style in (('spa', 'o-'), ('nl', 's--')):
+        rows = [r for r in report['scaling'] if r['block'] == kind and 'time_ms' in r]
+        n = [r['height'] * r['width'] for r in rows]
+        axes[0].plot(n, [r['time_ms'] for r in rows], style, label=kind.upper())
+        axes[1].plot(n, [r['peak_extra_mib'] for r in rows], style, label=kind.upper())
+    for ax, label in zip(axes, ('forward+backward time (ms)', 'peak extra memory (MiB)'), strict=True):
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('positions n = H x W')
+        ax.set_ylabel(label)
+        ax.legend()
+        ax.grid(True, which='both', alpha=0.3)
+    meta = report['meta']
+    fig.suptitle(f"SPA vs non-local, C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']} "
+                 f"({meta['device_name']}, {meta['date'][:10]})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _print_progress(rows):
+    for row in rows:
+        print('  ' + ', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in row.items()),
+              flush=True)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == 'cuda':
+        return torch.cuda.get_device_name(device)
+    try:
+        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+    except (OSError, StopIteration):
+        model = platform.processor() or 'cpu'
+    return f'{model}, {torch.get_num_threads()} threads'
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--batch', type=int, default=32, help='batch of the block table')
+    parser.add_argument('--scaling-batch', type=int, default=2, help='batch of the scaling table')
+    parser.add_argument('--scaling-sizes', type=int, nargs='+', default=list(SCALING_SIZES))
+    parser.add_argument('--model-batch', type=int, default=32)
+    parser.add_argument('--repeats', type=int, default=5)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast in the model table')
+    parser.add_argument('--memory-fraction', type=float, default=0.6,
+                        help='skip NL rows whose attention matrices need more than this share of free memory')
+    parser.add_argument('--tables', nargs='+', choices=TABLES, default=list(TABLES), help='which tables to run')
+    parser.add_argument('--tiny', action='store_true', help='every row at batch 1, one repeat: a smoke test')
+    parser.add_argument('--output', type=Path, default=Path('benchmarks/results'))
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.batch = args.scaling_batch = args.model_batch = args.repeats = 1
+        args.warmup = 0
+        args.scaling_sizes = [8, 16, 32]
+    return args
+
+
+def main(argv: Optional[List[str]] = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    budget = _memory_budget(device, args.memory_fraction)
+    report = dict(
+        meta=dict(
+            date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=device.type,
+            device_name=_device_name(device), torch=torch.__version__, timm=timm.__version__,
+            timm_spa=timm_spa.__version__, python=platform.python_version(), command=' '.join(sys.argv)),
+        config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
+                    repeats=args.repeats, warmup=args.warmup, amp=args.amp, tiny=args.tiny))
+    tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),
+                  models=lambda: model_table(args, device))
+    for name in TABLES:
+        print(f'{name} table', flush=True)
+        report[name] = tables[name]() if name in args.tables else []
+    add_ratios(report)
+
+    args.output.mkdir(parents=True, exist_ok=True)
+    stem = f"attention_cost_{device.type}{'_tiny' if args.tiny else ''}"
+    (args.output / f'{stem}.json').write_text(json.dumps(report, indent=2))
+    text = markdown_tables(report)
+    (args.output / f'{stem}.md').write_text(text + '\n')
+    plot_scaling(report, args.output / f'{stem}.png')
+    print()
+    print(text)
+    print(f"\nwrote {args.output / stem}.json, .md and .png")
+    return report
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,50 @@
+"""The cost benchmark runs end to end in its tiny configuration and reports every row."""
+import json
+
+import torch
+
+from benchmarks import attention_cost
+
+
+def test_peak_memory_is_measured_from_allocations():
+    def allocate():
+        a = torch.ones(1 << 20, dtype=torch.uint8)  # 1 MiB live
+        b = torch.ones(2 << 20, dtype=torch.uint8)  # + 2 MiB at the peak
+        del a, b
+    peak = attention_cost.peak_extra_bytes(allocate, torch.device('cpu'))
+    assert 3 << 20 <= peak < 4 << 20
+
+
+def test_tiny_run_has_every_row(tmp_path):
+    report = attention_cost.main(['--tiny', '--output', str(tmp_path)])
+    saved = json.loads((tmp_path / 'attention_cost_cpu_tiny.json').read_text())
+    assert saved['block'] == json.loads(json.dumps(report['block']))
+    assert (tmp_path / 'attention_cost_cpu_tiny.png').stat().st_size > 0
+    assert '### Block' in (tmp_path / 'attention_cost_cpu_tiny.md').read_text()
+
+    block = {(r['channels'], r['height'], r['block']): r for r in saved['block']}
+    assert set(block) == {(c, h, b) for c, h, _ in attention_cost.BLOCK_SHAPES for b in attention_cost.BLOCKS}
+    for row in block.values():
+        assert row['time_ms'] > 0 and row['peak_extra_mib'] > 0
+    for c, h, _ in attention_cost.BLOCK_SHAPES:
+        spa = block[(c, h, 'spa')]
+        assert {'time_vs_spa_naive', 'time_vs_nl', 'memory_vs_nl'} <= set(spa)
+
+    scaling = {(r['height'], r['block']) for r in saved['scaling']}
+    assert scaling == {(s, b) for s in (8, 16, 32) for b in ('spa', 'nl')}
+
+    models = {(r['model'], r['size']) for r in saved['models']}
+    assert models == {(m, s) for m in attention_cost.MODELS for s in attention_cost.MODEL_SIZES}
+    for row in saved['models']:
+        assert row['train_img_s'] > 0 and row['infer_img_s'] > 0 and row['train_time_vs_baseline'] > 0
+    assert saved['meta']['torch'] == torch.__version__
+
+
+def test_naive_baseline_computes_the_same_function():
+    # the benchmark asserts this per shape; here both evaluation orders of our block are covered
+    for channels, size in ((16, 8), (64, 4)):  # n > C and n <= C
+        spa = attention_cost.make_block('spa', channels).eval()
+        naive = attention_cost.make_block('spa_naive', channels, spa=spa).eval()
+        x = torch.randn(2, channels, size, size)
+        with torch.no_grad():
+            torch.testing.assert_close(spa(x), naive(x), rtol=1e-5, atol=1e-5)
