@@ -1,0 +1,90 @@
+"""Small data sets written in each official layout, for the training tests."""
+import pickle
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _images(n, size=32, seed=0, classes=10):
+    """Images whose mean colour encodes the class, so a few epochs can learn something."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % classes
+    base = (labels[:, None, None, None] * (200 // classes) + 20).astype(np.float64)
+    images = np.clip(base + rng.normal(0, 25, (n, size, size, 3)), 0, 255).astype(np.uint8)
+    return images, labels
+
+
+def write_cifar(root: Path, dataset: str = 'cifar10', n_train: int = 50, n_test: int = 20) -> Path:
+    """The official python layout: pickled dicts of uint8 rows (N x 3072, channel-major) and labels."""
+    classes = 10 if dataset == 'cifar10' else 100
+    folder = root / ('cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python')
+    folder.mkdir(parents=True)
+    key = b'labels' if dataset == 'cifar10' else b'fine_labels'
+
+    def dump(name, images, labels):
+        rows = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+        with open(folder / name, 'wb') as f:
+            pickle.dump({b'data': rows, key: labels.tolist(), b'batch_label': name.encode()}, f)
+
+    train_x, train_y = _images(n_train, seed=1, classes=classes)
+    test_x, test_y = _images(n_test, seed=2, classes=classes)
+    if dataset == 'cifar10':
+        for i, part in enumerate(np.array_split(np.arange(n_train), 5)):
+            dump(f'data_batch_{i + 1}', train_x[part], train_y[part])
+        dump('test_batch', test_x, test_y)
+        with open(folder / 'batches.meta', 'wb') as f:
+            pickle.dump({b'label_names': [f'class{i}'.encode() for i in range(10)]}, f)
+    else:
+        dump('train', train_x, train_y)
+        dump('test', test_x, test_y)
+        with open(folder / 'meta', 'wb') as f:
+            pickle.dump({b'fine_label_names': [f'c{i:03d}'.encode() for i in range(100)]}, f)
+    return root
+
+
+def write_image_folders(root: Path, classes: int = 4, n_train: int = 48, n_test: int = 16, size: int = 16,
+                        as_tar: bool = False) -> Path:
+    """train/<class>/<n>.png and test/<class>/<n>.png (or train.tar and test.tar holding them)."""
+    for split, n, seed in (('train', n_train, 3), ('test', n_test, 4)):
+        images, labels = _images(n, size, seed, classes)
+        for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+            path = root / split / f'class{label}' / f'{i:04d}.png'
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).save(path)
+        if as_tar:
+            with tarfile.open(root / f'{split}.tar', 'w') as tar:
+                for path in sorted((root / split).rglob('*.png')):
+                    tar.add(path, arcname=str(path.relative_to(root / split)))
+            for path in sorted((root / split).rglob('*.png')):
+                path.unlink()
+            for folder in sorted((root / split).iterdir()):
+                folder.rmdir()
+            (root / split).rmdir()
+    return root
+
+
+def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 6, val: int = 6) -> Path:
+    folder = root / 'tiny-imagenet-200'
+    wnids = [f'n{idx:08d}' for idx in range(classes)]
+    (folder / 'val' / 'images').mkdir(parents=True)
+    (folder / 'wnids.txt').write_text('\n'.join(wnids) + '\n')
+    images, labels = _images(classes * per_class, 64, 5, classes)
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / 'train' / wnids[label] / 'images' / f'{wnids[label]}_{i}.JPEG'
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path, format='JPEG')
+    images, labels = _images(val, 64, 6, classes)
+    lines = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        Image.fromarray(image).save(folder / 'val' / 'images' / f'val_{i}.JPEG', format='JPEG')
+        lines.append(f'val_{i}.JPEG\t{wnids[label]}\t0\t0\t63\t63')
+    (folder / 'val' / 'val_annotations.txt').write_text('\n'.join(lines) + '\n')
+    return root
+
+
+@pytest.fixture
+def folder_data(tmp_path):
+    return write_image_folders(tmp_path / 'data')

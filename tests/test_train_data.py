@@ -1,0 +1,131 @@
+"""Every supported data set layout, the held-out validation split, and bad data."""
+import pickle
+
+import numpy as np
+import pytest
+from conftest import _images, write_cifar, write_image_folders, write_tiny_imagenet
+
+from train.data import DataError, ShardSampler, TransformedSamples, build_loader, build_transforms, load_dataset
+
+
+@pytest.mark.parametrize('dataset,classes', [('cifar10', 10), ('cifar100', 100)])
+def test_official_cifar_format(tmp_path, dataset, classes):
+    write_cifar(tmp_path, dataset, n_train=50, n_test=20)
+    splits = load_dataset(dataset, str(tmp_path), val_size=10)
+    assert splits.num_classes == classes and splits.tag == dataset
+    assert splits.label == ('CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100') and not splits.notes
+    assert len(splits.train) == 50 and len(splits.test) == 20
+    expected, labels = _images(50, seed=1, classes=classes)
+    image, label = splits.train.load(7)
+    assert np.array_equal(np.asarray(image), expected[7]) and label == labels[7]
+    # --data-dir may also name the extracted folder itself
+    inner = tmp_path / ('cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python')
+    assert len(load_dataset(dataset, str(inner), val_size=10).test) == 20
+
+
+def test_cifar_pickles_may_not_run_code(tmp_path):
+    write_cifar(tmp_path)
+    with open(tmp_path / 'cifar-10-batches-py' / 'test_batch', 'wb') as f:
+        pickle.dump({b'data': __import__('os').getcwd}, f)  # a global that a plain unpickler would resolve
+    with pytest.raises(DataError, match='test_batch is not a readable CIFAR python batch file'):
+        load_dataset('cifar10', str(tmp_path), val_size=10)
+
+
+@pytest.mark.parametrize('as_tar', [False, True])
+def test_image_folders_and_tars(tmp_path, as_tar):
+    write_image_folders(tmp_path, classes=4, n_train=24, n_test=8, as_tar=as_tar)
+    splits = load_dataset('folder', str(tmp_path), val_size=4)
+    assert splits.class_names == ['class0', 'class1', 'class2', 'class3']
+    assert len(splits.train) == 24 and len(splits.test) == 8 and splits.tag is None
+    expected, labels = _images(24, 16, 3, 4)
+    for index in (0, 5, 23):
+        image, label = splits.train.load(index)
+        name = splits.train.name_fn(index)
+        written = int(name.rsplit('/', 1)[1].split('.')[0])  # the files are named by their index
+        assert name.startswith(str(tmp_path / ('train.tar' if as_tar else 'train')))
+        assert label == labels[written] and f'class{label}/' in name
+        assert np.array_equal(np.asarray(image), expected[written])  # png is lossless
+
+
+def test_cifar_from_image_files_carries_the_caveat(tmp_path):
+    write_image_folders(tmp_path, classes=10, n_train=30, n_test=10, as_tar=True)
+    splits = load_dataset('cifar10', str(tmp_path), val_size=5)
+    assert 'not the official binary batches' in splits.label and splits.notes
+    assert load_dataset('cifar10', str(tmp_path), val_size=5, label='CIFAR-10 (JPEG q75 copy)').label \
+        == 'CIFAR-10 (JPEG q75 copy)'
+
+
+def test_tiny_imagenet_archive_layout(tmp_path):
+    write_tiny_imagenet(tmp_path, classes=3, per_class=6, val=6)
+    splits = load_dataset('tinyimagenet', str(tmp_path), val_size=3)
+    assert splits.num_classes == 3 and splits.image_size == 64 and splits.tag == 'tinyimagenet'
+    assert len(splits.train) == 18 and len(splits.test) == 6
+    assert [splits.test.load(i)[1] for i in range(6)] == [0, 1, 2, 0, 1, 2]  # from val_annotations.txt
+    assert splits.test.name_fn(4).endswith('val/images/val_4.JPEG')
+
+
+def test_digits_ship_with_the_package():
+    splits = load_dataset('digits', None)
+    assert splits.num_classes == 10 and len(splits.test) == 360 and len(splits.val_indices) == 180
+    assert not splits.hflip  # mirrored digits are other digits
+
+
+def test_validation_split_is_held_out_and_fixed(tmp_path):
+    write_cifar(tmp_path, n_train=50)
+    a = load_dataset('cifar10', str(tmp_path), val_size=10, val_split_seed=0)
+    b = load_dataset('cifar10', str(tmp_path), val_size=10, val_split_seed=0)
+    c = load_dataset('cifar10', str(tmp_path), val_size=10, val_split_seed=1)
+    assert a.val_indices == b.val_indices != c.val_indices
+    assert not set(a.val_indices) & set(a.train_indices)
+    assert sorted(a.val_indices + a.train_indices) == list(range(50))
+
+
+def test_default_validation_size_for_cifar(tmp_path):
+    write_cifar(tmp_path, n_train=50)
+    with pytest.raises(DataError, match='--val-size 5000 must be between 1 and 49'):
+        load_dataset('cifar10', str(tmp_path))
+
+
+def test_eval_sharding_counts_every_image_once():
+    for world in (1, 2, 3):
+        seen = sorted(i for rank in range(world) for i in ShardSampler(10, rank, world))
+        assert seen == list(range(10))
+
+
+def test_cifar_augmentation_is_pad_crop_and_flip(tmp_path):
+    write_cifar(tmp_path, n_train=50)
+    splits = load_dataset('cifar10', str(tmp_path), val_size=10)
+    names = [type(t).__name__ for t in build_transforms(splits, 32, train=True).transforms]
+    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
+    assert build_transforms(splits, 32, train=True).transforms[0].padding == 4
+    assert [type(t).__name__ for t in build_transforms(splits, 32, train=False).transforms] == ['ToTensor', 'Normalize']
+    loader = build_loader(TransformedSamples(splits.test, None, build_transforms(splits, 32, False)), 8, False, 0, 0)
+    images, labels = next(iter(loader))
+    assert images.shape == (8, 3, 32, 32)
+
+
+@pytest.mark.parametrize('dataset,match', [
+    ('cifar10', r'cifar-10-batches-py.*cifar-10-python\.tar\.gz.*--download'),
+    ('cifar100', r'cifar-100-python'),
+    ('tinyimagenet', r'tiny-imagenet-200\.zip'),
+    ('folder', r'train/ and test/ \(or train\.tar and test\.tar\)'),
+])
+def test_missing_data_explains_the_layout(tmp_path, dataset, match):
+    with pytest.raises(DataError, match=match):
+        load_dataset(dataset, str(tmp_path / 'nowhere'))
+
+
+def test_corrupt_image_is_named(tmp_path):
+    write_image_folders(tmp_path, classes=2, n_train=8, n_test=4)
+    bad = sorted((tmp_path / 'train' / 'class1').glob('*.png'))[0]
+    bad.write_bytes(b'not a png')
+    splits = load_dataset('folder', str(tmp_path), val_size=2)
+    index = next(i for i in range(len(splits.train)) if splits.train.name_fn(i).endswith(bad.name))
+    with pytest.raises(DataError, match=rf'cannot read image .*{bad.name}'):
+        splits.train.load(index)
+
+
+def test_cifar_folder_with_wrong_class_count(tmp_path):
+    write_image_folders(tmp_path, classes=4, n_train=8, n_test=4)
+    with pytest.raises(DataError, match='has 4 classes, but CIFAR-10 has 10'):
+        load_dataset('cifar10', str(tmp_path), val_size=2)

@@ -1,0 +1,1 @@
+"""Training and evaluation for timm-spa models: `python -m train` and `python -m train.validate`."""

@@ -1,0 +1,347 @@
+"""Data sets, the held-out validation split, CIFAR-style transforms and loaders.
+
+Every data set is read into `Samples` (an indexable list of PIL images with labels and a name per
+item, for error messages) and split three ways: `train` minus a fixed held-out `val` part (chosen by
+`--val-split-seed`, independent of the training seed) and the data set's own `test` split. The
+best checkpoint is chosen on `val`; `test` is touched once, at the end.
+"""
+import io
+import pickle
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.readers.reader_image_folder import ReaderImageFolder
+from timm.data.readers.reader_image_in_tar import ReaderImageInTar
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torchvision import transforms
+
+from timm_spa.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+
+DATASETS = ('cifar10', 'cifar100', 'tinyimagenet', 'folder', 'digits')
+CIFAR_URLS = {
+    'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
+    'cifar100': 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
+}
+TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+
+
+class DataError(ValueError):
+    """A data set that is missing, malformed or inconsistent with the run's arguments."""
+
+
+@dataclass
+class Samples:
+    """Images addressable by index: `load(i)` gives (PIL RGB image, label); `name(i)` says where it came from."""
+    load_fn: Callable[[int], Tuple[Image.Image, int]]
+    name_fn: Callable[[int], str]
+    labels: List[int]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, index: int) -> Tuple[Image.Image, int]:
+        try:
+            return self.load_fn(index)
+        except (OSError, ValueError, tarfile.TarError) as e:
+            raise DataError(f'cannot read image {self.name_fn(index)}: {e}. Replace or remove that file.') from e
+
+
+@dataclass
+class DataSplits:
+    train: Samples
+    train_indices: List[int]
+    val_indices: List[int]
+    test: Samples
+    class_names: List[str]
+    label: str  # how the data set must be named next to any number measured on it
+    tag: Optional[str]  # the pretrained tag this data set corresponds to (cifar10, cifar100, tinyimagenet)
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    image_size: int
+    hflip: bool = True
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _array_samples(images: np.ndarray, labels: Sequence[int], prefix: str) -> Samples:
+    return Samples(
+        load_fn=lambda i: (Image.fromarray(images[i]).convert('RGB'), int(labels[i])),
+        name_fn=lambda i: f'{prefix}[{i}]', labels=[int(v) for v in labels])
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """The CIFAR python pickles hold dicts of bytes, lists and numpy arrays; refuse anything else."""
+    ALLOWED = {('numpy.core.multiarray', '_reconstruct'), ('numpy._core.multiarray', '_reconstruct'),
+               ('numpy', 'ndarray'), ('numpy', 'dtype'), ('numpy.core.multiarray', 'scalar'),
+               ('numpy._core.multiarray', 'scalar')}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f'{module}.{name} is not allowed in a CIFAR batch file')
+        return super().find_class(module, name)
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, 'rb') as f:
+            return _ArrayUnpickler(f, encoding='bytes').load()
+    except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
+        raise DataError(f'{path} is not a readable CIFAR python batch file ({e}); re-extract the official archive.')
+
+
+def _cifar_batches_dir(root: Path, dataset: str) -> Optional[Path]:
+    name = 'cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python'
+    for candidate in (root / name, root):
+        meta = 'batches.meta' if dataset == 'cifar10' else 'meta'
+        if (candidate / meta).is_file():
+            return candidate
+    return None
+
+
+def _read_cifar_split(folder: Path, dataset: str, train: bool) -> Tuple[np.ndarray, List[int]]:
+    if dataset == 'cifar10':
+        files = [f'data_batch_{i}' for i in range(1, 6)] if train else ['test_batch']
+        key = b'labels'
+    else:
+        files, key = ['train' if train else 'test'], b'fine_labels'
+    images, labels = [], []
+    for name in files:
+        if not (folder / name).is_file():
+            raise DataError(f'{folder / name} is missing: the official {dataset} archive has {", ".join(files)}.')
+        batch = _unpickle(folder / name)
+        try:
+            images.append(np.asarray(batch[b'data'], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels += [int(v) for v in batch[key]]
+        except (KeyError, ValueError) as e:
+            raise DataError(f'{folder / name} is not an official {dataset} batch (missing or malformed {e}).') from e
+    return np.concatenate(images), labels
+
+
+def _official_cifar(root: Path, dataset: str) -> Tuple[Samples, Samples, List[str]]:
+    folder = _cifar_batches_dir(root, dataset)
+    meta = _unpickle(folder / ('batches.meta' if dataset == 'cifar10' else 'meta'))
+    names = [n.decode() for n in meta[b'label_names' if dataset == 'cifar10' else b'fine_label_names']]
+    train_x, train_y = _read_cifar_split(folder, dataset, train=True)
+    test_x, test_y = _read_cifar_split(folder, dataset, train=False)
+    return (_array_samples(train_x, train_y, f'{folder}/train'), _array_samples(test_x, test_y, f'{folder}/test'),
+            names)
+
+
+def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[Samples, List[str]]:
+    """Images in one sub-folder per class, in a folder or a .tar file (timm's readers list them)."""
+    if path.is_file() and path.suffix == '.tar':
+        reader = ReaderImageInTar(str(path))
+        class_to_idx, labels = reader.class_name_to_idx, [int(t) for t in reader.targets]
+    else:
+        reader = ReaderImageFolder(str(path))
+        class_to_idx, labels = reader.class_to_idx, [int(t) for _, t in reader.samples]
+    found = sorted(class_to_idx, key=class_to_idx.get)
+    if not found or len(reader) == 0:
+        raise DataError(f'{path} holds no images in class sub-folders (expected <class>/<image>.jpg|png).')
+    if class_names is not None and found != class_names:
+        raise DataError(f'{path} has classes {found[:5]}... but the train split has {class_names[:5]}...: '
+                        'both splits need the same class sub-folders.')
+
+    def load(i):
+        fileobj, target = reader[i]
+        with fileobj:
+            image = Image.open(io.BytesIO(fileobj.read()))
+            return image.convert('RGB'), int(target)
+
+    return Samples(load, lambda i: f'{path}:{reader.filename(i)}', labels), found
+
+
+def _split_path(root: Path, split: str) -> Optional[Path]:
+    for candidate in (root / f'{split}.tar', root / split):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _image_file_splits(root: Path) -> Optional[Tuple[Samples, Samples, List[str]]]:
+    train, test = _split_path(root, 'train'), _split_path(root, 'test') or _split_path(root, 'val')
+    if train is None or test is None:
+        return None
+    train_samples, names = _file_samples(train)
+    test_samples, _ = _file_samples(test, names)
+    return train_samples, test_samples, names
+
+
+def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
+    folder = root / 'tiny-imagenet-200' if (root / 'tiny-imagenet-200').is_dir() else root
+    wnids_file = folder / 'wnids.txt'
+    annotations = folder / 'val' / 'val_annotations.txt'
+    if not wnids_file.is_file() or not annotations.is_file() or not (folder / 'train').is_dir():
+        raise DataError(
+            f'{root} is not the Tiny-ImageNet archive layout: expected wnids.txt, train/<wnid>/images/*.JPEG, '
+            f'val/images/*.JPEG and val/val_annotations.txt (from {TINY_IMAGENET_URL}, unzipped).')
+    wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+    index = {w: i for i, w in enumerate(wnids)}
+    train_files, train_labels = [], []
+    for wnid in wnids:
+        files = sorted((folder / 'train' / wnid / 'images').glob('*.JPEG'))
+        train_files += files
+        train_labels += [index[wnid]] * len(files)
+    val_files, val_labels = [], []
+    for line in annotations.read_text().splitlines():
+        parts = line.split('\t')
+        if len(parts) < 2:
+            continue
+        if parts[1] not in index:
+            raise DataError(f'{annotations}: {parts[0]} has class {parts[1]}, which is not in wnids.txt.')
+        val_files.append(folder / 'val' / 'images' / parts[0])
+        val_labels.append(index[parts[1]])
+
+    def samples(files, labels):
+        return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels)
+
+    # the official val split (labelled) is our test split; its test split has no labels
+    return samples(train_files, train_labels), samples(val_files, val_labels), wnids
+
+
+def _digits() -> Tuple[Samples, Samples, List[str]]:
+    """scikit-learn's 8x8 handwritten digits (ships inside the package): trains offline anywhere."""
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = (digits.images * (255.0 / 16.0)).round().astype(np.uint8)
+    images = np.repeat(images[..., None], 3, axis=-1)
+    order = np.random.default_rng(0).permutation(len(images))  # a fixed test split, whatever the seeds
+    test, train = order[:360], order[360:]
+    return (_array_samples(images[train], digits.target[train], 'sklearn-digits/train'),
+            _array_samples(images[test], digits.target[test], 'sklearn-digits/test'),
+            [str(d) for d in range(10)])
+
+
+def _missing(dataset: str, root: Optional[Path]) -> DataError:
+    where = f'--data-dir {root}' if root else 'no --data-dir given'
+    if dataset in CIFAR_URLS:
+        return DataError(
+            f'{dataset} not found ({where}). Expected the extracted official archive '
+            f"({'cifar-10-batches-py' if dataset == 'cifar10' else 'cifar-100-python'}/ with its batch files, "
+            f'from {CIFAR_URLS[dataset]}), or train/ and test/ (or train.tar and test.tar) with one sub-folder '
+            'per class. With a network, add --download.')
+    return DataError(f'{dataset} not found ({where}): expected train/ and test/ (or train.tar and test.tar) '
+                     'with one sub-folder per class.')
+
+
+def load_dataset(
+        dataset: str, data_dir: Optional[str], val_size: Optional[int] = None, val_split_seed: int = 0,
+        download: bool = False, label: Optional[str] = None) -> DataSplits:
+    """Read a data set and split off the validation set. Raises `DataError` with the fix in its message."""
+    if dataset not in DATASETS:
+        raise DataError(f'unknown --dataset {dataset!r}; choose one of {", ".join(DATASETS)}.')
+    root = Path(data_dir).expanduser() if data_dir else None
+    notes = []
+    if dataset == 'digits':
+        train, test, names = _digits()
+        name, tag, size, hflip = 'scikit-learn digits (8x8, upscaled to 32x32)', None, 32, False
+        default_val = 180
+    elif dataset == 'tinyimagenet':
+        if root is None or not root.exists():
+            raise DataError(f'Tiny-ImageNet not found ({root}); download {TINY_IMAGENET_URL}, unzip it, and pass '
+                            'the folder (or its tiny-imagenet-200/ parent) as --data-dir.')
+        train, test, names = _tiny_imagenet(root)
+        name, tag, size, hflip, default_val = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', 64, True, 10000
+    elif dataset in CIFAR_URLS:
+        if root is None:
+            raise _missing(dataset, root)
+        if download and _cifar_batches_dir(root, dataset) is None:
+            from torchvision import datasets as tv_datasets
+            getattr(tv_datasets, dataset.upper())(str(root), download=True)
+        pretty = 'CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100'
+        if _cifar_batches_dir(root, dataset) is not None:
+            train, test, names = _official_cifar(root, dataset)
+            name = pretty
+        else:
+            found = _image_file_splits(root) if root.exists() else None
+            if found is None:
+                raise _missing(dataset, root)
+            train, test, names = found
+            name = f'{pretty} (image-file copy at {root.name}/, not the official binary batches)'
+            notes.append('Images were read from image files, not the official binary batches: '
+                         'numbers are not the same measurement as on the official test batch.')
+        tag, size, hflip, default_val = dataset, 32, True, 5000
+        expected = 10 if dataset == 'cifar10' else 100
+        if len(names) != expected:
+            raise DataError(f'{root} has {len(names)} classes, but {pretty} has {expected}.')
+    else:  # folder
+        found = _image_file_splits(root) if root is not None and root.exists() else None
+        if found is None:
+            raise _missing(dataset, root)
+        train, test, names = found
+        name, tag, size, hflip = f'image folder {root.name}', None, 32, True
+        default_val = max(1, len(train) // 10)
+
+    val_size = default_val if val_size is None else val_size
+    if not 0 < val_size < len(train):
+        raise DataError(f'--val-size {val_size} must be between 1 and {len(train) - 1} (the train split has '
+                        f'{len(train)} images).')
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(val_split_seed)).tolist()
+    val_indices, train_indices = sorted(order[:val_size]), sorted(order[val_size:])
+    mean, std = {'cifar10': (CIFAR10_MEAN, CIFAR10_STD), 'cifar100': (CIFAR100_MEAN, CIFAR100_STD)}.get(
+        tag, (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    return DataSplits(
+        train=train, train_indices=train_indices, val_indices=val_indices, test=test, class_names=names,
+        label=label or name, tag=tag, mean=tuple(mean), std=tuple(std), image_size=size, hflip=hflip, notes=notes)
+
+
+class TransformedSamples(Dataset):
+    def __init__(self, samples: Samples, indices: Optional[List[int]], transform: Callable):
+        self.samples, self.transform = samples, transform
+        self.indices = list(range(len(samples))) if indices is None else indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        image, label = self.samples.load(self.indices[i])
+        return self.transform(image), label
+
+
+def build_transforms(splits: DataSplits, image_size: int, train: bool) -> Callable:
+    """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else."""
+    steps = []
+    if image_size != 32 or splits.image_size != image_size:
+        steps.append(transforms.Resize((image_size, image_size)))
+    if train:
+        steps.append(transforms.RandomCrop(image_size, padding=4))
+        if splits.hflip:
+            steps.append(transforms.RandomHorizontalFlip())
+    steps += [transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)]
+    return transforms.Compose(steps)
+
+
+class ShardSampler(Sampler):
+    """Every index exactly once across ranks (rank r takes r, r + world, ...): no padding, no duplicates."""
+
+    def __init__(self, length: int, rank: int = 0, world_size: int = 1):
+        self.indices = list(range(rank, length, world_size))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+def build_loader(
+        dataset: Dataset, batch_size: int, train: bool, workers: int, seed: int,
+        rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
+    drop_last = train and len(dataset) >= batch_size * world_size  # a tiny data set still gets one batch
+    if train:
+        sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
+                                     drop_last=drop_last)
+    else:
+        sampler = ShardSampler(len(dataset), rank, world_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
+        pin_memory=pin_memory, persistent_workers=False)

@@ -1,0 +1,94 @@
+"""One training epoch and one evaluation pass, with metrics summed exactly across ranks."""
+import sys
+import time
+from contextlib import nullcontext
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from .distributed import DistEnv, all_reduce_sum
+
+AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
+
+
+def autocast_context(device: torch.device, amp_dtype: Optional[str]):
+    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype]) if amp_dtype else nullcontext()
+
+
+def _progress(loader, desc: str, enabled: bool):
+    if not enabled:
+        return loader
+    from tqdm import tqdm
+    return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train_one_epoch(
+        model: nn.Module, loader, optimizer, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
+        scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
+        epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
+) -> Dict[str, float]:
+    """Returns mean loss, top-1, images/s and the share of step time spent waiting for data."""
+    model.train()
+    totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
+    data_time = step_time = 0.0
+    steps = len(loader)
+    bar = _progress(loader, f'epoch {epoch}', progress and env.is_main)
+    start = end = time.perf_counter()
+    for step, (images, targets) in enumerate(bar):
+        images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        data_time += time.perf_counter() - end
+        with autocast_context(env.device, amp_dtype):
+            logits = model(images)
+            loss = loss_fn(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        if ema is not None:
+            ema.update(model)
+        n = targets.shape[0]
+        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
+        now = time.perf_counter()
+        step_time, end = now - start, now
+        rate = totals[2].item() * env.world_size / max(step_time, 1e-9)
+        if bar is not loader:
+            bar.set_postfix(loss=f'{totals[0].item() / totals[2].item():.3f}',
+                            acc=f'{100 * totals[1].item() / totals[2].item():.1f}', img_s=f'{rate:.0f}')
+        if log_interval and env.is_main and (step + 1) % log_interval == 0:
+            log(f'epoch {epoch} step {step + 1}/{steps} loss {loss.item():.4f} img/s {rate:.1f}')
+    totals = all_reduce_sum(totals, env)
+    count = max(totals[2].item(), 1)
+    return dict(train_loss=totals[0].item() / count, train_top1=100 * totals[1].item() / count,
+                img_s=totals[2].item() / max(step_time, 1e-9), data_share=data_time / max(step_time, 1e-9),
+                epoch_time=step_time)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, env: DistEnv, amp_dtype: Optional[str] = None,
+             channels_last: bool = False) -> Dict[str, float]:
+    """Loss, top-1 and top-5 over every image of the loader's data set, counted once across ranks."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64)  # loss * n, top1, top5, n
+    for images, targets in loader:
+        images, targets = images.to(env.device), targets.to(env.device)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(env.device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        loss = nn.functional.cross_entropy(logits, targets, reduction='sum')
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = top == targets[:, None]
+        totals += torch.tensor([loss.item(), hits[:, 0].sum().item(), hits.any(1).sum().item(), targets.shape[0]],
+                               dtype=torch.float64)
+    totals = all_reduce_sum(totals, env)
+    count = max(totals[3].item(), 1)
+    return dict(loss=totals[0].item() / count, top1=100 * totals[1].item() / count,
+                top5=100 * totals[2].item() / count, count=int(totals[3].item()))

@@ -1,0 +1,94 @@
+"""What a run leaves behind: a per-epoch CSV, training curves, and the results file the hub reads."""
+import csv
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, List
+
+import timm
+import torch
+import torchvision
+
+import timm_spa
+
+RESULTS = 'results.json'
+SUMMARY = 'summary.csv'
+CURVES = 'curves.png'
+RESULTS_VERSION = 1
+
+
+def hardware(device: torch.device, world_size: int) -> str:
+    if device.type == 'cuda':
+        name = torch.cuda.get_device_name(device)
+    else:
+        try:
+            name = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+        except (OSError, StopIteration):
+            name = platform.processor() or 'CPU'
+        name = f'{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+    return f'{world_size} x {name}' if world_size > 1 else name
+
+
+def software() -> Dict[str, str]:
+    return dict(python=platform.python_version(), torch=torch.__version__, torchvision=torchvision.__version__,
+                timm=timm.__version__, timm_spa=timm_spa.__version__)
+
+
+def git_commit() -> str:
+    """The commit the code ran from, with '+dirty' if the tree had changes; 'unknown' outside git."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+                                check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return 'unknown'
+    return commit + ('+dirty' if dirty else '')
+
+
+def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
+    if not rows:
+        return
+    tmp = path.with_name(path.name + '.tmp')
+    with open(tmp, 'w', newline='') as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_summary(path: Path) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline='') as f:
+        return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    epochs = [r['epoch'] for r in rows]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    loss_ax.plot(epochs, [r['train_loss'] for r in rows], 'o-', label='train')
+    loss_ax.plot(epochs, [r['val_loss'] for r in rows], 's-', label='val (held out of train)')
+    acc_ax.plot(epochs, [r['train_top1'] for r in rows], 'o-', label='train')
+    acc_ax.plot(epochs, [r['val_top1'] for r in rows], 's-', label='val (held out of train)')
+    for ax, label in ((loss_ax, 'loss'), (acc_ax, 'top-1 (%)')):
+        ax.set_xlabel('epoch')
+        ax.set_ylabel(label)
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_results(path: Path, results: Dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(results, indent=2, default=str))
+    os.replace(tmp, path)
