@@ -15,7 +15,6 @@ what a forward+backward allocates on top of the live input and parameters.
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -31,9 +30,9 @@ import torch
 from timm.layers import GlobalContext, NonLocalAttn
 from torch import nn
 
-import timm_spa
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention
+from train.report import hardware, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
 BLOCKS = ('spa', 'spa_naive', 'nl', 'gc')
@@ -293,16 +292,6 @@ def _print_progress(rows):
               flush=True)
 
 
-def _device_name(device: torch.device) -> str:
-    if device.type == 'cuda':
-        return torch.cuda.get_device_name(device)
-    try:
-        model = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
-    except (OSError, StopIteration):
-        model = platform.processor() or 'cpu'
-    return f'{model}, {torch.get_num_threads()} threads'
-
-
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -333,8 +322,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     report = dict(
         meta=dict(
             date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=device.type,
-            device_name=_device_name(device), torch=torch.__version__, timm=timm.__version__,
-            timm_spa=timm_spa.__version__, python=platform.python_version(), command=' '.join(sys.argv)),
+            device_name=hardware(device, 1), command=' '.join(sys.argv), **software()),
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
                     repeats=args.repeats, warmup=args.warmup, amp=args.amp, tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),

@@ -48,3 +48,13 @@ def test_naive_baseline_computes_the_same_function():
         x = torch.randn(2, channels, size, size)
         with torch.no_grad():
             torch.testing.assert_close(spa(x), naive(x), rtol=1e-5, atol=1e-5)
+
+
+def test_train_throughput_runs_the_real_pipeline(folder_data, tmp_path):
+    from benchmarks import train_throughput
+    rows = train_throughput.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--models',
+                                  'resnet18_cifar', 'resnet18_spa', '-b', '4', '--steps', '2', '--warmup', '1',
+                                  '-j', '0', '--output-json', str(tmp_path / 'rates.json')])
+    assert [r['model'] for r in rows] == ['resnet18_cifar', 'resnet18_spa']
+    assert all(r['img_s'] > 0 and 0 <= r['data_share'] < 1 for r in rows)
+    assert json.loads((tmp_path / 'rates.json').read_text())['rows'] == rows

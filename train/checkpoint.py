@@ -85,7 +85,7 @@ def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.')
+            raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.') from e
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:

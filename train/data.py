@@ -63,7 +63,8 @@ class DataSplits:
     tag: Optional[str]  # the pretrained tag this data set corresponds to (cifar10, cifar100, tinyimagenet)
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
-    image_size: int
+    image_size: int  # the default input size of models trained on it
+    native_size: Optional[int]  # the size its images come in (None: varies), resized to the input size
     hflip: bool = True
     notes: List[str] = field(default_factory=list)
 
@@ -95,7 +96,8 @@ def _unpickle(path: Path) -> dict:
         with open(path, 'rb') as f:
             return _ArrayUnpickler(f, encoding='bytes').load()
     except (pickle.UnpicklingError, EOFError, OSError, ValueError) as e:
-        raise DataError(f'{path} is not a readable CIFAR python batch file ({e}); re-extract the official archive.')
+        raise DataError(
+            f'{path} is not a readable CIFAR python batch file ({e}); re-extract the official archive.') from e
 
 
 def _cifar_batches_dir(root: Path, dataset: str) -> Optional[Path]:
@@ -243,14 +245,15 @@ def load_dataset(
     notes = []
     if dataset == 'digits':
         train, test, names = _digits()
-        name, tag, size, hflip = 'scikit-learn digits (8x8, upscaled to 32x32)', None, 32, False
+        name, tag, size, native, hflip = 'scikit-learn digits (8x8, upscaled to 32x32)', None, 32, 8, False
         default_val = 180
     elif dataset == 'tinyimagenet':
         if root is None or not root.exists():
             raise DataError(f'Tiny-ImageNet not found ({root}); download {TINY_IMAGENET_URL}, unzip it, and pass '
                             'the folder (or its tiny-imagenet-200/ parent) as --data-dir.')
         train, test, names = _tiny_imagenet(root)
-        name, tag, size, hflip, default_val = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', 64, True, 10000
+        name, tag, size, native, hflip = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', 64, 64, True
+        default_val = 10000
     elif dataset in CIFAR_URLS:
         if root is None:
             raise _missing(dataset, root)
@@ -269,7 +272,7 @@ def load_dataset(
             name = f'{pretty} (image-file copy at {root.name}/, not the official binary batches)'
             notes.append('Images were read from image files, not the official binary batches: '
                          'numbers are not the same measurement as on the official test batch.')
-        tag, size, hflip, default_val = dataset, 32, True, 5000
+        tag, size, native, hflip, default_val = dataset, 32, 32, True, 5000
         expected = 10 if dataset == 'cifar10' else 100
         if len(names) != expected:
             raise DataError(f'{root} has {len(names)} classes, but {pretty} has {expected}.')
@@ -278,7 +281,7 @@ def load_dataset(
         if found is None:
             raise _missing(dataset, root)
         train, test, names = found
-        name, tag, size, hflip = f'image folder {root.name}', None, 32, True
+        name, tag, size, native, hflip = f'image folder {root.name}', None, 32, None, True
         default_val = max(1, len(train) // 10)
 
     val_size = default_val if val_size is None else val_size
@@ -291,7 +294,8 @@ def load_dataset(
         tag, (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
     return DataSplits(
         train=train, train_indices=train_indices, val_indices=val_indices, test=test, class_names=names,
-        label=label or name, tag=tag, mean=tuple(mean), std=tuple(std), image_size=size, hflip=hflip, notes=notes)
+        label=label or name, tag=tag, mean=tuple(mean), std=tuple(std), image_size=size, native_size=native,
+        hflip=hflip, notes=notes)
 
 
 class TransformedSamples(Dataset):
@@ -310,7 +314,7 @@ class TransformedSamples(Dataset):
 def build_transforms(splits: DataSplits, image_size: int, train: bool) -> Callable:
     """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else."""
     steps = []
-    if image_size != 32 or splits.image_size != image_size:
+    if splits.native_size != image_size:
         steps.append(transforms.Resize((image_size, image_size)))
     if train:
         steps.append(transforms.RandomCrop(image_size, padding=4))

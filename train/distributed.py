@@ -44,6 +44,12 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
     return values.cpu()
 
 
+def barrier(env: DistEnv) -> None:
+    """Wait until every rank gets here, e.g. until rank 0 has written a file the others read."""
+    if env.distributed:
+        dist.barrier()
+
+
 def cleanup(env: DistEnv) -> None:
     if env.distributed and dist.is_initialized():
         dist.destroy_process_group()

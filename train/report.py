@@ -24,7 +24,8 @@ def hardware(device: torch.device, world_size: int) -> str:
         name = torch.cuda.get_device_name(device)
     else:
         try:
-            name = next(line.split(':', 1)[1].strip() for line in open('/proc/cpuinfo') if line.startswith('model name'))
+            with open('/proc/cpuinfo') as f:
+                name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
         except (OSError, StopIteration):
             name = platform.processor() or 'CPU'
         name = f'{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'

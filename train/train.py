@@ -27,13 +27,31 @@ from torch.nn.parallel import DistributedDataParallel
 
 import timm_spa  # noqa: F401  registers the models
 
-from .checkpoint import BEST, LAST, CheckpointError, load_training_state, load_weights, save_training_state, \
-    save_weights
+from .checkpoint import (
+    BEST,
+    LAST,
+    CheckpointError,
+    load_training_state,
+    load_weights,
+    save_training_state,
+    save_weights,
+)
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
-from .distributed import cleanup, init_distributed
+from .distributed import barrier, cleanup, init_distributed
 from .engine import AMP_DTYPES, evaluate, train_one_epoch
-from .report import CURVES, RESULTS, RESULTS_VERSION, SUMMARY, git_commit, hardware, plot_curves, read_summary, \
-    software, write_results, write_summary
+from .report import (
+    CURVES,
+    RESULTS,
+    RESULTS_VERSION,
+    SUMMARY,
+    git_commit,
+    hardware,
+    plot_curves,
+    read_summary,
+    software,
+    write_results,
+    write_summary,
+)
 
 RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, 'args.json')
 
@@ -214,6 +232,7 @@ def run(args: argparse.Namespace) -> Optional[dict]:
                 f"{100 * stats['data_share']:.0f}% of step time{' *best*' if improved else ''}")
 
         # the checkpoint chosen on the validation split, evaluated once on the test split
+        barrier(env)  # rank 0 wrote it
         load_weights(eval_model, out / BEST, args.model)
         test = evaluate(eval_model, test_loader, env, args.amp_dtype, args.channels_last)
         if test['count'] != len(test_set):

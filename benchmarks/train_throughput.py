@@ -1,0 +1,76 @@
+"""Training images/s of the real pipeline (`python -m train`'s loader, augmentation and step), per model.
+
+    python -m benchmarks.train_throughput --data-dir ../shared/data/cifar10-jpeg --amp
+
+Each model trains for `--steps` batches of the data set's training split after `--warmup` batches,
+through `train.engine.train_one_epoch`; the table gives images/s, the ratio to the first model,
+and the share of step time spent waiting for the data loader.
+"""
+import argparse
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import timm
+import torch
+from timm.optim import create_optimizer_v2
+from torch import nn
+
+from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
+from train.distributed import DistEnv
+from train.engine import train_one_epoch
+from train.report import hardware, software
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--dataset', default='cifar10', choices=DATASETS)
+    p.add_argument('--data-dir', default=None)
+    p.add_argument('--models', nargs='+', default=['resnet18_cifar', 'resnet18_spa', 'resnet18_nl', 'resnet18_gc'])
+    p.add_argument('-b', '--batch-size', type=int, default=128)
+    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('--warmup', type=int, default=2)
+    p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--amp', action='store_true', help='bfloat16 autocast (CPU) / float16 (CUDA)')
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--output-json', default=None)
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[List[str]] = None) -> List[dict]:
+    args = parse_args(argv)
+    env = DistEnv(device=torch.device(args.device))
+    amp_dtype = ('float16' if env.device.type == 'cuda' else 'bfloat16') if args.amp else None
+    splits = load_dataset(args.dataset, args.data_dir)
+    transform = build_transforms(splits, splits.image_size, train=True)
+    count = (args.warmup + args.steps) * args.batch_size
+    indices = splits.train_indices[:count]
+    warm = build_loader(TransformedSamples(splits.train, indices[:args.warmup * args.batch_size], transform),
+                        args.batch_size, True, args.workers, 0)
+    timed = build_loader(TransformedSamples(splits.train, indices[args.warmup * args.batch_size:], transform),
+                         args.batch_size, True, args.workers, 0)
+    rows = []
+    for name in args.models:
+        torch.manual_seed(0)
+        model = timm.create_model(name, num_classes=splits.num_classes).to(env.device)
+        optimizer = create_optimizer_v2(model, opt='momentum', lr=0.1, weight_decay=5e-4, momentum=0.9)
+        step = dict(optimizer=optimizer, loss_fn=nn.CrossEntropyLoss(), env=env, amp_dtype=amp_dtype)
+        train_one_epoch(model, warm, **step)
+        stats = train_one_epoch(model, timed, **step)
+        rows.append(dict(model=name, img_s=stats['img_s'], data_share=stats['data_share']))
+        print(f"{name}: {stats['img_s']:.1f} img/s, data loading {100 * stats['data_share']:.1f}% of step time",
+              flush=True)
+    base = rows[0]['img_s']
+    print(f"\n{splits.label}, batch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
+          f"{amp_dtype or 'float32'}, {args.workers} loader workers, {hardware(env.device, 1)}\n")
+    print('| model | train img/s | step time vs first | data loading share |')
+    print('|---|---:|---:|---:|')
+    for row in rows:
+        print(f"| {row['model']} | {row['img_s']:.1f} | {base / row['img_s']:.3f}x | {100 * row['data_share']:.1f}% |")
+    if args.output_json:
+        Path(args.output_json).write_text(json.dumps(dict(rows=rows, args=vars(args), software=software()), indent=2))
+    return rows
+
+
+if __name__ == '__main__':
+    main()
