@@ -7,13 +7,7 @@ from typing import Any, Dict, List
 import timm
 
 from .models.cifar_resnet import MODEL_NAMES, CifarResNet
-
-# the paper's Table 1 "# of Params" (10-class head), in millions
-PAPER_PARAMS_M = {
-    'resnet18_cifar': 11.174, 'resnet50_cifar': 23.521, 'resnet18_se': 11.268, 'resnet50_se': 26.078,
-    'resnet18_gc': 11.191, 'resnet50_gc': 23.785, 'resnet18_nl': 11.306, 'resnet50_nl': 25.622,
-    'resnet18_spa': 11.371, 'resnet50_spa': 26.671,
-}
+from .paper import PARAMS_M
 
 
 def _attention(model: CifarResNet) -> str:
@@ -32,7 +26,7 @@ def parameter_rows() -> List[Dict[str, Any]]:
         model = timm.create_model(name, num_classes=10, device='meta')
         rows.append(dict(
             model=name, params=sum(p.numel() for p in model.parameters()),
-            paper_params_m=PAPER_PARAMS_M[name], attention=_attention(model)))
+            paper_params_m=PARAMS_M[name], attention=_attention(model)))
     return rows
 
 

@@ -71,21 +71,24 @@ def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
     return torch.bmm(keys, keys.transpose(1, 2)).mul(scale).softmax(dim=-1)
 
 
-FUSED_ATTENTION_MAX_POSITIONS = 64  # measured on CPU: above this the materialised C' x C' softmax is faster
+def _float32_attention(
+        keys: torch.Tensor, value: torch.Tensor, scale: float, max_fused_positions: int = 64) -> torch.Tensor:
+    """softmax(K K^T * scale) V in float32 at least.
 
-
-def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    """softmax(K K^T * scale) V in float32 at least."""
+    `max_fused_positions` was measured on CPU (benchmarks/attention_cost.py): with more positions
+    than this, the materialised C' x C' softmax is faster than the fused kernel.
+    """
     dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
     keys, value = keys.to(dtype), value.to(dtype)
-    if value.shape[-1] > FUSED_ATTENTION_MAX_POSITIONS:
+    if value.shape[-1] > max_fused_positions:
         return torch.bmm(_float32_affinity(keys, scale), value)
     # few positions: the C' x C' matrix costs more than the products. Zero key dimensions leave
     # K K^T unchanged, and equal head dims let SDPA take its fused kernel, which never stores it.
     pad = value.shape[-1] - keys.shape[-1]
     if pad > 0:
         keys = F.pad(keys, [0, pad])
-    return F.scaled_dot_product_attention(keys, keys, value, scale=scale)
+    keys, value = keys.unsqueeze(1), value.unsqueeze(1)  # one head: (B, 1, C', .), the layout exporters know
+    return F.scaled_dot_product_attention(keys, keys, value, scale=scale).squeeze(1)
 
 
 class SalientPositionsAttention(nn.Module):
@@ -195,6 +198,11 @@ class SalientPositionsAttention(nn.Module):
                 'SalientPositionsAttention built for in_channels={} got an input with {} channels (shape {}).'.format(
                     self.in_channels, x.shape[1], list(x.shape)))
 
+    def _qv_bias(self) -> torch.Tensor:
+        bias = self.qv.bias
+        assert bias is not None  # built with bias=True; the assert narrows Optional for TorchScript
+        return bias
+
     def select_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """K = theta(X)[:, idx] (Alg. 1, Eq. 5) and idx, with an autograd graph over k positions only.
 
@@ -203,7 +211,7 @@ class SalientPositionsAttention(nn.Module):
         touches k positions instead of n.
         """
         rd = self.rd_channels
-        weight, bias = self.qv.weight[:rd], self.qv.bias[:rd]
+        weight, bias = self.qv.weight[:rd], self._qv_bias()[:rd]
         with torch.no_grad():
             query = F.conv2d(x, weight, bias)
         _, indices, _ = select_salient_positions(query, self.num_positions(x.shape[2], x.shape[3]))
@@ -216,7 +224,7 @@ class SalientPositionsAttention(nn.Module):
         B, C, H, W = x.shape
         rd = self.rd_channels
         keys, _ = self.select_keys(x)
-        g_weight, g_bias = self.qv.weight[rd:], self.qv.bias[rd:]
+        g_weight, g_bias = self.qv.weight[rd:], self._qv_bias()[rd:]
         if H * W <= rd:
             # few positions: Eq. 7 as written (fused attention kernel), then W
             value = F.conv2d(x, g_weight, g_bias).flatten(2)

@@ -14,8 +14,9 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
 
+from .. import paper
 from ..layers import SalientPositionsAttention
-from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, is_published
+from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, is_published, raise_download_error
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
 
@@ -130,7 +131,7 @@ def _cfg(name: str, tag: str, **kwargs) -> Dict[str, Any]:
         **_DATASET_CFGS[tag],
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'fixed_input_size': False,
         'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
-        'paper_name': 'Salient Positions based Attention Network for Image Classification',
+        'paper_name': paper.TITLE,
         **kwargs,
     }
 
@@ -153,7 +154,18 @@ _SE = dict(block_args=dict(attn_layer='se'))
 def _create(variant: str, pretrained: bool, arch: Dict[str, Any], **kwargs) -> CifarResNet:
     if pretrained:
         check_pretrained_available(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    return build_model_with_cfg(CifarResNet, variant, pretrained, **dict(arch, **kwargs))
+    try:
+        return build_model_with_cfg(CifarResNet, variant, pretrained, **dict(arch, **kwargs))
+    except TypeError as e:  # an argument this version does not know, e.g. from a newer config.json
+        from .. import __version__
+        raise TypeError(
+            f'{variant} cannot be built with these arguments: {e}. If they come from a config.json '
+            f'(hf-hub:/local-dir:), it was written for another timm-spa version than this one ({__version__}): '
+            'upgrade timm-spa, or remove the argument from model_args.') from e
+    except (OSError, RuntimeError, ValueError) as e:
+        if pretrained:
+            raise_download_error(variant, kwargs.get('pretrained_cfg'), e)
+        raise
 
 
 @register_model

@@ -6,16 +6,19 @@ been pushed to the Hub (the hub tooling appends to it when it publishes). Pretra
 and `pretrained=True` for any other name fails with a message instead of a bare 404.
 """
 import json
+import os
 from pathlib import Path
 from typing import Any, List, Optional
 
 __all__ = [
-    'HF_HUB_ORG', 'PUBLISHED_RECORD', 'PretrainedWeightsUnavailable', 'check_pretrained_available',
-    'hub_repo_id', 'is_published', 'published_names',
+    'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'WeightsDownloadError',
+    'check_pretrained_available', 'raise_download_error',
+    'hub_repo_id', 'is_published', 'published_names', 'published_record', 'record_published',
 ]
 
 HF_HUB_ORG = 'timm-spa'  # the Hugging Face Hub organisation that holds every published checkpoint
 PUBLISHED_RECORD = Path(__file__).with_name('published.json')
+RECORD_ENV = 'TIMM_SPA_PUBLISHED_RECORD'  # another record, e.g. for an air-gapped mirror or tests
 DEFAULT_TAG = 'cifar10'
 
 
@@ -23,14 +26,34 @@ class PretrainedWeightsUnavailable(RuntimeError):
     """`pretrained=True` for a model/tag whose weights have not been published."""
 
 
+class WeightsDownloadError(RuntimeError):
+    """Published weights that could not be fetched from the Hub or its cache, or arrived corrupt."""
+
+
 def hub_repo_id(name: str) -> str:
     """Hub repository of `arch.tag`, e.g. 'timm-spa/resnet18_spa.cifar10'."""
     return f'{HF_HUB_ORG}/{name}'
 
 
+def published_record() -> Path:
+    """`published.json` beside this file, or the file named by $TIMM_SPA_PUBLISHED_RECORD."""
+    return Path(os.environ.get(RECORD_ENV) or PUBLISHED_RECORD)
+
+
 def published_names() -> List[str]:
-    """The `arch.tag` names with published weights, as recorded in `published.json`."""
-    return list(json.loads(PUBLISHED_RECORD.read_text()))
+    """The `arch.tag` names with published weights, as recorded in the published record."""
+    path = published_record()
+    return list(json.loads(path.read_text())) if path.is_file() else []
+
+
+def record_published(name: str) -> Path:
+    """Add `arch.tag` to the published record (idempotent); returns the record's path."""
+    names = sorted(set(published_names()) | {name})
+    path = published_record()
+    tmp = path.with_name(path.name + '.tmp')
+    tmp.write_text(json.dumps(names, indent=2) + '\n')
+    os.replace(tmp, path)
+    return path
 
 
 def is_published(name: str) -> bool:
@@ -56,3 +79,24 @@ def check_pretrained_available(variant: str, pretrained_cfg: Any = None, overlay
         f"Published: {', '.join(published) if published else 'none yet'}. "
         'Use pretrained=False, one of the published names, or your own checkpoint '
         "(timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors'))).")
+
+
+def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception) -> None:
+    """Re-raise a failure to fetch or read pretrained weights with what to do about it."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from safetensors import SafetensorError
+
+    tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
+    name = f'{variant}.{tag or DEFAULT_TAG}' if not isinstance(pretrained_cfg, dict) else variant
+    if isinstance(error, SafetensorError) or 'safetensors' in type(error).__module__:
+        raise WeightsDownloadError(
+            f'the weights downloaded for {name} are corrupt ({error}). Delete them from the Hugging Face cache '
+            f'({constants.HF_HUB_CACHE}; `hf cache delete`) and load again.') from error
+    if isinstance(error, (HfHubHTTPError, LocalEntryNotFoundError, OSError)):
+        raise WeightsDownloadError(
+            f'could not fetch the weights of {name} from {constants.ENDPOINT} ({type(error).__name__}: {error}). '
+            'Check the network or HF_ENDPOINT (a mirror such as olah); offline, set HF_HUB_OFFLINE=1 to use the '
+            "Hugging Face cache (filled by an earlier download), or load a file with pretrained_cfg_overlay="
+            "dict(file='model.safetensors').") from error
+    raise error
