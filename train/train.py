@@ -234,7 +234,8 @@ def run(args: argparse.Namespace) -> Optional[dict]:
         # the checkpoint chosen on the validation split, evaluated once on the test split
         barrier(env)  # rank 0 wrote it
         load_weights(eval_model, out / BEST, args.model)
-        test = evaluate(eval_model, test_loader, env, args.amp_dtype, args.channels_last)
+        # in float32 whatever the training precision: the number anyone reloading the weights reproduces
+        test = evaluate(eval_model, test_loader, env, None, args.channels_last)
         if test['count'] != len(test_set):
             raise RuntimeError(f'evaluated {test["count"]} test images, expected {len(test_set)}')
         results = dict(
@@ -247,7 +248,8 @@ def run(args: argparse.Namespace) -> Optional[dict]:
             epochs=num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
             val_top5=best.get('top5'), test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
             checkpoint_selection=f'best validation top-1 on {len(val_set)} images held out of train '
-                                 f'(split seed {args.val_split_seed}); test split evaluated once, every image once',
+                                 f'(split seed {args.val_split_seed}); test split evaluated once, every image '
+                                 'once, in float32',
             wall_time_s=time.time() - started, hardware=hardware(env.device, env.world_size),
             world_size=env.world_size, amp_dtype=args.amp_dtype, software=software(), git_commit=git_commit(),
             args={k: v for k, v in vars(args).items()},

@@ -8,6 +8,7 @@ taps, `forward_intermediates`, gradient checkpointing and `group_matcher` unchan
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import GlobalContext, NonLocalAttn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -162,7 +163,7 @@ def _create(variant: str, pretrained: bool, arch: Dict[str, Any], **kwargs) -> C
             f'{variant} cannot be built with these arguments: {e}. If they come from a config.json '
             f'(hf-hub:/local-dir:), it was written for another timm-spa version than this one ({__version__}): '
             'upgrade timm-spa, or remove the argument from model_args.') from e
-    except (OSError, RuntimeError, ValueError) as e:
+    except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if pretrained:
             raise_download_error(variant, kwargs.get('pretrained_cfg'), e)
         raise
