@@ -25,10 +25,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
     repo_id = default_repo_id(results)
     folder = export_run(str(run), str(run / 'hub-repo'), repo_id, overwrite=True)
     mirror = run / 'hub-mirror'
-    env = dict(os.environ, HF_HOME=str(run / 'hf-cache'), HF_HUB_DISABLE_TELEMETRY='1')
-    env.setdefault('TIMM_SPA_PUBLISHED_RECORD', str(run / 'published.json'))  # not the package's own record
-    os.environ['TIMM_SPA_PUBLISHED_RECORD'] = env['TIMM_SPA_PUBLISHED_RECORD']
-    publish(str(folder), repo_id, mirror=str(mirror))
+    record = run / 'published.json'  # the demo's own record, not the package's
+    env = dict(os.environ, HF_HOME=str(run / 'hf-cache'), HF_HUB_DISABLE_TELEMETRY='1',
+               TIMM_SPA_PUBLISHED_RECORD=str(record))
+    publish(str(folder), repo_id, mirror=str(mirror), record=record)
     trained = results['args']
     with MirrorServer(mirror, run / 'olah') as server:
         # a fresh interpreter: huggingface_hub reads HF_ENDPOINT and HF_HOME when it is imported
@@ -36,8 +36,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
                    '--dataset', trained['dataset'], '--split', 'test', '--output-json', str(run / 'reloaded.json'),
                    '--val-size', str(results['dataset']['val_images']), '--val-split-seed',
                    str(trained['val_split_seed'])]
-        if trained['data_dir']:
-            command += ['--data-dir', trained['data_dir']]
+        for flag, key in (('--data-dir', 'data_dir'), ('--img-size', 'img_size')):
+            if trained.get(key):
+                command += [flag, str(trained[key])]
         subprocess.run(command, env=dict(env, HF_ENDPOINT=server.endpoint), check=True,
                        cwd=Path(__file__).resolve().parent.parent)
     report = json.loads((run / 'reloaded.json').read_text())

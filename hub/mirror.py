@@ -38,7 +38,7 @@ class MirrorServer:
 
     def __enter__(self) -> 'MirrorServer':
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / 'olah.toml'
+        config = self.workdir.resolve() / 'olah.toml'
         config.write_text(CONFIG.format(port=self.port, repos=self.workdir.resolve() / 'repos', mirrors=self.mirrors))
         cli = Path(sys.executable).with_name('olah-cli')
         if not cli.is_file():

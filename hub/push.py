@@ -84,7 +84,8 @@ def published_name(repo_id: str) -> Optional[str]:
 
 
 def publish(folder: str, repo_id: str, dry_run: bool = False, mirror: Optional[str] = None,
-            private: bool = False) -> dict:
+            private: bool = False, record: Optional[Path] = None) -> dict:
+    """Upload (or with `dry_run`, list) the folder; `record` overrides the published record's path."""
     folder_path = Path(folder)
     check_repo_id(repo_id)
     files = repo_files(folder_path)
@@ -104,6 +105,6 @@ def publish(folder: str, repo_id: str, dry_run: bool = False, mirror: Optional[s
     else:
         summary['commit_url'] = push_to_hub(folder_path, repo_id, private)
     if name:
-        summary['record'] = str(record_published(name))
+        summary['record'] = str(record_published(name, record))
     print(f'published {repo_id} to {destination}' + (f'; recorded {name} in {summary["record"]}' if name else ''))
     return summary

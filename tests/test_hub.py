@@ -97,11 +97,7 @@ def test_export_push_mirror_and_load_over_http(trained_run, installed, tmp_path)
     env = dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record), HF_HOME=str(tmp_path / 'hf'),
                HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
-    os.environ['TIMM_SPA_PUBLISHED_RECORD'] = str(record)
-    try:
-        summary = publish(str(folder), REPO_ID, mirror=str(mirror))
-    finally:
-        del os.environ['TIMM_SPA_PUBLISHED_RECORD']
+    summary = publish(str(folder), REPO_ID, mirror=str(mirror), record=record)
     assert json.loads(record.read_text()) == ['resnet18_spa.cifar10'] and summary['records'] == 'resnet18_spa.cifar10'
     branch = subprocess.run(['git', 'branch', '--show-current'], cwd=mirror / 'models' / REPO_ID,
                             capture_output=True, text=True, check=True).stdout.strip()
@@ -231,3 +227,17 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
     off = subprocess.run([str(python), '-c', 'import timm; timm.create_model("resnet18_spa")'],
                          env=dict(os.environ, TIMM_SPA_NO_AUTOREGISTER='1'), capture_output=True, text=True)
     assert 'Unknown model (resnet18_spa)' in off.stderr
+
+
+def test_main_job_last_step_reproduces_the_card(folder_data, tmp_path, capsys):
+    from hub import demo
+    run = tmp_path / 'run'
+    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
+                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
+                       '--model', 'resnet18_gc', '--output', str(run), '--amp'])
+    report = demo.main([str(run)])
+    results = json.loads((run / 'results.json').read_text())
+    assert (report['top1'], report['top5']) == (results['test_top1'], results['test_top5'])
+    assert report['model'] == 'hf-hub:timm-spa/resnet18_gc.folder' and report['pretrained']
+    assert 'equal.' in capsys.readouterr().out
+    assert (run / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder' / 'model.safetensors').is_file()

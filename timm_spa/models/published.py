@@ -40,16 +40,16 @@ def published_record() -> Path:
     return Path(os.environ.get(RECORD_ENV) or PUBLISHED_RECORD)
 
 
-def published_names() -> List[str]:
-    """The `arch.tag` names with published weights, as recorded in the published record."""
-    path = published_record()
+def published_names(record: Optional[Path] = None) -> List[str]:
+    """The `arch.tag` names with published weights, as recorded in `record` (default: the published record)."""
+    path = record or published_record()
     return list(json.loads(path.read_text())) if path.is_file() else []
 
 
-def record_published(name: str) -> Path:
-    """Add `arch.tag` to the published record (idempotent); returns the record's path."""
-    names = sorted(set(published_names()) | {name})
-    path = published_record()
+def record_published(name: str, record: Optional[Path] = None) -> Path:
+    """Add `arch.tag` to `record` (default: the published record), idempotently; returns its path."""
+    path = record or published_record()
+    names = sorted(set(published_names(path)) | {name})
     tmp = path.with_name(path.name + '.tmp')
     tmp.write_text(json.dumps(names, indent=2) + '\n')
     os.replace(tmp, path)
