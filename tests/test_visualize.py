@@ -1,0 +1,142 @@
+"""Capturing attention internals, and the pictures made from them."""
+import numpy as np
+import pytest
+import timm
+import torch
+from conftest import write_image_folders
+from PIL import Image
+
+from timm_spa.capture import attention_blocks, capture_attention, position_to_image
+from timm_spa.layers import SalientPositionsAttention, select_salient_positions
+from visualize.__main__ import main as visualize_main
+from visualize.__main__ import parse_args, visualize
+
+
+def _active(model):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _, block, kind in attention_blocks(model):
+            if kind in ('spa', 'nl'):
+                block.norm.weight.uniform_(0.5, 1.5)
+            else:
+                block.mlp_add.fc2.weight.normal_(0, 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet50_spa'])
+def test_capture_does_not_change_outputs(name):
+    model = _active(timm.create_model(name, attn_stages=(2, 3)))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = model(x)
+        with capture_attention(model) as captures:
+            captured = model(x)
+        after = model(x)  # hooks are gone afterwards
+    assert torch.equal(plain, captured) and torch.equal(plain, after)
+    expected = ['layer2.2', 'layer3.2'] if '18' in name else ['layer2.4', 'layer3.6']  # after each stage's last block
+    assert [c.name for c in captures] == expected
+
+
+@pytest.mark.parametrize('stage', [1, 2, 3, 4])
+def test_salient_positions_are_the_selection_and_map_to_image_pixels(stage):
+    model = _active(timm.create_model('resnet18_spa', attn_stages=(stage,), attn_kwargs=dict(k=3)))
+    block = getattr(model, f'layer{stage}')[-1]
+    inputs = []
+    handle = block.register_forward_hook(lambda m, i, o: inputs.append(i[0]))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad(), capture_attention(model) as captures:
+        model(x)
+    handle.remove()
+    (capture,) = captures
+    with torch.no_grad():
+        _, indices, saliency = select_salient_positions(block.project(inputs[0])[0], 3)
+    assert sorted(capture.arrays['indices'][0].tolist()) == sorted(indices[0].tolist())
+    H, W = capture.feature_size
+    assert (H, W) == (32 >> (stage - 1), 32 >> (stage - 1))
+    stride = model.feature_info[stage]['reduction']
+    assert capture.stride((32, 32)) == (stride, stride)
+    pixels = capture.salient_pixels((32, 32))
+    for b in range(2):
+        for slot, flat in enumerate(capture.arrays['indices'][b]):
+            row, col = divmod(int(flat), W)
+            assert tuple(capture.arrays['positions'][b, slot]) == (row, col)
+            assert tuple(pixels[b, slot]) == ((row + 0.5) * stride, (col + 0.5) * stride)
+    np.testing.assert_allclose(capture.arrays['saliency'], saliency.reshape(2, H, W).numpy(), rtol=1e-6)
+    assert capture.arrays['affinity'].shape == (2, block.rd_channels, block.rd_channels)
+
+
+def test_position_to_image_for_non_square_strides():
+    assert position_to_image(np.array([[0, 0], [2, 5]]), (4.0, 2.5)).tolist() == [[2.0, 1.25], [10.0, 13.75]]
+
+
+def test_nl_and_gc_arrays_match_their_definitions():
+    model = _active(timm.create_model('resnet18_nl', attn_stages=(4,)))
+    with torch.no_grad(), capture_attention(model) as captures:
+        model(torch.randn(1, 3, 32, 32))
+    affinity = captures[0].arrays['affinity']
+    assert affinity.shape == (1, 16, 16)
+    np.testing.assert_allclose(affinity.sum(-1), 1.0, rtol=1e-5)
+    model = _active(timm.create_model('resnet18_gc'))
+    with torch.no_grad(), capture_attention(model) as captures:
+        model(torch.randn(1, 3, 32, 32))
+    mask = captures[0].arrays['mask']
+    assert mask.shape == (1, 8, 8) and mask.sum() == pytest.approx(1.0, rel=1e-5)
+
+
+@pytest.mark.parametrize('name,stages', [('resnet18_spa', '(1,)'), ('resnet18_spa', '(2, 4)'),
+                                         ('resnet18_nl', '(3,)'), ('resnet50_nl', '(4,)'), ('resnet18_gc', '(1, 3)'),
+                                         ('resnet50_gc', '(3,)'), ('resnet50_spa', '(3,)')])
+def test_cli_on_a_data_set_split(tmp_path, name, stages):
+    data = write_image_folders(tmp_path / 'data', classes=4, n_train=16, n_test=8)
+    out = tmp_path / 'fig.png'
+    result = visualize(parse_args(['--model', name, '--model-kwargs', f'attn_stages={stages}', '--dataset',
+                                   'folder', '--data-dir', str(data), '--val-size', '4', '--num-images', '3',
+                                   '--output', str(out)]))
+    assert out.stat().st_size > 0
+    saved = np.load(out.with_suffix('.npz'))
+    assert saved['images'].shape == (3, 32, 32, 3) and saved['probabilities'].shape == (3, 4)
+    assert set(saved['labels'].tolist()) <= {0, 1, 2, 3}
+    for capture in result['captures']:
+        for key, value in capture.arrays.items():
+            np.testing.assert_array_equal(saved[f'{capture.name}/{key}'], value)
+
+
+def test_cli_on_image_files_with_queries(tmp_path):
+    files = []
+    for i in range(2):
+        path = tmp_path / f'img{i}.png'
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(path)
+        files.append(str(path))
+    out = tmp_path / 'nl.png'
+    result = visualize(parse_args(['--model', 'resnet18_nl', '--images', *files, '--query', '0,0', '--query', '7,7',
+                                   '--output', str(out)]))
+    assert result['queries'] == [(0, 0), (7, 7)] and result['labels'] == [None, None]
+    assert out.is_file() and result['images'].shape == (2, 32, 32, 3)
+
+
+def test_model_without_attention_blocks(tmp_path):
+    Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
+    with pytest.raises(SystemExit, match=r'has no SPA, non-local or global-context block.*resnet18_spa'):
+        visualize_main(['--model', 'resnet18_cifar', '--images', str(tmp_path / 'a.png'),
+                        '--output', str(tmp_path / 'x.png')])
+
+
+def test_unreadable_image_is_named(tmp_path):
+    bad = tmp_path / 'broken.png'
+    bad.write_bytes(b'not an image')
+    with pytest.raises(SystemExit, match=r'cannot read image .*broken\.png'):
+        visualize_main(['--model', 'resnet18_spa', '--images', str(bad), '--output', str(tmp_path / 'x.png')])
+
+
+def test_query_outside_the_feature_map(tmp_path):
+    Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
+    with pytest.raises(SystemExit, match=r'query position \(8, 2\) is outside the 8x8 feature map of block layer3.2'):
+        visualize_main(['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8,2',
+                        '--output', str(tmp_path / 'x.png')])
+    with pytest.raises(SystemExit, match=r"--query '8' must be ROW,COL"):
+        visualize_main(['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8',
+                        '--output', str(tmp_path / 'x.png')])
+
+
+def test_spa_block_type_is_captured_for_any_subclass():
+    assert [k for _, _, k in attention_blocks(SalientPositionsAttention(8))] == ['spa']

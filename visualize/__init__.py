@@ -1,0 +1,1 @@
+"""python -m visualize: pictures of what the attention blocks attend to."""
