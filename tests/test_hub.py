@@ -17,6 +17,7 @@ import yaml
 from conftest import write_cifar
 from safetensors.torch import load_file
 
+from benchmarks.startup_time import measure
 from hub.__main__ import main as hub_main
 from hub.export import ExportError, export_run
 from hub.mirror import MirrorServer, free_port
@@ -221,6 +222,8 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
                               '"timm_spa", "_timm_spa_autoregister") if m in sys.modules))'],
                              capture_output=True, text=True, check=True)
     assert startup.stdout.strip() == "['_timm_spa_autoregister']"  # only the tiny hook runs at start-up
+    cost = measure(str(python), runs=2)  # the start-up measurement script, on this install
+    assert cost['hook_installed'] and cost['heavy_modules_at_startup'] == []
     use = subprocess.run([str(python), '-c', 'import timm; m = timm.create_model("resnet18_spa"); '
                           'print(type(m).__name__, timm.list_models("*_spa"))'], capture_output=True, text=True)
     assert use.stdout.strip() == "CifarResNet ['resnet18_spa', 'resnet50_spa']", use.stderr
