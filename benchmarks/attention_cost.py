@@ -316,13 +316,15 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     device = torch.device(args.device)
     budget = _memory_budget(device, args.memory_fraction)
     report = dict(
         meta=dict(
             date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=device.type,
-            device_name=hardware(device, 1), command=' '.join(sys.argv), **software()),
+            device_name=hardware(device, 1), command=' '.join(['python -m benchmarks.attention_cost', *argv]),
+            **software()),
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
                     repeats=args.repeats, warmup=args.warmup, amp=args.amp, tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),

@@ -177,7 +177,7 @@ class SalientPositionsAttention(nn.Module):
         return self._outside_autocast(keys, None)
 
     def attend(self, keys: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Y = A V (Eq. 6, 7), (B, C', N) in float32, autocast or not; A is never materialised."""
+        """Y = A V (Eq. 6, 7), (B, C', N) in float32, autocast or not; A is not stored for few positions."""
         if torch.jit.is_scripting():
             return _float32_attention(keys, value, self.scale)
         return self._outside_autocast(keys, value)
@@ -226,7 +226,7 @@ class SalientPositionsAttention(nn.Module):
         keys, _ = self.select_keys(x)
         g_weight, g_bias = self.qv.weight[rd:], self._qv_bias()[rd:]
         if H * W <= rd:
-            # few positions: Eq. 7 as written (fused attention kernel), then W
+            # few positions: Eq. 7 as written, then W
             value = F.conv2d(x, g_weight, g_bias).flatten(2)
             out = self.proj(self.attend(keys, value).to(value.dtype).reshape(B, rd, H, W))
         else:
