@@ -123,7 +123,12 @@ def _fits(nbytes: int, budget: int) -> bool:
 def _memory_budget(device: torch.device, fraction: float) -> int:
     if device.type == 'cuda':
         return int(torch.cuda.mem_get_info(device)[0] * fraction)
-    return int(os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES') * fraction)
+    try:  # MemAvailable counts reclaimable page cache; free pages alone shrink after reading data sets
+        with open('/proc/meminfo') as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+    except (OSError, StopIteration):
+        available = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_AVPHYS_PAGES')
+    return int(available * fraction)
 
 
 def _compare_blocks(
