@@ -53,11 +53,12 @@ from .report import (
     write_summary,
 )
 
+PROG = 'python -m train'
 RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, 'args.json')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', choices=DATASETS)
     g.add_argument('--data-dir', default=None, help='data set root (see README for the layouts)')

@@ -22,11 +22,12 @@ from .distributed import DistEnv
 from .engine import AMP_DTYPES, evaluate
 from .report import RESULTS
 
+PROG = 'python -m train.validate'
 SPLITS = ('test', 'val', 'train')
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--run', default=None, help='a training run directory: model, data set and best weights')
     p.add_argument('--model', default=None, help='model name, hf-hub:ORG/NAME or local-dir:PATH')
     p.add_argument('--checkpoint', default=None, help='weights: .safetensors, or a PyTorch file (weights_only)')
