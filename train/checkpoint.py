@@ -24,7 +24,8 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or made for another model."""
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place in one step."""
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
     write(tmp)
@@ -52,7 +53,7 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 
 def save_training_state(path: Union[str, Path], state: Dict[str, Any]) -> None:
-    _atomic(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
 
 
 def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
@@ -73,7 +74,7 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
 
 def save_weights(path: Union[str, Path], model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    _atomic(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
 def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:

@@ -72,6 +72,11 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def split(self, name: str) -> Tuple[Samples, List[int]]:
+        """The images of split 'train' (minus the held-out part), 'val' (held out of train) or 'test'."""
+        return {'train': (self.train, self.train_indices), 'val': (self.train, self.val_indices),
+                'test': (self.test, list(range(len(self.test))))}[name]
+
 
 def _array_samples(images: np.ndarray, labels: Sequence[int], prefix: str) -> Samples:
     return Samples(

@@ -13,6 +13,8 @@ import torchvision
 
 import timm_spa
 
+from .checkpoint import atomic_write
+
 RESULTS = 'results.json'
 SUMMARY = 'summary.csv'
 CURVES = 'curves.png'
@@ -53,12 +55,14 @@ def git_commit() -> str:
 def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
     if not rows:
         return
-    tmp = path.with_name(path.name + '.tmp')
-    with open(tmp, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, 'w', newline='') as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
 
 
 def read_summary(path: Path) -> List[Dict[str, Any]]:
@@ -90,6 +94,4 @@ def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
 
 
 def write_results(path: Path, results: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(results, indent=2, default=str))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(results, indent=2, default=str)))

@@ -75,8 +75,7 @@ def validate(args: argparse.Namespace) -> dict:
                               **args.model_kwargs)
     if args.checkpoint:
         load_weights(model, args.checkpoint, args.model)
-    samples, indices = {'test': (splits.test, None), 'val': (splits.train, splits.val_indices),
-                        'train': (splits.train, splits.train_indices)}[args.split]
+    samples, indices = splits.split(args.split)
     dataset = TransformedSamples(samples, indices, build_transforms(splits, args.img_size or splits.image_size, False))
     env = DistEnv(device=torch.device(args.device))
     metrics = evaluate(model.to(env.device), build_loader(dataset, args.batch_size, False, args.workers, 0), env,

@@ -24,7 +24,7 @@ from torchvision import transforms
 
 from timm_spa.capture import capture_attention
 from train.checkpoint import load_weights
-from train.data import DATASETS, build_transforms, load_dataset
+from train.data import DATASETS, DataSplits, build_transforms, load_dataset
 
 from .render import render
 
@@ -67,14 +67,12 @@ def _queries(args: argparse.Namespace) -> Optional[List[Tuple[int, int]]]:
     return out
 
 
-def _load_images(args, model) -> Tuple[torch.Tensor, List[Optional[int]], List[str], np.ndarray, List[str]]:
+def _load_images(args, model, splits: Optional[DataSplits]
+                 ) -> Tuple[torch.Tensor, List[Optional[int]], List[str], np.ndarray, List[str]]:
     """(normalised batch, labels or None, class names, uint8 images for display, where each came from)."""
-    if args.dataset:
-        splits = load_dataset(args.dataset, args.data_dir, args.val_size)
+    if splits is not None:
         size = args.img_size or splits.image_size
-        samples, indices = {'test': (splits.test, list(range(len(splits.test)))),
-                            'val': (splits.train, splits.val_indices),
-                            'train': (splits.train, splits.train_indices)}[args.split]
+        samples, indices = splits.split(args.split)
         picked = np.random.default_rng(args.seed).choice(indices, size=min(args.num_images, len(indices)),
                                                          replace=False)
         loaded = [samples.load(int(i)) for i in picked]
@@ -101,14 +99,12 @@ def _load_images(args, model) -> Tuple[torch.Tensor, List[Optional[int]], List[s
 def visualize(args: argparse.Namespace) -> dict:
     if not args.images and not args.dataset:
         raise VisualizeError('give --images FILE ... or --dataset NAME (with --data-dir) to draw images from.')
-    num_classes = None
-    if args.dataset:
-        num_classes = load_dataset(args.dataset, args.data_dir, args.val_size).num_classes
-    kwargs = dict(args.model_kwargs, **({'num_classes': num_classes} if num_classes else {}))
+    splits = load_dataset(args.dataset, args.data_dir, args.val_size) if args.dataset else None
+    kwargs = dict(args.model_kwargs, **({'num_classes': splits.num_classes} if splits else {}))
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs).eval()
     if args.checkpoint:
         load_weights(model, args.checkpoint, args.model)
-    batch, labels, names, display, sources = _load_images(args, model)
+    batch, labels, names, display, sources = _load_images(args, model, splits)
     with capture_attention(model) as captures:
         with torch.no_grad():
             probs = model(batch).softmax(dim=-1)

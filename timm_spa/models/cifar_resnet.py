@@ -17,7 +17,7 @@ from torch import nn
 
 from .. import paper
 from ..layers import SalientPositionsAttention
-from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, is_published, raise_download_error
+from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, published_names, raise_download_error
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
 
@@ -125,10 +125,10 @@ _DATASET_CFGS = {
 PRETRAINED_TAGS = tuple(_DATASET_CFGS)
 
 
-def _cfg(name: str, tag: str, **kwargs) -> Dict[str, Any]:
+def _cfg(name: str, tag: str, published: Sequence[str], **kwargs) -> Dict[str, Any]:
     """Pretrained config of `name.tag`; `hf_hub_id` only where weights are published."""
     return {
-        'hf_hub_id': hub_repo_id(f'{name}.{tag}') if is_published(f'{name}.{tag}') else None,
+        'hf_hub_id': hub_repo_id(f'{name}.{tag}') if f'{name}.{tag}' in published else None,
         **_DATASET_CFGS[tag],
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'fixed_input_size': False,
         'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
@@ -141,9 +141,10 @@ MODEL_NAMES = (
     'resnet18_cifar', 'resnet50_cifar', 'resnet18_se', 'resnet50_se', 'resnet18_gc', 'resnet50_gc',
     'resnet18_nl', 'resnet50_nl', 'resnet18_spa', 'resnet50_spa',
 )
+_PUBLISHED = set(published_names())  # read once, at registration
 default_cfgs = generate_default_cfgs({
     # the cifar10 tag stays the default ('*') whichever tags have weights: num_classes=10 unless asked
-    f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag)
+    f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag, _PUBLISHED)
     for name in MODEL_NAMES for tag in PRETRAINED_TAGS
 })
 

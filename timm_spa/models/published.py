@@ -13,7 +13,7 @@ from typing import Any, List, Optional
 __all__ = [
     'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'WeightsDownloadError',
     'check_pretrained_available', 'raise_download_error',
-    'hub_repo_id', 'is_published', 'published_names', 'published_record', 'record_published',
+    'hub_repo_id', 'published_names', 'published_record', 'record_published',
 ]
 
 HF_HUB_ORG = 'timm-spa'  # the Hugging Face Hub organisation that holds every published checkpoint
@@ -54,10 +54,6 @@ def record_published(name: str, record: Optional[Path] = None) -> Path:
     tmp.write_text(json.dumps(names, indent=2) + '\n')
     os.replace(tmp, path)
     return path
-
-
-def is_published(name: str) -> bool:
-    return name in published_names()
 
 
 def check_pretrained_available(variant: str, pretrained_cfg: Any = None, overlay: Optional[dict] = None) -> None:
