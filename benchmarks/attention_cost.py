@@ -4,10 +4,11 @@
     python -m benchmarks.attention_cost --tiny          # seconds: the same rows, batch 1, one repeat
     python -m benchmarks.attention_cost --device cuda   # on a GPU
 
-Three tables: (1) one attention block, forward+backward time and peak memory at the ResNet-18
+Four tables: (1) one attention block, forward+backward time and peak memory at the ResNet-18
 CIFAR stage shapes, 64x64x64 and an ImageNet-size 256x56x56; (2) how time and memory grow with
 the number of positions (C = 64, H = W from 8 to 128), SPA against NL; (3) whole models, training
-step and inference images/s. Times are medians over repeats, taken in rounds that run every
+step and inference images/s; (4) the two kernels SPA can compute softmax(K K^T) V with when
+n <= C', and which one the layer picks. Times are medians over repeats, taken in rounds that run every
 candidate once, so that all candidates see the same machine state. Peak memory is measured: on
 CUDA by the caching allocator, on CPU from the profiler's allocation events; "extra" memory is
 what a forward+backward allocates on top of the live input and parameters.
@@ -32,6 +33,7 @@ from torch import nn
 
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention
+from timm_spa.layers.spa import _fused_attention, _materialised_attention, _use_fused_attention
 from train.report import hardware, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
@@ -41,7 +43,11 @@ SCALING_CHANNELS = 64
 MODELS = ('resnet18_cifar', 'resnet18_spa', 'resnet18_nl', 'resnet18_gc',
           'resnet50_cifar', 'resnet50_spa', 'resnet50_nl', 'resnet50_gc')
 MODEL_SIZES = (32, 64)
-TABLES = ('block', 'scaling', 'models')
+KERNEL_CHANNELS = (64, 128, 256, 512)
+KERNEL_POSITIONS = (4, 16, 36, 64, 144, 256)
+# kernels first: on CPU the materialised kernel's cost depends on whether the allocator still faults in
+# fresh pages for its C' x C' buffers, which glibc stops doing once the heap has grown (after the model table)
+TABLES = ('kernels', 'block', 'scaling', 'models')
 
 
 def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention] = None) -> nn.Module:
@@ -207,6 +213,33 @@ def model_table(args, device: torch.device) -> List[dict]:
     return rows
 
 
+def _kernel_step(kernel: Callable, keys: torch.Tensor, value: torch.Tensor) -> None:
+    keys.grad = value.grad = None
+    kernel(keys, value, 1.0).sum().backward()
+
+
+def kernel_table(args, device: torch.device) -> List[dict]:
+    """softmax(K K^T) V forward+backward (k = 2): a materialised C' x C' softmax against SDPA's fused kernel."""
+    kernels = dict(materialised=_materialised_attention, fused=_fused_attention)
+    rows = []
+    for channels in KERNEL_CHANNELS:
+        for positions in (n for n in KERNEL_POSITIONS if n <= channels):
+            torch.manual_seed(0)
+            keys = torch.randn(args.batch, channels, 2, device=device, requires_grad=True)
+            value = torch.randn(args.batch, channels, positions, device=device, requires_grad=True)
+
+            steps = {name: partial(_kernel_step, kernel, keys, value) for name, kernel in kernels.items()}
+            times = median_times(steps, args.repeats, args.warmup, device)
+            row = dict(channels=channels, positions=positions, batch=args.batch,
+                       layer_uses='fused' if _use_fused_attention(positions, channels) else 'materialised')
+            for name, step in steps.items():
+                row.update({f'{name}_ms': times[name] * 1e3,
+                            f'{name}_peak_extra_mib': peak_extra_bytes(step, device) / 2**20})
+            rows.append(row)
+        _print_progress(rows[-1:])
+    return rows
+
+
 def add_ratios(report: dict) -> None:
     """Ratios against the row each claim is about: naive SPA and NL per shape, the baseline per model."""
     def by_shape(rows):
@@ -261,6 +294,16 @@ def markdown_tables(report: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['size']}x{r['size']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
             f"{r['train_time_vs_baseline']:.3f}x | {r['infer_time_vs_baseline']:.3f}x |")
+    lines += ['', "### SPA's attention kernels for n <= C': forward+backward, batch {}, k = 2".format(
+        report['config']['batch']), '',
+        "| C' | n | materialised ms | fused ms | time fused / materialised | materialised MiB | fused MiB "
+        "| layer uses |",
+        '|---:|---:|---:|---:|---:|---:|---:|---|']
+    for r in report['kernels']:
+        lines.append(
+            f"| {r['channels']} | {r['positions']} | {r['materialised_ms']:.2f} | {r['fused_ms']:.2f} | "
+            f"{r['fused_ms'] / r['materialised_ms']:.2f} | {r['materialised_peak_extra_mib']:.1f} | "
+            f"{r['fused_peak_extra_mib']:.1f} | {r['layer_uses']} |")
     return '\n'.join(lines)
 
 
@@ -304,8 +347,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--scaling-batch', type=int, default=2, help='batch of the scaling table')
     parser.add_argument('--scaling-sizes', type=int, nargs='+', default=list(SCALING_SIZES))
     parser.add_argument('--model-batch', type=int, default=32)
-    parser.add_argument('--repeats', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--amp', action='store_true', help='bfloat16 autocast in the model table')
     parser.add_argument('--memory-fraction', type=float, default=0.6,
                         help='skip NL rows whose attention matrices need more than this share of free memory')
@@ -333,7 +376,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
                     repeats=args.repeats, warmup=args.warmup, amp=args.amp, tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),
-                  models=lambda: model_table(args, device))
+                  models=lambda: model_table(args, device), kernels=lambda: kernel_table(args, device))
     for name in TABLES:
         print(f'{name} table', flush=True)
         report[name] = tables[name]() if name in args.tables else []

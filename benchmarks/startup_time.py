@@ -47,5 +47,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
               f"(cumulative import time); heavy modules imported at start-up: "
               f"{result['heavy_modules_at_startup'] or 'none'}")
     return result
-if __name__ == "__main__":
+
+
+if __name__ == '__main__':
     main()

@@ -39,10 +39,19 @@ def test_tiny_run_has_every_row(tmp_path):
         assert row['train_img_s'] > 0 and row['infer_img_s'] > 0 and row['train_time_vs_baseline'] > 0
     assert saved['meta']['torch'] == torch.__version__
 
+    kernels = {(r['channels'], r['positions']): r for r in saved['kernels']}
+    assert set(kernels) == {(c, n) for c in attention_cost.KERNEL_CHANNELS for n in attention_cost.KERNEL_POSITIONS
+                            if n <= c}
+    for (channels, positions), row in kernels.items():
+        assert row['materialised_ms'] > 0 and row['fused_ms'] > 0
+        assert row['materialised_peak_extra_mib'] > 0 and row['fused_peak_extra_mib'] > 0
+        assert row['layer_uses'] == ('fused' if 4 * positions < channels else 'materialised')
+    assert "### SPA's attention kernels" in (tmp_path / 'attention_cost_cpu_tiny.md').read_text()
+
 
 def test_naive_baseline_computes_the_same_function():
-    # the benchmark asserts this per shape; here both evaluation orders of our block are covered
-    for channels, size in ((16, 8), (64, 4)):  # n > C and n <= C
+    # the benchmark asserts this per shape; here every evaluation order of our block is covered
+    for channels, size in ((16, 8), (64, 4), (128, 4)):  # n > C; n <= C materialised; n < C / 4 fused
         spa = attention_cost.make_block('spa', channels).eval()
         naive = attention_cost.make_block('spa_naive', channels, spa=spa).eval()
         x = torch.randn(2, channels, size, size)

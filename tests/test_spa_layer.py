@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from timm_spa.layers import SalientPositionsAttention, resolve_num_positions, select_salient_positions
+from timm_spa.layers.spa import _scaled_gram, _use_fused_attention
 
 
 def reference_spa(x, theta_w, theta_b, g_w, g_b, proj_w, bn, k, scale):
@@ -53,15 +54,23 @@ def _reference_for(block, x, scale):
 
 
 # the forward has three evaluation orders: n > C' (W A Wg folded), and n <= C' (Eq. 7 as written)
-# with the fused attention kernel (n <= 64) or a materialised C' x C' softmax
-PATH_SHAPES = [(2, 8, 5, 6), (2, 16, 3, 4), (1, 80, 9, 8)]
+# with the fused attention kernel (n < C' / 4) or a materialised C' x C' softmax
+FOLDED, FUSED, MATERIALISED = (2, 8, 5, 6), (2, 64, 3, 3), (2, 16, 3, 4)
+PATH_SHAPES = [FOLDED, FUSED, MATERIALISED, (1, 80, 9, 8)]
+
+
+def test_path_shapes_cover_every_evaluation_order():
+    def path(shape):
+        n, channels = shape[2] * shape[3], shape[1]
+        return 'folded' if n > channels else 'fused' if _use_fused_attention(n, channels) else 'materialised'
+    assert [path(s) for s in (FOLDED, FUSED, MATERIALISED)] == ['folded', 'fused', 'materialised']
 
 
 @pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
 @pytest.mark.parametrize('k,rd_ratio,shape', [
     (2, 1.0, (2, 8, 5, 6)), (7, 0.5, (3, 12, 4, 4)), (1, 1.0, (1, 4, 3, 7)),  # n > C'
-    (2, 1.0, (2, 16, 3, 4)), (5, 0.5, (2, 24, 3, 3)), (1, 1.0, (1, 8, 1, 1)),  # n <= C', fused attention
-    (3, 1.0, (1, 96, 9, 9)),  # 64 < n <= C': materialised attention
+    (2, 1.0, FUSED), (5, 0.5, (2, 96, 3, 3)), (1, 1.0, (1, 8, 1, 1)),  # n < C' / 4: fused attention
+    (2, 1.0, MATERIALISED), (5, 0.5, (2, 24, 3, 3)), (3, 1.0, (1, 96, 9, 9)),  # C' / 4 <= n <= C': materialised
 ])
 def test_matches_plain_equations(scale, k, rd_ratio, shape):
     torch.manual_seed(0)
@@ -151,10 +160,11 @@ def test_k_ratio_is_adaptive():
         torch.testing.assert_close(block(x), expected)
 
 
+@pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
 @pytest.mark.parametrize('shape', PATH_SHAPES)
-def test_gradients_reach_theta_g_and_w_and_match_reference(shape):
+def test_gradients_reach_theta_g_and_w_and_match_reference(shape, scale):
     torch.manual_seed(0)
-    block = SalientPositionsAttention(shape[1], k=3).double().eval()
+    block = SalientPositionsAttention(shape[1], k=3, scale=scale).double().eval()
     _randomize_norm(block)
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     block(x).pow(2).sum().backward()
@@ -169,7 +179,7 @@ def test_gradients_reach_theta_g_and_w_and_match_reference(shape):
     x2 = x.detach().clone().requires_grad_()
     norm = block.norm
     bn = (norm.weight.detach(), norm.bias.detach(), norm.running_mean, norm.running_var, norm.eps)
-    ref = reference_spa(x2, qv_w[:rd], qv_b[:rd], qv_w[rd:], qv_b[rd:], proj_w, bn, 3, 1.0)
+    ref = reference_spa(x2, qv_w[:rd], qv_b[:rd], qv_w[rd:], qv_b[rd:], proj_w, bn, 3, block.scale)
     ref.pow(2).sum().backward()
 
     torch.testing.assert_close(got['qv.weight'][:, :, 0, 0], qv_w.grad)
@@ -198,6 +208,14 @@ def test_autocast_gives_finite_outputs_on_large_inputs(dtype, shape):
     torch.testing.assert_close(attn.sum(-1), torch.ones(shape[0], shape[1]))
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+@pytest.mark.parametrize('scale', [1.0, 0.3])
+def test_gram_backward_matches_finite_differences(scale):
+    # K K^T has a hand-written backward (k x C' products); check it and its double backward numerically
+    keys = torch.randn(2, 5, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(_scaled_gram, (keys, scale))
+    assert torch.autograd.gradgradcheck(_scaled_gram, (keys, scale))
 
 
 def test_half_precision_affinity_would_overflow():

@@ -64,31 +64,79 @@ def select_salient_positions(query: torch.Tensor, k: int) -> Tuple[torch.Tensor,
     return keys, indices, saliency
 
 
+class _ScaledGram(torch.autograd.Function):
+    """K K^T * scale for keys K of shape (B, C', k), with a backward shaped for small k.
+
+    Autograd's bmm rule forms the gradient as two (C' x C') @ (C' x k) products, matrix-vector
+    shaped for k = 2 and about 6x slower on CPU than the same numbers from the (k x C') @ (C' x C')
+    products used here: dK^T = scale * (K^T dL + K^T dL^T). Written in differentiable ops, so double
+    backward works.
+    """
+
+    @staticmethod
+    def forward(ctx, keys: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.save_for_backward(keys)
+        ctx.scale = scale
+        gram = torch.bmm(keys, keys.transpose(1, 2))
+        return gram if scale == 1.0 else gram.mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> Tuple[torch.Tensor, None]:
+        keys_t = ctx.saved_tensors[0].transpose(1, 2)
+        grad_keys_t = torch.baddbmm(torch.bmm(keys_t, grad), keys_t, grad.transpose(1, 2))
+        if ctx.scale != 1.0:
+            grad_keys_t = grad_keys_t * ctx.scale
+        return grad_keys_t.transpose(1, 2), None
+
+
+@torch.jit.unused
+def _scaled_gram_autograd(keys: torch.Tensor, scale: float) -> torch.Tensor:
+    return _ScaledGram.apply(keys, scale)
+
+
+def _scaled_gram(keys: torch.Tensor, scale: float) -> torch.Tensor:
+    if torch.jit.is_scripting():  # TorchScript cannot call autograd Functions; inference needs no backward
+        return torch.bmm(keys, keys.transpose(1, 2)) * scale
+    return _scaled_gram_autograd(keys, scale)
+
+
 def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(K K^T * scale) in float32 at least (float64 stays float64)."""
     if keys.dtype == torch.float16 or keys.dtype == torch.bfloat16:
         keys = keys.float()
-    return torch.bmm(keys, keys.transpose(1, 2)).mul(scale).softmax(dim=-1)
+    return _scaled_gram(keys, scale).softmax(dim=-1)
 
 
-def _float32_attention(
-        keys: torch.Tensor, value: torch.Tensor, scale: float, max_fused_positions: int = 64) -> torch.Tensor:
-    """softmax(K K^T * scale) V in float32 at least.
+def _use_fused_attention(num_positions: int, channels: int) -> bool:
+    """Whether SDPA's fused kernel beats a materialised C' x C' softmax for A V.
 
-    `max_fused_positions` was measured on CPU (benchmarks/attention_cost.py): with more positions
-    than this, the materialised C' x C' softmax is faster than the fused kernel.
+    The fused kernel never stores the C' x C' matrix but does about twice the products (the keys
+    are padded to n dimensions). On CPU it wins while n < C' / 4, where the matrix is large next to
+    the products: `python -m benchmarks.attention_kernels` measures both.
     """
-    dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
-    keys, value = keys.to(dtype), value.to(dtype)
-    if value.shape[-1] > max_fused_positions:
-        return torch.bmm(_float32_affinity(keys, scale), value)
-    # few positions: the C' x C' matrix costs more than the products. Zero key dimensions leave
-    # K K^T unchanged, and equal head dims let SDPA take its fused kernel, which never stores it.
+    return 4 * num_positions < channels
+
+
+def _materialised_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.bmm(_float32_affinity(keys, scale), value)
+
+
+def _fused_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    # zero key dimensions leave K K^T unchanged, and equal head dims let SDPA take its fused kernel
     pad = value.shape[-1] - keys.shape[-1]
     if pad > 0:
         keys = F.pad(keys, [0, pad])
     keys, value = keys.unsqueeze(1), value.unsqueeze(1)  # one head: (B, 1, C', .), the layout exporters know
     return F.scaled_dot_product_attention(keys, keys, value, scale=scale).squeeze(1)
+
+
+def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    """softmax(K K^T * scale) V in float32 at least."""
+    dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
+    keys, value = keys.to(dtype), value.to(dtype)
+    if _use_fused_attention(value.shape[-1], value.shape[1]):
+        return _fused_attention(keys, value, scale)
+    return _materialised_attention(keys, value, scale)
 
 
 class SalientPositionsAttention(nn.Module):
