@@ -227,7 +227,6 @@ def kernel_table(args, device: torch.device) -> List[dict]:
             torch.manual_seed(0)
             keys = torch.randn(args.batch, channels, 2, device=device, requires_grad=True)
             value = torch.randn(args.batch, channels, positions, device=device, requires_grad=True)
-
             steps = {name: partial(_kernel_step, kernel, keys, value) for name, kernel in kernels.items()}
             times = median_times(steps, args.repeats, args.warmup, device)
             row = dict(channels=channels, positions=positions, batch=args.batch,

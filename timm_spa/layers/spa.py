@@ -112,7 +112,7 @@ def _use_fused_attention(num_positions: int, channels: int) -> bool:
 
     The fused kernel never stores the C' x C' matrix but does about twice the products (the keys
     are padded to n dimensions). On CPU it wins while n < C' / 4, where the matrix is large next to
-    the products: `python -m benchmarks.attention_kernels` measures both.
+    the products: `python -m benchmarks.attention_cost --tables kernels` measures both.
     """
     return 4 * num_positions < channels
 
