@@ -32,8 +32,8 @@ from timm.layers import GlobalContext, NonLocalAttn
 from torch import nn
 
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
-from timm_spa.layers import SalientPositionsAttention
-from timm_spa.layers.spa import _fused_attention, _materialised_attention, _use_fused_attention
+from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
+from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype
 from train.report import hardware, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
@@ -187,14 +187,14 @@ def _model_rates(names: List[str], size: int, args, device: torch.device) -> Dic
     def train_step(name):
         model, opt = models[name].train(), optimizers[name]
         opt.zero_grad(set_to_none=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast_context(device, args.amp_dtype):
             loss = nn.functional.cross_entropy(model(x), target)
         loss.backward()
         opt.step()
 
     @torch.no_grad()
     def infer(name):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.amp):
+        with autocast_context(device, args.amp_dtype):
             models[name].eval()(x)
 
     train = median_times({n: partial(train_step, n) for n in names}, args.repeats, args.warmup, device)
@@ -213,24 +213,25 @@ def model_table(args, device: torch.device) -> List[dict]:
     return rows
 
 
-def _kernel_step(kernel: Callable, keys: torch.Tensor, value: torch.Tensor) -> None:
+def _kernel_step(attn_impl: str, keys: torch.Tensor, value: torch.Tensor) -> None:
     keys.grad = value.grad = None
-    kernel(keys, value, 1.0).sum().backward()
+    channel_attention(keys, value, 1.0, attn_impl).sum().backward()
 
 
 def kernel_table(args, device: torch.device) -> List[dict]:
-    """softmax(K K^T) V forward+backward (k = 2): a materialised C' x C' softmax against SDPA's fused kernel."""
-    kernels = dict(materialised=_materialised_attention, fused=_fused_attention)
+    """softmax(K K^T) V forward+backward (k = 2): a materialised C' x C' softmax against SDPA's fused kernel,
+    each forced through the layer's public `attn_impl` choice."""
+    kernels = ('materialised', 'fused')
     rows = []
     for channels in KERNEL_CHANNELS:
         for positions in (n for n in KERNEL_POSITIONS if n <= channels):
             torch.manual_seed(0)
             keys = torch.randn(args.batch, channels, 2, device=device, requires_grad=True)
             value = torch.randn(args.batch, channels, positions, device=device, requires_grad=True)
-            steps = {name: partial(_kernel_step, kernel, keys, value) for name, kernel in kernels.items()}
+            steps = {name: partial(_kernel_step, name, keys, value) for name in kernels}
             times = median_times(steps, args.repeats, args.warmup, device)
             row = dict(channels=channels, positions=positions, batch=args.batch,
-                       layer_uses='fused' if _use_fused_attention(positions, channels) else 'materialised')
+                       layer_uses=attention_kernel(positions, channels))
             for name, step in steps.items():
                 row.update({f'{name}_ms': times[name] * 1e3,
                             f'{name}_peak_extra_mib': peak_extra_bytes(step, device) / 2**20})
@@ -286,7 +287,7 @@ def markdown_tables(report: dict) -> str:
             f"{_fmt(spa.get('peak_extra_mib'), '.1f')} | {_fmt(nl.get('peak_extra_mib'), '.1f')} | "
             f"{_fmt(spa.get('time_vs_nl'), '.3f')} | {_fmt(spa.get('memory_vs_nl'), '.4f')} |")
     lines += ['', '### Models: images/s, batch {}{}'.format(
-        report['config']['model_batch'], ', bfloat16 autocast' if report['config']['amp'] else ', float32'), '',
+        report['config']['model_batch'], ', ' + report['config']['precision']), '',
         '| model | input | train img/s | infer img/s | train step vs baseline | inference vs baseline |',
         '|---|---:|---:|---:|---:|---:|']
     for r in report['models']:
@@ -348,7 +349,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--model-batch', type=int, default=32)
     parser.add_argument('--repeats', type=int, default=9)
     parser.add_argument('--warmup', type=int, default=2)
-    parser.add_argument('--amp', action='store_true', help='bfloat16 autocast in the model table')
+    parser.add_argument('--amp', action='store_true',
+                        help='autocast in the model table: float16 on CUDA; bfloat16 on a CPU only where native')
+    parser.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None, help='force this autocast dtype')
     parser.add_argument('--memory-fraction', type=float, default=0.6,
                         help='skip NL rows whose attention matrices need more than this share of free memory')
     parser.add_argument('--tables', nargs='+', choices=TABLES, default=list(TABLES), help='which tables to run')
@@ -366,6 +369,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     device = torch.device(args.device)
+    args.amp_dtype, warning = resolve_amp_dtype(args.amp, args.amp_dtype, device)
+    if warning:
+        print(f'warning: {warning}', flush=True)
     budget = _memory_budget(device, args.memory_fraction)
     report = dict(
         meta=dict(
@@ -373,7 +379,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
             device_name=hardware(device, 1), command=' '.join(['python -m benchmarks.attention_cost', *argv]),
             **software()),
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
-                    repeats=args.repeats, warmup=args.warmup, amp=args.amp, tiny=args.tiny))
+                    repeats=args.repeats, warmup=args.warmup, precision=describe_precision(args.amp_dtype),
+                    tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),
                   models=lambda: model_table(args, device), kernels=lambda: kernel_table(args, device))
     for name in TABLES:

@@ -19,6 +19,7 @@ from torch import nn
 from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
 from train.distributed import DistEnv
 from train.engine import train_one_epoch
+from train.precision import AMP_DTYPES, describe_precision, resolve_amp_dtype
 from train.report import hardware, software
 
 
@@ -31,7 +32,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('-j', '--workers', type=int, default=2)
-    p.add_argument('--amp', action='store_true', help='bfloat16 autocast (CPU) / float16 (CUDA)')
+    p.add_argument('--amp', action='store_true',
+                   help='autocast: float16 on CUDA, bfloat16 only on a CPU that has it natively (else float32)')
+    p.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None, help='force this autocast dtype')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--output-json', default=None)
     return p.parse_args(argv)
@@ -40,7 +43,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = parse_args(argv)
     env = DistEnv(device=torch.device(args.device))
-    amp_dtype = ('float16' if env.device.type == 'cuda' else 'bfloat16') if args.amp else None
+    amp_dtype, warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)
+    if warning:
+        print(f'warning: {warning}', flush=True)
     splits = load_dataset(args.dataset, args.data_dir)
     transform = build_transforms(splits, splits.image_size, train=True)
     count = (args.warmup + args.steps) * args.batch_size
@@ -62,7 +67,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
               flush=True)
     base = rows[0]['img_s']
     print(f"\n{splits.label}, batch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
-          f"{amp_dtype or 'float32'}, {args.workers} loader workers, {hardware(env.device, 1)}\n")
+          f"{describe_precision(amp_dtype)}, {args.workers} loader workers, {hardware(env.device, 1)}\n")
     print('| model | train img/s | step time vs first | data loading share |')
     print('|---|---:|---:|---:|')
     for row in rows:

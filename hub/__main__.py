@@ -1,37 +1,60 @@
-"""python -m hub export RUN_DIR --output DIR | python -m hub push DIR --repo-id ORG/NAME [--mirror PATH]"""
+"""python -m hub export RUN_DIR --output DIR | push DIR [--repo-id ORG/NAME] [--mirror PATH | --releases DIR]
+| serve RELEASES_DIR [--port N] | table RELEASES_DIR"""
 import argparse
-import sys
+from pathlib import Path
 from typing import List, Optional
 
-from train.checkpoint import CheckpointError
+from train.cli import UsageError, add_debug_flag, run_cli
 
-from .export import ExportError, export_run
+from .export import export_run
+from .mirror import ServerError, serve
 from .push import publish
+from .releases import release_table, released_repositories
+
+PROG = 'python -m hub'
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog='python -m hub', description=__doc__)
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__)
+    add_debug_flag(parser)
     commands = parser.add_subparsers(dest='command', required=True)
     export = commands.add_parser('export', help='turn a finished training run into a Hub repository folder')
     export.add_argument('run_dir')
-    export.add_argument('--output', required=True, help='the repository folder to write')
+    export.add_argument('--output', required=True, help='the repository folder to write (outside the run)')
     export.add_argument('--repo-id', default=None, help='ORG/NAME it will live at (default: the project org)')
-    export.add_argument('--overwrite', action='store_true')
-    push = commands.add_parser('push', help='upload an exported folder to the Hub or a local mirror')
+    export.add_argument('--overwrite', action='store_true', help='replace an exported repository at --output')
+    push = commands.add_parser('push', help='upload an exported folder to the Hub, a local mirror or releases/')
     push.add_argument('folder')
-    push.add_argument('--repo-id', required=True)
+    push.add_argument('--repo-id', default=None, help='ORG/NAME (default: the id it was exported for)')
     push.add_argument('--dry-run', action='store_true', help='list what would be uploaded, upload nothing')
     push.add_argument('--mirror', default=None, help='commit into PATH/models/ORG/NAME (olah layout) instead')
+    push.add_argument('--releases', default=None,
+                      help="copy into DIR/ORG/NAME and record a tag of the project's organisation as released")
     push.add_argument('--private', action='store_true')
+    serve_cmd = commands.add_parser('serve', help='serve every repository of a releases folder over the Hub API')
+    serve_cmd.add_argument('releases', help='a folder of ORG/NAME repositories, e.g. releases/')
+    serve_cmd.add_argument('--port', type=int, default=None, help='default: a free port')
+    serve_cmd.add_argument('--workdir', default=None, help='keep the served mirror here (default: a temporary one)')
+    table = commands.add_parser('table', help="print the README's table of the released weights")
+    table.add_argument('releases')
     args = parser.parse_args(argv)
-    try:
+
+    def body():
         if args.command == 'export':
             out = export_run(args.run_dir, args.output, args.repo_id, args.overwrite)
             print(f'exported {args.run_dir} to {out}')
-        else:
-            publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private)
-    except (ExportError, CheckpointError) as e:
-        sys.exit(f'error: {e}')
+            return out
+        if args.command == 'push':
+            return publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private, args.releases)
+        if args.command == 'table':
+            text = release_table(released_repositories(Path(args.releases)))
+            print(text)
+            return text
+        if args.port is not None and not 1 <= args.port <= 65535:
+            raise UsageError(f'--port {args.port} is not a TCP port (1-65535); leave it out for a free one.')
+        return serve(args.releases, args.port, args.workdir)
+
+    return run_cli(PROG, body, args.debug, (ServerError,))
 
 
 if __name__ == '__main__':

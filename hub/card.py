@@ -1,82 +1,156 @@
-"""The model card (README.md) of an exported run: Hub metadata, then the facts, all from results.json."""
-import json
-from typing import Any, Dict
+"""The model card (README.md) of an exported run: Hub metadata, then the facts, all from the results.
+
+The front matter is built with huggingface_hub's `ModelCardData` and `EvalResult`; the body follows
+timm's own cards (Model Details, usage for classification, feature maps and embeddings, citation)
+and adds what a budget run must say: the data set's caveats, how the checkpoint was chosen, the
+budget, the precision and CPU, and every argument of the run.
+"""
+from typing import Tuple
+
+import torch
+from huggingface_hub import EvalResult, ModelCardData
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from timm_spa import paper
+from train.precision import describe_flags
+from train.run_dir import Results
 
 DATASET_IDS = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'tinyimagenet': 'zh-plus/tiny-imagenet'}
-RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'min_lr', 'warmup_epochs',
-               'model_ema', 'model_ema_decay', 'amp', 'amp_dtype', 'channels_last', 'img_size', 'val_size',
-               'val_split_seed', 'seed', 'workers', 'pretrained')
+RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'sched_on_updates',
+               'min_lr', 'warmup_epochs', 'warmup_lr', 'smoothing', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype',
+               'channels_last', 'img_size', 'val_size', 'val_split_seed', 'seed', 'workers', 'pretrained')
+_ACTIVATION_OPS = ('convolution', 'mm', 'addmm', 'bmm', 'baddbmm')  # fvcore's activation count: conv and matmul
 
 
-def _yaml_value(value: Any) -> str:
-    return json.dumps(value)  # JSON scalars and lists are valid YAML flow values
+class _CountActivations(TorchDispatchMode):
+    """Output elements of every convolution and matrix product, as fvcore's activation count."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.overloadpacket.__name__ in _ACTIVATION_OPS:
+            self.count += out.numel()
+        return out
 
 
-def front_matter(results: Dict[str, Any], repo_id: str) -> str:
-    data = results['dataset']
-    dataset_id = DATASET_IDS.get(data['name'])
-    lines = ['---', 'library_name: timm', 'license: apache-2.0', 'pipeline_tag: image-classification',
-             'tags:', '- image-classification', '- timm', '- timm-spa', f"- {results['model']}"]
-    if dataset_id:
-        lines += ['datasets:', f'- {dataset_id}']
-    lines += ['metrics:', '- accuracy', 'model-index:', f'- name: {_yaml_value(repo_id.split("/")[-1])}',
-              '  results:', '  - task:', '      type: image-classification', '      name: Image Classification',
-              '    dataset:', f'      name: {_yaml_value(data["label"])}', f'      type: {dataset_id or data["name"]}',
-              '      split: test', '    metrics:']
-    for key, name in (('test_top1', 'Top-1 accuracy'), ('test_top5', 'Top-5 accuracy')):
-        lines += ['    - type: accuracy', f'      value: {results[key]:.2f}', f'      name: {name}']
-    lines.append('---')
-    return '\n'.join(lines)
+def model_profile(model: nn.Module, image_size: int) -> Tuple[float, float]:
+    """(GMACs, activations in millions) of one image's forward pass at `image_size`."""
+    x = torch.zeros(1, 3, image_size, image_size)
+    model = model.eval()
+    flops = FlopCounterMode(display=False)
+    activations = _CountActivations()
+    with torch.no_grad(), flops, activations:
+        model(x)
+    return flops.get_total_flops() / 2 / 1e9, activations.count / 1e6
 
 
-def model_card(results: Dict[str, Any], repo_id: str, has_curves: bool = True) -> str:
-    data, args, arch = results['dataset'], results['args'], results['model_args']
-    model, tag = results['model'], results.get('tag')
-    paper_top1 = paper.TOP1.get(model, {}).get(tag) if tag else None
+def card_data(results: Results, repo_id: str) -> ModelCardData:
+    data = results.dataset
+    dataset_id = DATASET_IDS.get(data.name, data.name)
+    evals = [EvalResult(task_type='image-classification', task_name='Image Classification', dataset_type=dataset_id,
+                        dataset_name=data.label, dataset_split='test', metric_type='accuracy',
+                        metric_value=round(value, 2), metric_name=name)
+             for value, name in ((results.test_top1, 'Top-1 accuracy'), (results.test_top5, 'Top-5 accuracy'))]
+    return ModelCardData(
+        library_name='timm', license='apache-2.0', pipeline_tag='image-classification',
+        tags=['image-classification', 'timm', 'timm-spa', results.model],
+        datasets=[dataset_id] if data.name in DATASET_IDS else None, metrics=['accuracy'],
+        model_name=repo_id.split('/')[-1], eval_results=evals)
+
+
+def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: bool = True) -> str:
+    data, args, arch = results.dataset, results.args, results.model_args
+    name = repo_id.split('/')[-1]
+    paper_top1 = paper.TOP1.get(results.model, {}).get(results.tag) if results.tag else None
     kwargs = ', '.join(f'{k}={v!r}' for k, v in arch['model_kwargs'].items())
-    hours = results['wall_time_s'] / 3600
+    gmacs, activations = model_profile(model, data.image_size)
+    hours = results.wall_time_s / 3600
+    precision = results.precision
+    flags = f' (CPU flags: {describe_flags(precision["cpu_flags"])})' if precision.get('cpu_flags') else ''
+    create = f'"hf-hub:{repo_id}", pretrained=True'
     lines = [
-        front_matter(results, repo_id), '',
-        f'# {repo_id.split("/")[-1]}', '',
-        f'`{model}` ({results["param_count"]:,} parameters) trained on {data["label"]} with the recipe of '
-        f'*{paper.TITLE}* ({paper.AUTHORS}): a CIFAR-style ResNet from the '
-        '[timm-spa](https://pypi.org/project/timm-spa/) plugin for timm'
+        '---', card_data(results, repo_id).to_yaml(), '---', '',
+        f'# {name}', '',
+        f'`{results.model}` trained on {data.label} ({data.num_classes} classes): a CIFAR-style ResNet from the '
+        f'[timm-spa](https://pypi.org/project/timm-spa/) plugin for timm, from *{paper.TITLE}* ({paper.AUTHORS})'
         + (f', created with `{kwargs}`' if kwargs else '') + '.', '',
-        '## Usage', '',
+        '## Model Details', '',
+        '- **Model Type:** Image classification / feature backbone',
+        '- **Model Stats:**',
+        f'  - Params (M): {results.param_count / 1e6:.1f}',
+        f'  - GMACs: {gmacs:.2f}',
+        f'  - Activations (M): {activations:.2f}',
+        f'  - Image size: {data.image_size} x {data.image_size}',
+        '- **Papers:**',
+        f'  - {paper.TITLE}: https://arxiv.org/abs/{paper.ARXIV}',
+        f'- **Original:** {paper.CODE_URL}',
+        f'- **Dataset:** {data.label}', '',
+        '## Model Usage', '',
+        '`pip install timm-spa` registers the model family with timm (no import needed).', '',
+        '### Image Classification', '',
         '```python',
         'import timm, torch',
-        f'model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()',
-        'config = timm.data.resolve_data_config({}, model=model)',
-        'transform = timm.data.create_transform(**config)',
-        'logits = model(transform(image).unsqueeze(0))  # image: a PIL image',
+        'from PIL import Image',
+        '',
+        'img = Image.open("image.png").convert("RGB")',
+        f'model = timm.create_model({create}).eval()',
+        'config = timm.data.resolve_model_data_config(model)',
+        'transform = timm.data.create_transform(**config, is_training=False)',
+        'with torch.no_grad():',
+        '    output = model(transform(img).unsqueeze(0))',
+        f'top_probabilities, top_indices = torch.topk(output.softmax(dim=1) * 100, k={min(5, data.num_classes)})',
+        'labels = model.pretrained_cfg["label_names"]',
         '```', '',
-        '`pip install timm-spa` registers the model family with timm (no import needed).', '',
+        '### Feature Map Extraction', '',
+        '```python',
+        f'model = timm.create_model({create}, features_only=True).eval()',
+        'with torch.no_grad():',
+        '    for feature in model(transform(img).unsqueeze(0)):',
+        '        print(feature.shape)  # one map per stage: the stem at full resolution, then /1, /2, /4, /8',
+        '```', '',
+        '### Image Embeddings', '',
+        '```python',
+        f'model = timm.create_model({create}, num_classes=0).eval()  # or: forward_features + forward_head',
+        'with torch.no_grad():',
+        '    embedding = model(transform(img).unsqueeze(0))  # (1, num_features)',
+        '    features = model.forward_features(transform(img).unsqueeze(0))',
+        '    embedding = model.forward_head(features, pre_logits=True)',
+        '```', '',
         '## Results', '',
         '| | top-1 (%) | top-5 (%) |', '|---|---:|---:|',
-        f'| this checkpoint, test split ({data["test_images"]:,} images) | {results["test_top1"]:.2f} | '
-        f'{results["test_top5"]:.2f} |',
-        f'| this checkpoint, validation split ({data["val_images"]:,} images held out of train) | '
-        f'{results["val_top1"]:.2f} | {results["val_top5"]:.2f} |' if results.get('val_top5') is not None else
-        f'| this checkpoint, validation split ({data["val_images"]:,} images) | {results["val_top1"]:.2f} | - |',
-        f'| paper, Table 1 (single run; epochs not stated) | {paper_top1:.2f} | - |' if paper_top1 is not None
-        else '| paper, Table 1 | not reported for this data set | - |', '',
-        f'Data set: **{data["label"]}**.', '',
+        f'| this checkpoint, test split ({data.test_images:,} images) | {results.test_top1:.2f} | '
+        f'{results.test_top5:.2f} |',
+        f'| this checkpoint, validation split ({data.val_images:,} images held out of train) | '
+        f'{results.val_top1:.2f} | {results.val_top5:.2f} |',
+        f'| paper, Table 1 (single run, official data; epochs not stated) | {paper_top1:.2f} | - |'
+        if paper_top1 is not None else '| paper, Table 1 | not reported for this data set | - |', '',
+        f'Data set: **{data.label}**.', '',
     ]
-    lines += [f'- {note}' for note in data.get('notes', [])]
+    lines += [f'- {note}' for note in data.notes]
     lines += [
-        '', '## How the checkpoint was chosen', '',
-        f'{results["checkpoint_selection"][0].upper()}{results["checkpoint_selection"][1:]}. The best epoch was '
-        f'{results["best_epoch"]} of {results["epochs"]}; the test split was not used for any choice.', '',
+        '- A single training run (one seed): no mean or seed-to-seed spread was measured, so this card makes no '
+        'claim that this model is better or worse than another variant trained the same way.',
+        '- The test numbers were measured in float32. Evaluated on another CPU, a borderline image may flip, so a '
+        're-measurement can differ by one image (0.01 points on 10,000 images).', '',
+        '## How the checkpoint was chosen', '',
+        f'{results.checkpoint_selection[0].upper()}{results.checkpoint_selection[1:]}. The best epoch was '
+        f'{results.best_epoch} of {results.epochs} (counted from 0); the test split was not used for any choice.', '',
         '## Budget', '',
-        f'- Epochs: {results["epochs"]}; seeds: 1 (seed {results["seed"]}): a single run, no mean or spread.',
-        f'- Hardware: {results["hardware"]}; wall time {hours:.2f} h ({results["wall_time_s"]:.0f} s).',
-        f'- Software: {", ".join(f"{k} {v}" for k, v in results["software"].items())}; '
-        f'code at commit `{results.get("git_commit", "unknown")}`.', '',
+        f'- Epochs: {results.epochs}; seeds: 1 (seed {results.seed}).',
+        f'- Hardware: {results.hardware}; {results.world_size} process(es); wall time {hours:.2f} h '
+        f'({results.wall_time_s:.0f} s, training, validation and the test evaluation).',
+        f'- Precision: training in {precision["train"]}, test evaluation in {precision["test"]}{flags}.',
+        f'- Software: {", ".join(f"{k} {v}" for k, v in results.software.items())}; code at commit '
+        f'`{results.git_commit}`; run id `{results.run_id}`.', '',
         '## Recipe', '',
-        'Every argument of the run. The defaults are the paper\'s recipe: SGD with momentum 0.9, lr 0.1, batch '
-        '128, weight decay 5e-4, cosine schedule, pad-4 random crop and horizontal flip, nothing else.', '',
+        "Every argument of the run (`python -m train` of timm-spa). Its defaults are the paper's recipe: SGD "
+        'with momentum 0.9, lr 0.1, batch 128, weight decay 5e-4, cosine schedule stepped per epoch, pad-4 random '
+        'crop and horizontal flip, nothing else.', '',
         '| argument | value |', '|---|---|',
     ]
     lines += [f'| `{key}` | `{args[key]}` |' for key in RECIPE_KEYS if key in args]

@@ -1,7 +1,14 @@
-"""The main job's last step: export a run, publish it into a local mirror, serve the mirror, reload the
-model with `pretrained=True` over HTTP and check that it scores what its model card says.
+"""The main job's last steps (`bash scripts/demo.sh`), offline, on loopback servers:
 
-    python -m hub.demo RUN_DIR
+1. publish the demo's own run: export it, push it into a local mirror, serve the mirror over the Hub's
+   HTTP API (olah), reload the model with `pretrained=True` in a fresh interpreter and check that it
+   scores exactly what its model card says;
+2. serve the released weights (`releases/`), load `resnet18_spa` with `pretrained=True` through that
+   server, classify the demo images (real CIFAR-10 test images kept in docs/demo-images/) and draw
+   what its SPA block attends to.
+
+    python -m hub.demo publish RUN_DIR --workdir DIR
+    python -m hub.demo release --workdir DIR
 """
 import argparse
 import json
@@ -11,45 +18,121 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .export import default_repo_id, export_run, read_results
-from .mirror import MirrorServer
+import timm
+import torch
+from PIL import Image
+from timm.data import create_transform, resolve_model_data_config
+
+from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
+from train.cli import add_debug_flag, run_cli
+from train.run_dir import RunDir
+from visualize.figure import Request, draw_attention
+
+from .export import default_repo_id, export_run
+from .mirror import MirrorServer, ServerError, build_mirror
 from .push import publish
+from .releases import released_repositories
+
+ROOT = Path(__file__).resolve().parent.parent
+RELEASES = ROOT / 'releases'
+DEMO_IMAGES = ROOT / 'docs' / 'demo-images'
+DEMO_MODEL = 'resnet18_spa'
 
 
-def main(argv: Optional[List[str]] = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('run_dir')
-    args = parser.parse_args(argv)
-    run = Path(args.run_dir)
-    results = read_results(run)
-    repo_id = default_repo_id(results)
-    folder = export_run(str(run), str(run / 'hub-repo'), repo_id, overwrite=True)
-    mirror = run / 'hub-mirror'
-    record = run / 'published.json'  # the demo's own record, not the package's
-    env = dict(os.environ, HF_HOME=str(run / 'hf-cache'), HF_HUB_DISABLE_TELEMETRY='1',
-               TIMM_SPA_PUBLISHED_RECORD=str(record))
-    publish(str(folder), repo_id, mirror=str(mirror), record=record)
-    trained = results['args']
-    with MirrorServer(mirror, run / 'olah') as server:
-        # a fresh interpreter: huggingface_hub reads HF_ENDPOINT and HF_HOME when it is imported
+def _env(workdir: Path, endpoint: str) -> dict:
+    # a fresh interpreter: huggingface_hub reads HF_ENDPOINT and HF_HOME when it is imported
+    env = dict(os.environ, HF_HOME=str(workdir / 'hf-cache'), HF_HUB_DISABLE_TELEMETRY='1', HF_ENDPOINT=endpoint)
+    env.pop('HF_HUB_OFFLINE', None)
+    return env
+
+
+def publish_and_reload(run_dir: str, workdir: Path) -> dict:
+    """Step 1: the run as a Hub repository, served, reloaded, and its test numbers checked against the card."""
+    finished = RunDir(run_dir).read_finished()
+    repo_id = default_repo_id(finished)
+    folder = export_run(run_dir, str(workdir / 'hub-repo'), repo_id, overwrite=True)
+    mirror = workdir / 'hub-mirror'
+    publish(str(folder), repo_id, mirror=str(mirror))
+    trained, data = finished.results.args, finished.results.dataset
+    with MirrorServer(mirror, workdir / 'olah') as server:
         command = [sys.executable, '-m', 'train.validate', '--model', f'hf-hub:{repo_id}', '--pretrained',
-                   '--dataset', trained['dataset'], '--split', 'test', '--output-json', str(run / 'reloaded.json'),
-                   '--val-size', str(results['dataset']['val_images']), '--val-split-seed',
-                   str(trained['val_split_seed'])]
-        for flag, key in (('--data-dir', 'data_dir'), ('--img-size', 'img_size')):
-            if trained.get(key):
-                command += [flag, str(trained[key])]
-        subprocess.run(command, env=dict(env, HF_ENDPOINT=server.endpoint), check=True,
-                       cwd=Path(__file__).resolve().parent.parent)
-    report = json.loads((run / 'reloaded.json').read_text())
-    card = json.loads((folder / 'results.json').read_text())
+                   '--dataset', data.name, '--split', 'test', '--output-json', str(workdir / 'reloaded.json'),
+                   '--val-size', str(data.val_images), '--val-split-seed', str(data.val_split_seed),
+                   '--img-size', str(data.image_size)]
+        if trained.get('data_dir'):
+            command += ['--data-dir', str(trained['data_dir'])]
+        subprocess.run(command, env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
+    report = json.loads((workdir / 'reloaded.json').read_text())
+    card = finished.results
     print(f"\n| {repo_id} | test top-1 | test top-5 |\n|---|---:|---:|\n"
-          f"| model card (results.json) | {card['test_top1']:.2f} | {card['test_top5']:.2f} |\n"
+          f"| model card (results.json) | {card.test_top1:.2f} | {card.test_top5:.2f} |\n"
           f"| reloaded with pretrained=True from {server.endpoint} | {report['top1']:.2f} | {report['top5']:.2f} |")
-    if (report['top1'], report['top5']) != (card['test_top1'], card['test_top5']):
+    if (report['top1'], report['top5']) != (card.test_top1, card.test_top5):
         sys.exit('error: the reloaded model does not reproduce the model card.')
-    print(f'equal. Hub repository folder: {folder}; mirror: {mirror}')
+    print(f'equal. Hub repository folder: {folder}; mirror: {mirror}', flush=True)
     return report
+
+
+def serve_release_and_classify(workdir: Path, images: Optional[List[str]] = None) -> None:
+    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images."""
+    repos = released_repositories(RELEASES)
+    mirror = build_mirror(repos, workdir / 'releases-mirror')
+    images = images or [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
+    figure = workdir / 'release-attention.png'
+    with MirrorServer(mirror, workdir / 'olah-releases') as server:
+        print(f'\nserving {len(repos)} released repositories from {RELEASES} at {server.endpoint}', flush=True)
+        subprocess.run([sys.executable, '-m', 'hub.demo', 'classify', '--output', str(figure), *images],
+                       env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
+
+
+def classify(images: List[str], output: str) -> List[dict]:
+    """Load the released model with pretrained=True (through HF_ENDPOINT), print each image's prediction
+    beside its true class (the file name's prefix), and draw the attention figure."""
+    model = timm.create_model(DEMO_MODEL, pretrained=True).eval()
+    names = model.pretrained_cfg.get('label_names') or [str(i) for i in range(model.num_classes)]
+    transform = create_transform(**resolve_model_data_config(model), is_training=False)
+    batch = torch.stack([transform(Image.open(path).convert('RGB')) for path in images])
+    with torch.no_grad():
+        probs = model(batch).softmax(dim=-1)
+    rows = []
+    print(f"\n`timm.create_model('{DEMO_MODEL}', pretrained=True)` ({model.pretrained_cfg['hf_hub_id']}) on real "
+          'CIFAR-10 test images:\n\n| image | true class | predicted | probability | |\n|---|---|---|---:|---|')
+    for path, p in zip(images, probs, strict=True):
+        truth = Path(path).name.split('_')[0]
+        predicted = names[int(p.argmax())]
+        rows.append(dict(image=Path(path).name, truth=truth, predicted=predicted, probability=float(p.max())))
+        print(f"| {Path(path).name} | {truth} | {predicted} | {float(p.max()):.3f} | "
+              f"{'right' if predicted == truth else 'wrong'} |")
+    print(f"\n{sum(r['truth'] == r['predicted'] for r in rows)} of {len(rows)} right.", flush=True)
+    draw_attention(Request(model=DEMO_MODEL, pretrained=True, images=images, output=output))
+    print(f'attention figure: {output}', flush=True)
+    return rows
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog='python -m hub.demo', description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    steps = parser.add_subparsers(dest='step', required=True)
+    step = steps.add_parser('publish', help='step 1: publish the demo run, reload it, check it against its card')
+    step.add_argument('run_dir')
+    step.add_argument('--workdir', required=True)
+    step = steps.add_parser('release', help='step 2: serve releases/ and classify the demo images')
+    step.add_argument('--workdir', required=True)
+    step = steps.add_parser('classify', help="(run under HF_ENDPOINT) classify images with the released model")
+    step.add_argument('images', nargs='+')
+    step.add_argument('--output', required=True)
+    add_debug_flag(parser)
+    args = parser.parse_args(argv)
+
+    def body():
+        if args.step == 'publish':
+            return publish_and_reload(args.run_dir, Path(args.workdir))
+        if args.step == 'release':
+            return serve_release_and_classify(Path(args.workdir))
+        return classify(args.images, args.output)
+
+    run_cli('python -m hub.demo', body, args.debug,
+            (ServerError, PretrainedWeightsUnavailable, WeightsDownloadError, subprocess.CalledProcessError))
 
 
 if __name__ == '__main__':

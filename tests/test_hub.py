@@ -6,6 +6,8 @@ where timm-spa is pip-installed (regular and editable), without `import timm_spa
 """
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -13,16 +15,20 @@ from pathlib import Path
 import pytest
 import timm
 import torch
-import yaml
 from conftest import write_cifar
+from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from benchmarks.startup_time import measure
 from hub.__main__ import main as hub_main
-from hub.export import ExportError, export_run
-from hub.mirror import MirrorServer, free_port
+from hub.card import model_profile
+from hub.export import export_run
+from hub.mirror import MirrorServer, build_mirror, free_port
 from hub.push import publish
+from hub.releases import released_repositories
+from hub.repository import RepositoryError
 from train import train as train_script
+from train.run_dir import RunError
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = 'timm-spa/resnet18_spa.cifar10'
@@ -43,6 +49,12 @@ run('download', model)
 print('MODULES', 'timm_spa' in sys.modules)
 json.dump(out, open(sys.argv[2], 'w'))
 """ % (REPO_ID, REPO_ID)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _venv_with_install(path: Path, editable: bool) -> Path:
@@ -89,23 +101,28 @@ def _probe(python: Path, env: dict, tmp: Path, x: torch.Tensor):
     return done, (json.loads((tmp / 'out.json').read_text()) if done.returncode == 0 else None)
 
 
-def test_export_push_mirror_and_load_over_http(trained_run, installed, tmp_path):
+def test_export_push_releases_serve_and_load_over_http(trained_run, installed, tmp_path):
+    """The release path: export, push into a releases folder (which records the tag), serve it as a Hub,
+    load with pretrained=True, hf-hub: and hf_hub_download, then offline from the cache."""
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
     assert sorted(p.name for p in folder.iterdir()) == \
         ['README.md', 'config.json', 'curves.png', 'model.safetensors', 'results.json']
     record = tmp_path / 'published.json'
-    mirror = tmp_path / 'mirror'
+    releases = tmp_path / 'releases'
     env = dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record), HF_HOME=str(tmp_path / 'hf'),
                HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
-    summary = publish(str(folder), REPO_ID, mirror=str(mirror), record=record)
+    summary = publish(str(folder), REPO_ID, releases=str(releases), record=record)
     assert json.loads(record.read_text()) == ['resnet18_spa.cifar10'] and summary['records'] == 'resnet18_spa.cifar10'
-    branch = subprocess.run(['git', 'branch', '--show-current'], cwd=mirror / 'models' / REPO_ID,
-                            capture_output=True, text=True, check=True).stdout.strip()
-    assert branch == 'main'
+    assert sorted(p.name for p in (releases / REPO_ID).iterdir()) == sorted(p.name for p in folder.iterdir())
 
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = _trained_outputs(trained_run, x)
+    repos = released_repositories(releases)
+    mirror = build_mirror(repos, tmp_path / 'mirror')
+    branch = subprocess.run(['git', 'branch', '--show-current'], cwd=mirror / 'models' / REPO_ID,
+                            capture_output=True, text=True, check=True).stdout.strip()
+    assert branch == 'main'
     with MirrorServer(mirror, tmp_path / 'olah') as server:
         done, outputs = _probe(installed, dict(env, HF_ENDPOINT=server.endpoint), tmp_path, x)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -145,17 +162,28 @@ def test_unreachable_hub_names_the_endpoint_and_offline_options(tmp_path):
 def test_model_card_and_config(trained_run, tmp_path):
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
     results = json.loads((trained_run / 'results.json').read_text())
-    card = (folder / 'README.md').read_text()
-    meta = yaml.safe_load(card.split('---')[1])
-    assert meta['library_name'] == 'timm' and meta['datasets'] == ['cifar10'] and 'timm-spa' in meta['tags']
-    metrics = meta['model-index'][0]['results'][0]['metrics']
-    assert [m['value'] for m in metrics] == [round(results['test_top1'], 2), round(results['test_top5'], 2)]
-    assert f"{results['test_top1']:.2f}" in card and '95.79' in card  # ours beside the paper's CIFAR-10 cell
-    assert 'not the official binary batches' not in card and results['dataset']['label'] in card
-    assert 'held out of train' in card and 'curves.png' in card and '@misc{fang_spanet' in card
-    assert f"seed {results['seed']}" in card and results['hardware'] in card
-    for key in ('lr', 'weight_decay', 'momentum', 'batch_size', 'sched', 'epochs'):
-        assert f'`{key}`' in card
+    text = (folder / 'README.md').read_text()
+    card = ModelCard(text)  # the front matter round-trips through huggingface_hub
+    assert card.data.library_name == 'timm' and card.data.datasets == ['cifar10'] and 'timm-spa' in card.data.tags
+    evals = {e.metric_name: e for e in card.data.eval_results}
+    assert evals['Top-1 accuracy'].metric_value == round(results['test_top1'], 2)
+    assert evals['Top-5 accuracy'].metric_value == round(results['test_top5'], 2)
+    assert evals['Top-1 accuracy'].dataset_split == 'test' and evals['Top-1 accuracy'].dataset_type == 'cifar10'
+    assert f"{results['test_top1']:.2f}" in text and '95.79' in text  # ours beside the paper's CIFAR-10 cell
+    assert results['dataset']['label'] in text and 'A partial copy' in text
+    assert 'held out of train' in text and 'curves.png' in text and 'eprint        = {2106.04996}' in text
+    assert f"seed {results['seed']}" in text and results['hardware'] in text and 'single training run' in text
+    assert oct(folder.stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not mkdtemp's private mode
+    assert 'training in float32' in text and 'avx512_bf16' in text  # precision and the CPU's flags
+    for heading in ('## Model Details', '### Image Classification', '### Feature Map Extraction',
+                    '### Image Embeddings', 'Params (M): 11.4', 'https://arxiv.org/abs/2106.04996',
+                    'https://github.com/likyoo/SPANet', 'resolve_model_data_config', 'features_only=True',
+                    'pre_logits=True'):
+        assert heading in text, heading
+    gmacs, activations = model_profile(timm.create_model('resnet18_spa', num_classes=10), 32)
+    assert f'GMACs: {gmacs:.2f}' in text and f'Activations (M): {activations:.2f}' in text
+    for key in ('lr', 'weight_decay', 'momentum', 'batch_size', 'sched', 'epochs', 'smoothing', 'sched_on_updates'):
+        assert f'`{key}`' in text
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'resnet18_spa' and config['num_classes'] == 10
     assert config['pretrained_cfg']['mean'] == [0.4914, 0.4822, 0.4465]
@@ -163,6 +191,18 @@ def test_model_card_and_config(trained_run, tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), _trained_outputs(trained_run, x))
+    assert loaded.pretrained_cfg['label_names'] == [f'class{i}' for i in range(10)]  # what the usage snippet reads
+
+
+def test_profile_counts_macs_and_activations_of_a_plain_network():
+    """Checked against the textbook count: a conv costs Cout*Cin*k*k*Hout*Wout MACs, a linear layer
+    in*out, and each produces its output elements as activations."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(8, 4, 1, stride=2),
+                              torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 5))
+    gmacs, activations = model_profile(net, 16)
+    macs = 8 * 3 * 9 * 16 * 16 + 4 * 8 * 1 * 8 * 8 + 256 * 5
+    assert gmacs * 1e9 == pytest.approx(macs)
+    assert activations * 1e6 == pytest.approx(8 * 16 * 16 + 4 * 8 * 8 + 5)
 
 
 def test_export_keeps_attention_placement(folder_data, tmp_path):
@@ -176,36 +216,134 @@ def test_export_keeps_attention_placement(folder_data, tmp_path):
     assert loaded.attn_stages == (1, 2) and loaded.num_classes == 4
 
 
+def _copy_run(run: Path, to: Path) -> Path:
+    shutil.copytree(run, to)
+    return to
+
+
 def test_export_refuses_incomplete_or_mismatched_runs(trained_run, tmp_path):
     broken = tmp_path / 'broken'
     broken.mkdir()
-    with pytest.raises(ExportError, match='has no results.json'):
+    with pytest.raises(RunError, match='has no results.json'):
         export_run(str(broken), str(tmp_path / 'out'))
     results = json.loads((trained_run / 'results.json').read_text())
     (broken / 'results.json').write_text(json.dumps({k: v for k, v in results.items() if k != 'test_top1'}))
-    with pytest.raises(ExportError, match='incomplete \\(missing test_top1\\)'):
+    with pytest.raises(RunError, match='incomplete \\(missing test_top1\\)'):
         export_run(str(broken), str(tmp_path / 'out'))
-    other = dict(results, model='resnet18_nl', model_args=dict(results['model_args'], model='resnet18_nl'))
-    (broken / 'results.json').write_text(json.dumps(other))
-    (broken / 'model_best.safetensors').write_bytes((trained_run / 'model_best.safetensors').read_bytes())
-    with pytest.raises(ExportError, match='weights do not match the recorded architecture.*missing'):
-        export_run(str(broken), str(tmp_path / 'out'))
+    # the architecture the results claim is checked against the weights' own record of it
+    edited = _copy_run(trained_run, tmp_path / 'edited')
+    other = dict(results, model_args=dict(results['model_args'], model_kwargs={'attn_kwargs': {'k': 8}}))
+    (edited / 'results.json').write_text(json.dumps(other))
+    with pytest.raises(RunError, match="the weights were saved for .*'model_kwargs': \\{\\}"):
+        export_run(str(edited), str(tmp_path / 'out'))
+    # results of one run beside the weights of another: refused, whatever the numbers say
+    mixed = _copy_run(trained_run, tmp_path / 'mixed')
+    (mixed / 'results.json').write_text(json.dumps(dict(results, run_id='0' * 32)))
+    with pytest.raises(RunError, match='come from different runs'):
+        export_run(str(mixed), str(tmp_path / 'out'))
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('where', ['run', 'parent', 'inside'])
+def test_export_never_deletes_a_run(trained_run, tmp_path, where):
+    parent = tmp_path / 'runs'
+    run = _copy_run(trained_run, parent / 'r1')
+    _copy_run(trained_run, parent / 'r2')
+    output = {'run': run, 'parent': parent, 'inside': run / 'hub-repo'}[where]
+    before = sorted(str(p) for p in parent.rglob('*'))
+    with pytest.raises(RepositoryError, match='exporting there would overwrite or delete the run'):
+        export_run(str(run), str(output), overwrite=True)
+    assert sorted(str(p) for p in parent.rglob('*')) == before
+
+
+def test_export_overwrite_replaces_only_an_exported_repository(trained_run, tmp_path):
+    out = export_run(str(trained_run), str(tmp_path / 'repo'))
+    export_run(str(trained_run), str(out), overwrite=True)  # an export: replaced
+    (out / 'my-notes.txt').write_text('mine')
+    with pytest.raises(RepositoryError, match='holds files export did not write \\(my-notes.txt\\)'):
+        export_run(str(trained_run), str(out), overwrite=True)
+    holder = tmp_path / 'holder'
+    _copy_run(trained_run, holder / 'a-run')
+    with pytest.raises(RepositoryError, match='holds a training run'):
+        export_run(str(trained_run), str(holder), overwrite=True)
+    assert (holder / 'a-run' / 'results.json').is_file()
+
+
+def test_push_refuses_a_run_under_another_tag(folder_data, tmp_path):
+    """A 4-class 16x16 folder run cannot be published as resnet18_spa.cifar10 (or any tag it is not)."""
+    run = tmp_path / 'run'
+    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
+                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
+                       '--model', 'resnet18_spa', '--output', str(run)])
+    folder = export_run(str(run), str(tmp_path / 'repo'))
+    record = tmp_path / 'published.json'
+    for repo_id in (REPO_ID, 'someone/resnet18_spa.cifar100', 'timm-spa/resnet18_nl.cifar10'):
+        with pytest.raises(RepositoryError, match=f'cannot be published as {repo_id}'):
+            publish(str(folder), repo_id, releases=str(tmp_path / 'releases'), record=record)
+    assert not record.exists() and not (tmp_path / 'releases').exists()
+    publish(str(folder), 'someone/resnet18_spa.folder', mirror=str(tmp_path / 'mirror'))  # says what it is
+
+
+def test_push_refuses_a_folder_inside_its_mirror(trained_run, tmp_path):
+    mirror = tmp_path / 'mirror'
+    folder = export_run(str(trained_run), str(mirror / 'models' / REPO_ID))
+    with pytest.raises(RepositoryError, match='overlap'):
+        publish(str(folder), REPO_ID, mirror=str(mirror))
+    assert (folder / 'model.safetensors').is_file()
+
+
+def test_push_refuses_an_edited_repository(trained_run, tmp_path):
+    folder = export_run(str(trained_run), str(tmp_path / 'repo'))
+    config = json.loads((folder / 'config.json').read_text())
+    config['model_args']['attn_kwargs'] = {'k': 8}
+    (folder / 'config.json').write_text(json.dumps(config))
+    with pytest.raises(RepositoryError, match='config.json builds .* but the weights were trained as'):
+        publish(str(folder), REPO_ID, dry_run=True)
 
 
 def test_push_dry_run_bad_repo_id_and_missing_token(trained_run, tmp_path, capsys, monkeypatch):
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
-    summary = publish(str(folder), REPO_ID, dry_run=True)
+    summary = publish(str(folder), dry_run=True)  # the id it was exported for
     printed = capsys.readouterr().out
     assert 'would upload to https://huggingface.co/timm-spa/resnet18_spa.cifar10' in printed
-    assert 'model.safetensors' in printed and 'would record resnet18_spa.cifar10' in printed
-    assert 'model.safetensors' in summary['files']
+    assert 'model.safetensors' in printed and 'model.safetensors' in summary['files']
+    publish(str(folder), REPO_ID, dry_run=True, releases=str(tmp_path / 'rel'))
+    assert 'would record resnet18_spa.cifar10 as released' in capsys.readouterr().out
     for bad in ('no-slash', 'a/b/c', 'bad name/x'):
-        with pytest.raises(ExportError, match='invalid --repo-id'):
+        with pytest.raises(RepositoryError, match='invalid --repo-id'):
             publish(str(folder), bad, dry_run=True)
     monkeypatch.setenv('HF_HOME', str(tmp_path / 'empty-hf'))
     monkeypatch.delenv('HF_TOKEN', raising=False)
-    with pytest.raises(SystemExit, match='no Hugging Face token: run `hf auth login` or set HF_TOKEN'):
+    with pytest.raises(SystemExit) as exit_info:
         hub_main(['push', str(folder), '--repo-id', REPO_ID])
+    assert exit_info.value.code == 1
+    assert 'no Hugging Face token: run `hf auth login` or set HF_TOKEN' in capsys.readouterr().err
+
+
+def test_serve_refuses_what_it_cannot_serve(trained_run, tmp_path, capsys):
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(RepositoryError, match='holds no repositories'):
+        released_repositories(empty)
+    releases = tmp_path / 'releases'
+    folder = export_run(str(trained_run), str(releases / REPO_ID))
+    (folder / 'model.safetensors').rename(tmp_path / 'weights')
+    with pytest.raises(RepositoryError, match='not an exported repository \\(no model.safetensors\\)'):
+        released_repositories(releases)
+    (tmp_path / 'weights').rename(folder / 'model.safetensors')
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, architecture='resnet18_nope')))
+    with pytest.raises(RepositoryError, match='config.json builds'):
+        released_repositories(releases)
+    (folder / 'config.json').write_text(json.dumps(config))
+    assert [r.name for r in released_repositories(releases)] == ['resnet18_spa.cifar10']
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit):
+            hub_main(['serve', str(releases), '--port', str(port)])
+    assert f'port {port} on 127.0.0.1 is in use' in capsys.readouterr().err
 
 
 def test_config_this_version_cannot_build(tmp_path):
@@ -232,15 +370,16 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
     assert 'Unknown model (resnet18_spa)' in off.stderr
 
 
-def test_main_job_last_step_reproduces_the_card(folder_data, tmp_path, capsys):
+def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys):
     from hub import demo
-    run = tmp_path / 'run'
+    run = tmp_path / 'demo' / 'run'
     train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
                        '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
                        '--model', 'resnet18_gc', '--output', str(run), '--amp'])
-    report = demo.main([str(run)])
+    report = demo.publish_and_reload(str(run), tmp_path / 'demo')
     results = json.loads((run / 'results.json').read_text())
     assert (report['top1'], report['top5']) == (results['test_top1'], results['test_top5'])
     assert report['model'] == 'hf-hub:timm-spa/resnet18_gc.folder' and report['pretrained']
     assert 'equal.' in capsys.readouterr().out
-    assert (run / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder' / 'model.safetensors').is_file()
+    mirrored = tmp_path / 'demo' / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder'
+    assert (mirrored / 'model.safetensors').is_file()

@@ -139,6 +139,12 @@ def test_pretrained_cfgs():
     model = timm.create_model('resnet18_spa.tinyimagenet')
     assert model.num_classes == 200 and model.pretrained_cfg['tag'] == 'tinyimagenet'
     assert timm.create_model('resnet18_spa').pretrained_cfg['tag'] == 'cifar10'
+    # label names in label order, what a classifier's output index means (CIFAR-10's batches.meta order)
+    cifar10 = timm.models.get_pretrained_cfg('resnet18_spa.cifar10').label_names
+    assert list(cifar10) == 'airplane automobile bird cat deer dog frog horse ship truck'.split()
+    cifar100 = timm.models.get_pretrained_cfg('resnet50_nl.cifar100').label_names
+    assert len(set(cifar100)) == 100 and list(cifar100) == sorted(cifar100)  # CIFAR-100's fine labels are sorted
+    assert {'apple', 'aquarium_fish', 'worm', 'willow_tree', 'sweet_pepper'} <= set(cifar100)
 
 
 def test_library_claims_only_published_weights():

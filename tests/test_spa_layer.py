@@ -1,11 +1,12 @@
 """The SPA layer against a plain re-computation of the paper's Eq. 3-7 and Alg. 1 (SPEC section 1)."""
 import math
+from unittest import mock
 
 import pytest
 import torch
 
-from timm_spa.layers import SalientPositionsAttention, resolve_num_positions, select_salient_positions
-from timm_spa.layers.spa import _scaled_gram, _use_fused_attention
+from timm_spa.layers import SalientPositionsAttention, attention_kernel, resolve_num_positions, select_salient_positions
+from timm_spa.layers.spa import _scaled_gram
 
 
 def reference_spa(x, theta_w, theta_b, g_w, g_b, proj_w, bn, k, scale):
@@ -60,10 +61,25 @@ PATH_SHAPES = [FOLDED, FUSED, MATERIALISED, (1, 80, 9, 8)]
 
 
 def test_path_shapes_cover_every_evaluation_order():
-    def path(shape):
-        n, channels = shape[2] * shape[3], shape[1]
-        return 'folded' if n > channels else 'fused' if _use_fused_attention(n, channels) else 'materialised'
-    assert [path(s) for s in (FOLDED, FUSED, MATERIALISED)] == ['folded', 'fused', 'materialised']
+    paths = [attention_kernel(s[2] * s[3], s[1]) for s in (FOLDED, FUSED, MATERIALISED)]
+    assert paths == ['folded', 'fused', 'materialised']
+
+
+@pytest.mark.parametrize('attn_impl', ['fused', 'materialised'])
+@pytest.mark.parametrize('shape', [FUSED, MATERIALISED, (2, 24, 3, 3)])
+def test_forced_attention_kernel_matches_plain_equations(attn_impl, shape):
+    # attn_impl picks the kernel for n <= C'; both compute Eq. 6-7 exactly
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(shape[1], k=3, attn_impl=attn_impl).double().eval()
+    _randomize_norm(block)
+    x = torch.randn(*shape, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), _reference_for(block, x, 1.0), rtol=1e-10, atol=1e-10)
+    assert attention_kernel(9, 64, attn_impl) == attn_impl and attention_kernel(65, 64, attn_impl) == 'folded'
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    with mock.patch('torch.nn.functional.scaled_dot_product_attention', side_effect=sdpa) as fused:
+        block(x)
+    assert fused.called == (attn_impl == 'fused')  # the option reaches the forward
 
 
 @pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
@@ -243,7 +259,10 @@ def test_parameter_layout():
     (dict(k_ratio=0), 'k_ratio must be a number > 0'),
     (dict(k_ratio=-1.0), 'k_ratio'),
     (dict(rd_ratio=0), 'rd_ratio must be a number > 0'),
-    (dict(scale=0.0), 'scale must be a number > 0'),
+    (dict(scale=0.0), 'scale must be a finite number > 0'),
+    (dict(scale=float('inf')), 'scale must be a finite number > 0'),
+    (dict(scale=float('nan')), 'got nan'),
+    (dict(attn_impl='flash'), "attn_impl must be one of \\('auto', 'fused', 'materialised'\\)"),
     (dict(scale='sqrt'), "'inv_channels'"),
 ])
 def test_bad_arguments_fail_at_construction(kwargs, match):

@@ -4,12 +4,16 @@ Cheap checks run on all ten models at 32x32 (batch 2). The expensive ones run on
 subset: `torch.compile` on resnet18_spa only (its first call costs ~40 s on CPU), ONNX export on
 one model per attention type (SPA also at depth 50); the others share the same code paths.
 """
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import MODEL_NAMES
+
+ROOT = Path(__file__).resolve().parent.parent
 
 ONNX_MODELS = ['resnet18_spa', 'resnet50_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet18_cifar']
 
@@ -149,3 +153,50 @@ def test_torch_compile_training_step_matches_eager():
         grads.append([p.grad.clone() for p in block.parameters()])
     for eager, traced in zip(*grads, strict=True):
         torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet50_spa'])
+def test_fx_feature_extraction(name):
+    """torchvision's create_feature_extractor (plain FX, no leaf list) and timm's FX feature path trace every
+    attention type; the traced graph computes what the model computes and still checks its input."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    model = timm.create_model(name, attn_stages=(2, 3) if name.endswith(('_spa', '_nl', '_gc')) else None).eval()
+    x = torch.randn(2, 3, 32, 32)
+    extractor = create_feature_extractor(model, return_nodes={'layer2': 'layer2', 'layer3': 'layer3', 'fc': 'logits'})
+    with torch.no_grad():
+        out = extractor(x)
+        torch.testing.assert_close(out['logits'], model(x))
+        assert out['layer3'].shape == (2, model.feature_info[3]['num_chs'], 8, 8)
+    with pytest.raises(ValueError, match=r'Expected input images of shape \(B, 3, H, W\).*got shape \[2, 4, 32, 32\]'):
+        extractor(torch.randn(2, 4, 32, 32))
+    torch.manual_seed(0)
+    fx_features = timm.create_model(name, features_only=True, feature_cls='fx').eval()
+    torch.manual_seed(0)
+    hook_features = timm.create_model(name, features_only=True).eval()  # the same initial weights
+    with torch.no_grad():
+        for a, b in zip(fx_features(x), hook_features(x), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_spa_block_traced_alone_checks_its_input():
+    block = SalientPositionsAttention(16).eval()
+    traced = torch.fx.symbolic_trace(block)
+    x = torch.randn(2, 16, 5, 5)
+    torch.testing.assert_close(traced(x), block(x))
+    with pytest.raises(ValueError, match='built for in_channels=16 got an input with 8 channels'):
+        traced(torch.randn(2, 8, 5, 5))
+
+
+def test_torch_hub_entry_points_are_the_registered_models():
+    """hubconf.py at the repository root: torch.hub.load(<repo>, name, source='local') for every model we register."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('hubconf', ROOT / 'hubconf.py')
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    entries = sorted(n for n in dir(hubconf) if not n.startswith('_') and callable(getattr(hubconf, n))
+                     and n not in ('model_entrypoint', 'timm'))
+    assert entries == sorted(MODEL_NAMES)
+    model = torch.hub.load(str(ROOT), 'resnet18_spa', source='local', num_classes=7, attn_stages=(2,))
+    reference = timm.create_model('resnet18_spa', num_classes=7, attn_stages=(2,))
+    assert type(model) is type(reference) and model.num_classes == 7 and model.attn_stages == (2,)
+    assert model.state_dict().keys() == reference.state_dict().keys()

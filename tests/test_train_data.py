@@ -3,6 +3,7 @@ import pickle
 
 import numpy as np
 import pytest
+import torch
 from conftest import _images, write_cifar, write_image_folders, write_tiny_imagenet
 
 from train.data import DataError, ShardSampler, TransformedSamples, build_loader, build_transforms, load_dataset
@@ -13,7 +14,8 @@ def test_official_cifar_format(tmp_path, dataset, classes):
     write_cifar(tmp_path, dataset, n_train=50, n_test=20)
     splits = load_dataset(dataset, str(tmp_path), val_size=10)
     assert splits.num_classes == classes and splits.tag == dataset
-    assert splits.label == ('CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100') and not splits.notes
+    assert splits.label == ('CIFAR-10' if dataset == 'cifar10' else 'CIFAR-100')
+    assert [note.split(':')[0] for note in splits.notes] == ['A partial copy']  # 50 / 20 images, not 50,000
     assert len(splits.train) == 50 and len(splits.test) == 20
     expected, labels = _images(50, seed=1, classes=classes)
     image, label = splits.train.load(7)
@@ -129,3 +131,70 @@ def test_cifar_folder_with_wrong_class_count(tmp_path):
     write_image_folders(tmp_path, classes=4, n_train=8, n_test=4)
     with pytest.raises(DataError, match='has 4 classes, but CIFAR-10 has 10'):
         load_dataset('cifar10', str(tmp_path), val_size=2)
+
+
+@pytest.mark.parametrize('cut', ['mid-data', 'mid-header', 'end-marker'])
+def test_truncated_tar_is_refused_with_its_name(tmp_path, cut):
+    """A tar cut short (inside a member, inside a header, or before its end marker) is named, never read as a
+    smaller data set; tarfile alone stops quietly at a cut-off header."""
+    import tarfile
+    write_image_folders(tmp_path, classes=4, n_train=40, n_test=8, as_tar=True)
+    tar = tmp_path / 'train.tar'
+    with tarfile.open(tar) as f:
+        last = f.getmembers()[-1]
+    end = last.offset_data + -(-last.size // 512) * 512
+    keep = {'mid-data': last.offset_data + last.size // 2, 'mid-header': last.offset + 100, 'end-marker': end + 512}
+    tar.write_bytes(tar.read_bytes()[:keep[cut]])
+    with pytest.raises(DataError, match=r'train\.tar is truncated or corrupt'):
+        load_dataset('folder', str(tmp_path), val_size=4)
+
+
+def test_complete_tar_without_padding_is_accepted(tmp_path):
+    write_image_folders(tmp_path, classes=2, n_train=8, n_test=4, as_tar=True)
+    splits = load_dataset('folder', str(tmp_path), val_size=2)
+    assert len(splits.train) == 8
+
+
+def test_partial_copy_of_a_known_data_set_says_so(tmp_path):
+    write_cifar(tmp_path, n_train=50, n_test=20)
+    splits = load_dataset('cifar10', str(tmp_path), val_size=10)
+    assert any('A partial copy: 50 train and 20 test images, where CIFAR-10 has 50,000 and 10,000' in note
+               for note in splits.notes)
+
+
+def test_corrupt_image_is_found_before_training(tmp_path):
+    write_image_folders(tmp_path, classes=2, n_train=8, n_test=4)
+    bad = sorted((tmp_path / 'test' / 'class1').glob('*.png'))[0]
+    bad.write_bytes(bad.read_bytes()[:60])  # a valid header, then nothing: only decoding finds it
+    splits = load_dataset('folder', str(tmp_path), val_size=2)
+    splits.train.check_readable()
+    with pytest.raises(DataError, match=rf'cannot read image .*{bad.name}'):
+        splits.test.check_readable()
+
+
+def test_error_from_a_loader_worker_is_one_line(tmp_path):
+    from train.cli import message
+    write_image_folders(tmp_path, classes=2, n_train=8, n_test=4)
+    splits = load_dataset('folder', str(tmp_path), val_size=2)
+    bad = sorted((tmp_path / 'train' / 'class0').glob('*.png'))[0]
+    bad.write_bytes(b'garbage')
+    loader = build_loader(TransformedSamples(splits.train, None, build_transforms(splits, 16, False)), 4, False, 1, 0)
+    with pytest.raises(DataError) as error:
+        list(loader)
+    assert 'DataLoader worker' in str(error.value)  # what torch re-raises ...
+    text = message(error.value)  # ... and what the user is shown
+    assert text.startswith('cannot read image ') and bad.name in text and '\n' not in text
+
+
+def test_tar_reads_stay_correct_in_loader_workers_after_the_check(tmp_path):
+    """The readability check reads the tar in the main process; forked loader workers must not share its
+    file handle (one offset for all: concurrent reads return garbage)."""
+    write_image_folders(tmp_path, classes=4, n_train=400, n_test=8, size=32, as_tar=True)
+    splits = load_dataset('folder', str(tmp_path), val_size=4)
+    splits.train.check_readable()
+    transform = build_transforms(splits, 32, False)
+    expected = torch.stack([transform(splits.train.load(i)[0]) for i in range(len(splits.train))])
+    for _ in range(2):
+        loader = build_loader(TransformedSamples(splits.train, None, transform), 16, False, workers=2, seed=0)
+        got = torch.cat([images for images, _ in loader])
+        assert torch.equal(got, expected)

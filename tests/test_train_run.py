@@ -1,6 +1,9 @@
-"""Training runs end to end: honest evaluation, results file, resume after SIGKILL, DDP, bad input."""
+"""Training runs end to end: honest evaluation, the run directory, resume after SIGKILL, DDP, the budget
+recipe's flags, precision by CPU capability, timm's checkpoint keys, and runs that must stop."""
 import json
+import math
 import os
+import platform
 import signal
 import subprocess
 import sys
@@ -9,11 +12,15 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
+from train import compare as compare_script
+from train import precision
 from train import train as train_script
 from train import validate as validate_script
-from train.checkpoint import BEST, LAST
+from train.checkpoint import load_training_state
+from train.run_dir import BEST, LAST, RunDir, RunError
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8', '--workers', '0',
@@ -21,8 +28,19 @@ TINY = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8',
 
 
 def _run(data, out, *extra):
-    train_script.main(TINY + ['--data-dir', str(data), '--output', str(out), *extra])
+    result = train_script.main(TINY + ['--data-dir', str(data), '--output', str(out), *extra])
+    assert result is not None
     return json.loads((out / 'results.json').read_text())
+
+
+def _fails(capsys, argv, code=2):
+    """Run the train CLI expecting it to refuse; returns its one-line message."""
+    with pytest.raises(SystemExit) as exit_info:
+        train_script.main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    return err
 
 
 def _cli(*args, **kwargs):
@@ -46,11 +64,28 @@ def test_run_writes_honest_results(folder_data, tmp_path):
     model = timm.create_model('resnet18_spa', num_classes=4, attn_stages=(2,), attn_kwargs={'k': 4})
     assert results['param_count'] == sum(p.numel() for p in model.parameters())
     assert 'held out of train' in results['checkpoint_selection']
-    for key in ('wall_time_s', 'hardware', 'software', 'git_commit', 'args'):
+    for key in ('wall_time_s', 'hardware', 'software', 'git_commit', 'args', 'run_id'):
         assert results[key]
-    assert len((out / 'summary.csv').read_text().strip().splitlines()) == 3  # header + 2 epochs
+    assert results['precision']['train'] == 'float32' and results['precision']['test'] == 'float32'
+    assert set(results['precision']['cpu_flags']) >= {'avx512_bf16', 'amx'} or 'mkldnn_bf16' in \
+        results['precision']['cpu_flags']
+    rows = (out / 'summary.csv').read_text().strip().splitlines()
+    assert len(rows) == 3  # header + 2 epochs
+    header = rows[0].split(',')
+    assert {'epoch_s', 'elapsed_s', 'train_s', 'precision'} <= set(header)
+    elapsed = [float(r.split(',')[header.index('elapsed_s')]) for r in rows[1:]]
+    epoch_s = [float(r.split(',')[header.index('epoch_s')]) for r in rows[1:]]
+    assert elapsed[0] == pytest.approx(epoch_s[0]) and elapsed[1] == pytest.approx(epoch_s[0] + epoch_s[1])
+    assert results['wall_time_s'] >= elapsed[-1]
+
+    # every part of the run carries its id: checkpoint (timm's keys), chosen weights, results
     state = torch.load(out / LAST, weights_only=True)  # safe loading works for our own checkpoints
-    assert state['epoch'] == 1 and state['arch']['model'] == 'resnet18_spa'
+    assert state['epoch'] == 1 and state['arch'] == 'resnet18_spa' and state['run_id'] == results['run_id']
+    assert {'state_dict', 'optimizer', 'scheduler', 'model_args', 'args'} <= set(state)
+    with safe_open(str(out / BEST), 'pt') as f:
+        meta = f.metadata()
+    assert meta['run_id'] == results['run_id'] and meta['epoch'] == str(results['best_epoch'])
+    assert RunDir(out).read_finished().results.test_top1 == results['test_top1']
 
     # the validation command reproduces the test number from the chosen weights
     report = validate_script.validate(validate_script.parse_args(['--run', str(out), '--split', 'test']))
@@ -59,56 +94,244 @@ def test_run_writes_honest_results(folder_data, tmp_path):
     assert report['top1'] == pytest.approx(results['val_top1']) and report['images'] == 8
 
 
-def test_refuses_an_output_directory_holding_another_run(folder_data, tmp_path):
+def test_refuses_an_output_directory_holding_another_run(folder_data, tmp_path, capsys):
     out = tmp_path / 'run'
     _run(folder_data, out, '--epochs', '1')
-    with pytest.raises(SystemExit, match=r'already holds a run .*--resume .*--overwrite'):
-        _run(folder_data, out, '--epochs', '1')
+    err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(out), '--epochs', '1'])
+    assert 'already holds a run' in err and '--resume' in err and '--overwrite' in err
     _run(folder_data, out, '--epochs', '1', '--overwrite')
 
 
-def test_resume_from_another_architecture_names_the_mismatch(folder_data, tmp_path):
+def test_overwrite_killed_after_one_epoch_leaves_no_old_results(folder_data, tmp_path):
+    """--overwrite removes the old run's files before training, so an interrupted overwrite never pairs the
+    old results with new weights; what is left cannot be exported or validated."""
+    out = tmp_path / 'run'
+    old = _run(folder_data, out, '--epochs', '1')
+    (out / 'notes.txt').write_text('mine')  # not a run file: never deleted
+    proc = subprocess.Popen([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--output',
+                             str(out), '--epochs', '3', '--overwrite', '--log-interval', '1'], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 1 step 2/'):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert not (out / 'results.json').exists() and (out / 'notes.txt').read_text() == 'mine'
+    state = load_training_state(out / LAST)
+    assert state['epoch'] == 0 and state['run_id'] != old['run_id']
+    with pytest.raises(RunError, match='has no results.json'):
+        RunDir(out).read_finished()
+
+
+def test_resume_takes_the_runs_own_arguments_and_refuses_other_recipes(folder_data, tmp_path, capsys):
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '1', '--lr', '0.03')
+    state = load_training_state(out / LAST)
+    # the run is finished (1 of 1 epochs): resuming it alone evaluates it again, with its own arguments
+    again = train_script.main(['--resume', str(out), '--no-progress', '--workers', '0'])
+    assert again.args['lr'] == 0.03 and again.run_id == state['run_id'] and again.epochs == 1
+    err = _fails(capsys, ['--resume', str(out), '--epochs', '3', '--lr', '0.1', '--val-split-seed', '4'])
+    for part in ('--epochs 3 (the run has 1)', '--lr 0.1 (the run has 0.03)', '--val-split-seed 4 (the run has 0)',
+                 'Only --data-dir'):
+        assert part in err, err
+    err = _fails(capsys, TINY[:-1] + ['resnet18_nl', '--data-dir', str(folder_data), '--resume', str(out)])
+    assert "--model 'resnet18_nl' (the run has 'resnet18_spa')" in err
+    err = _fails(capsys, ['--resume', str(out), '--model-kwargs', 'attn_stages=(1,)'])
+    assert "--model-kwargs {'attn_stages': (1,)} (the run has {})" in err
+    err = _fails(capsys, ['--resume', str(tmp_path / 'elsewhere')])
+    assert 'no last.pth.tar there' in err
+
+
+def test_resume_refuses_other_data(folder_data, tmp_path, capsys):
+    from conftest import write_image_folders
     out = tmp_path / 'run'
     _run(folder_data, out, '--epochs', '1')
-    with pytest.raises(SystemExit, match=r"another architecture \(model: checkpoint 'resnet18_spa', this run "
-                                         r"'resnet18_nl'"):
-        train_script.main(TINY[:-1] + ['resnet18_nl', '--data-dir', str(folder_data), '--resume', str(out),
-                                       '--epochs', '2'])
-    with pytest.raises(SystemExit, match=r"model_kwargs: checkpoint \{\}, this run \{'attn_stages': \(1,\)\}"):
-        train_script.main(TINY + ['--data-dir', str(folder_data), '--resume', str(out), '--epochs', '2',
-                                  '--model-kwargs', 'attn_stages=(1,)'])
+    other = write_image_folders(tmp_path / 'other', classes=4, n_train=56, n_test=16)
+    err = _fails(capsys, ['--resume', str(out), '--data-dir', str(other)], code=1)
+    assert 'not the one the run was trained on' in err and 'train_images: run 40, now 48' in err
 
 
-def test_class_count_must_match(folder_data, tmp_path):
-    with pytest.raises(SystemExit, match='--num-classes 10 disagrees with the data set: .* has 4 classes'):
-        _run(folder_data, tmp_path / 'run', '--num-classes', '10')
+def test_checkpoint_of_version_0_1_resumes(folder_data, tmp_path):
+    """A checkpoint written by timm-spa 0.1.0 (model/ema/scaler keys, arguments as strings) still resumes."""
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '1', '--model-ema')
+    new = torch.load(out / LAST, weights_only=True)
+    legacy = dict(model=new['state_dict'], optimizer=new['optimizer'], scheduler=new['scheduler'],
+                  ema={f'module.{k}': v for k, v in new['state_dict_ema'].items()}, scaler=None, epoch=0,
+                  best=new['best'], arch=new['model_args'], args={k: str(v) for k, v in new['args'].items()})
+    torch.save(legacy, out / LAST)
+    (out / 'results.json').unlink()
+    results = train_script.main(['--resume', str(out), '--no-progress', '--workers', '0', '--epochs', '1'])
+    assert results.epochs == 1 and results.args['model_ema'] is True and results.args['lr'] == 0.05
+    assert load_training_state(out / LAST)['run_id'] == results.run_id  # upgraded in place: one run again
+    assert RunDir(out).read_finished().results.run_id == results.run_id
 
 
-def test_missing_data_directory(tmp_path):
-    with pytest.raises(SystemExit, match='expected train/ and test/'):
-        _run(tmp_path / 'absent', tmp_path / 'run')
+def test_timm_loader_reads_raw_and_ema_weights(folder_data, tmp_path):
+    """timm's own `load_checkpoint` (what its validate.py --use-ema calls) finds the EMA under state_dict_ema."""
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '1', '--model-ema', '--model-ema-decay', '0.5')
+    state = torch.load(out / LAST, weights_only=True)
+    for use_ema, key in ((True, 'state_dict_ema'), (False, 'state_dict')):
+        model = timm.create_model('resnet18_spa', num_classes=4)
+        timm.models.load_checkpoint(model, str(out / LAST), use_ema=use_ema)
+        loaded = model.state_dict()
+        assert all(torch.equal(loaded[k], v) for k, v in state[key].items()), key
+    raw, ema = state['state_dict'], state['state_dict_ema']
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw if raw[k].is_floating_point())
+    report = validate_script.validate(validate_script.parse_args(
+        ['--model', 'resnet18_spa', '--checkpoint', str(out / LAST), '--use-ema', '--dataset', 'folder',
+         '--data-dir', str(folder_data), '--val-size', '8', '--img-size', '16', '--split', 'val', '--workers', '0']))
+    assert report['top1'] == pytest.approx(json.loads((out / 'results.json').read_text())['val_top1'])
 
 
-def test_corrupt_checkpoint_and_foreign_weights(folder_data, tmp_path):
+def test_diverged_training_stops_and_publishes_nothing(folder_data, tmp_path, capsys):
+    out = tmp_path / 'run'
+    err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(out), '--epochs', '3',
+                                 '--lr', '1e12'], code=1)
+    assert 'training diverged' in err and 'Lower --lr (it is 1000000000000.0)' in err
+    assert not (out / 'results.json').exists()
+    if (out / BEST).exists():  # written only for a finite epoch
+        assert all(torch.isfinite(v).all() for v in load_file(out / BEST).values())
+
+
+def test_results_json_is_strict(tmp_path):
+    from train.run_dir import dump_json
+    with pytest.raises(ValueError):
+        dump_json({'test_top1': math.nan})
+    run = RunDir(tmp_path)
+    (tmp_path / 'results.json').write_text('{"results_version": 2, "test_top1": NaN}')
+    with pytest.raises(RunError, match='not valid JSON'):
+        run.read_results()
+    (tmp_path / 'results.json').write_text('{"results_version": 1}')
+    with pytest.raises(RunError, match=r'results version 1; this timm-spa reads version 2: re-finish the run'):
+        run.read_results()
+    (tmp_path / 'results.json').write_text('{"results_version": 3}')
+    with pytest.raises(RunError, match='upgrade timm-spa'):
+        run.read_results()
+
+
+@pytest.mark.parametrize('flag,value,match', [
+    ('--epochs', '0', '--epochs 0 is not allowed: it must be an int >= 1'),
+    ('-b', '0', '--batch-size 0 is not allowed'),
+    ('--lr', '-0.1', '--lr -0.1 is not allowed: it must be a number > 0'),
+    ('--img-size', '0', '--img-size 0 is not allowed'),
+    ('--smoothing', '1.5', '--smoothing 1.5 is not allowed: it must be in [0, 1)'),
+    ('--model', 'resnet18_sap', 'no such model in timm or timm-spa. Did you mean resnet18_spa'),
+    ('--device', 'tpu', "--device 'tpu' is not a device torch knows"),
+])
+def test_bad_values_are_refused_before_anything_runs(folder_data, tmp_path, capsys, flag, value, match):
+    err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(tmp_path / 'run'), flag, value])
+    assert match in err and not (tmp_path / 'run').exists()
+
+
+def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
+    """--sched-on-updates with warm-up: the LR after each epoch is timm's cosine at that update, computed
+    here from the formula; the paper's per-epoch schedule keeps it constant within an epoch."""
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '3', '--opt', 'sgd', '--sched-on-updates', '--warmup-epochs', '1',
+         '--warmup-lr', '0.01', '--smoothing', '0.1')
+    updates = 40 // 8  # 40 training images, batch 8, drop_last
+    total, warmup = 3 * updates, updates
+    rows = (out / 'summary.csv').read_text().strip().splitlines()
+    header = rows[0].split(',')
+    lrs = [float(r.split(',')[header.index('lr')]) for r in rows[1:]]
+    for epoch, lr in enumerate(lrs):
+        t = (epoch + 1) * updates
+        expected = 0.05 * 0.5 * (1 + math.cos(math.pi * t / total)) if t >= warmup else None
+        assert lr == pytest.approx(expected), (epoch, lr)
+    args = json.loads((out / 'results.json').read_text())['args']
+    assert args['opt'] == 'sgd' and args['smoothing'] == 0.1 and args['sched_on_updates']
+    state = load_training_state(out / LAST)
+    assert state['optimizer']['param_groups'][0]['nesterov'] is True  # timm's 'sgd' is Nesterov
+
+
+def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
+    plain = _run(folder_data, tmp_path / 'a', '--epochs', '1')
+    smooth = _run(folder_data, tmp_path / 'b', '--epochs', '1', '--smoothing', '0.5')
+    first = [(tmp_path / d / 'summary.csv').read_text().splitlines()[1] for d in 'ab']
+    assert first[0].split(',')[2] != first[1].split(',')[2]  # train_loss differs from the first step on
+    assert plain['args']['smoothing'] == 0.0 and smooth['args']['smoothing'] == 0.5
+    # the two side by side (train.compare): only the differing argument, each epoch's val top-1 and time, test
+    (tmp_path / 'b' / 'results.json').unlink()  # as if b were still training
+    text = compare_script.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
+    lines = text.splitlines()
+    assert lines[0] == '| run | --smoothing | val top-1 after epoch 0 (elapsed) | test top-1 |'
+    elapsed = float(first[0].split(',')[-2]) / 60  # summary.csv: elapsed_s, then precision
+    assert lines[2] == f"| a | `0.0` | {plain['val_top1']:.2f} ({elapsed:.1f} min) | {plain['test_top1']:.2f} |"
+    assert lines[3].startswith('| b | `0.5` | ') and lines[3].endswith(' | - |')
+    assert (tmp_path / 'cmp.png').stat().st_size > 0
+    (tmp_path / 'b' / 'args.json').write_text('{"cut')
+    with pytest.raises(RunError, match='args.json cannot be read'):
+        compare_script.compare([str(tmp_path / 'b')])
+
+
+@pytest.mark.parametrize('bf16, kernels, native', [(True, True, True), (False, False, False), (True, False, False)],
+                         ids=['avx512_bf16', 'avx2_only', 'avx512_bf16_with_avx2_kernels'])
+def test_amp_uses_bfloat16_only_on_a_cpu_that_has_it(folder_data, tmp_path, monkeypatch, capsys, bf16, kernels,
+                                                     native):
+    flags = dict(avx2=True, avx512=bf16, avx512_bf16=bf16, amx=False, avx512_kernels=kernels)
+    monkeypatch.setattr(precision, 'cpu_flags', lambda: flags)
+    assert precision.resolve_amp_dtype(True, None, torch.device('cpu'))[0] == ('bfloat16' if native else None)
+    forced, warning = precision.resolve_amp_dtype(False, 'bfloat16', torch.device('cpu'))
+    assert forced == 'bfloat16' and (warning is None) == native
+    results = _run(folder_data, tmp_path / 'run', '--epochs', '1', '--amp', '--channels-last')
+    out = capsys.readouterr().out
+    assert results['precision']['train'] == ('bfloat16 autocast' if native else 'float32')
+    assert results['precision']['cpu_flags'] == flags
+    assert out.count('no native bfloat16') == (0 if native else 1)
+    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / 'run' / BEST).values())
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='an x86 switch')
+def test_torch_limited_to_avx2_kernels_trains_in_float32():
+    # torch's own switch, in a fresh process: an AVX-512 CPU told to compute like an AVX2-only one
+    code = ('import torch; from train.precision import cpu_flags, resolve_amp_dtype; '
+            'print(cpu_flags()["avx512_kernels"], resolve_amp_dtype(True, None, torch.device("cpu")))')
+    done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, ATEN_CPU_CAPABILITY='avx2'))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith('False (None, ') and 'no native bfloat16' in done.stdout
+
+
+def test_torchcompile_trains_and_keeps_plain_checkpoint_keys(folder_data, tmp_path):
+    # the model's code compiled at another input size first (in this process): --torchcompile must not then
+    # fall into dynamic shapes, which inductor fails on for CPU bmm in torch 2.14
+    torch.compile(timm.create_model('resnet18_spa', num_classes=4))(torch.randn(2, 3, 32, 32))
+    results = _run(folder_data, tmp_path / 'run', '--epochs', '1', '--torchcompile')
+    state = load_training_state(tmp_path / 'run' / LAST)
+    assert not any(k.startswith('_orig_mod.') for k in state['state_dict'])
+    assert results['args']['torchcompile'] == 'inductor'
+
+
+def test_class_count_must_match(folder_data, tmp_path, capsys):
+    err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(tmp_path / 'run'),
+                                 '--num-classes', '10'], code=1)
+    assert '--num-classes 10 disagrees with the data set: ' in err and 'has 4 classes' in err
+
+
+def test_missing_data_directory(tmp_path, capsys):
+    err = _fails(capsys, TINY + ['--data-dir', str(tmp_path / 'absent'), '--output', str(tmp_path / 'run')], code=1)
+    assert 'expected train/ and test/' in err
+
+
+def test_corrupt_checkpoint_and_foreign_weights(folder_data, tmp_path, capsys):
     out = tmp_path / 'run'
     _run(folder_data, out, '--epochs', '1')
     (out / LAST).write_bytes((out / LAST).read_bytes()[:1000])
-    with pytest.raises(SystemExit, match=r'cannot read checkpoint .*last\.pth\.tar.*corrupt'):
-        train_script.main(TINY + ['--data-dir', str(folder_data), '--resume', str(out), '--epochs', '2'])
-    with pytest.raises(SystemExit, match=r'does not match resnet18_nl: missing .*unexpected'):
+    err = _fails(capsys, ['--resume', str(out)], code=1)
+    assert 'cannot read checkpoint' in err and 'last.pth.tar' in err and 'corrupt' in err
+    with pytest.raises(SystemExit):
         validate_script.main(['--model', 'resnet18_nl', '--checkpoint', str(out / BEST), '--dataset', 'folder',
                               '--data-dir', str(folder_data), '--val-size', '8', '--img-size', '16'])
-
-
-def test_bfloat16_autocast_and_channels_last_on_cpu(folder_data, tmp_path):
-    results = _run(folder_data, tmp_path / 'run', '--epochs', '1', '--amp', '--channels-last')
-    assert results['amp_dtype'] == 'bfloat16'
-    assert all(torch.isfinite(v).all() for v in load_file(tmp_path / 'run' / BEST).values())
+    err = capsys.readouterr().err
+    assert 'does not match resnet18_nl: missing' in err and 'unexpected' in err
 
 
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(folder_data, tmp_path):
     common = TINY + ['--data-dir', str(folder_data), '--epochs', '3', '-b', '4', '--log-interval', '1',
-                     '--model-ema']
+                     '--model-ema', '--sched-on-updates', '--warmup-epochs', '1']
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
     assert _cli('train', *common, '--output', str(straight)).returncode == 0
 
@@ -124,16 +347,17 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(folder_data, tmp_path):
     assert torch.load(killed / LAST, weights_only=True)['epoch'] == 0
     assert not (killed / 'results.json').exists()
 
-    resumed = _cli('train', *common, '--resume', str(killed))
+    resumed = _cli('train', '--resume', str(killed))  # its own arguments: nothing else on the command line
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert 'resumed' in resumed.stdout
     a, b = torch.load(straight / LAST, weights_only=True), torch.load(killed / LAST, weights_only=True)
-    for part in ('model', 'ema'):
+    for part in ('state_dict', 'state_dict_ema'):
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), (part, key)
     first, second = (json.loads((d / 'results.json').read_text()) for d in (straight, killed))
     assert first['test_top1'] == second['test_top1'] and first['best_epoch'] == second['best_epoch']
+    assert first['run_id'] != second['run_id'] and second['run_id'] == b['run_id']
     assert (straight / 'summary.csv').read_text().count('\n') == (killed / 'summary.csv').read_text().count('\n')
 
 
@@ -148,3 +372,35 @@ def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
     assert results['world_size'] == 2
     assert results['dataset']['test_images'] == 16  # reduced across ranks, every image once
     assert done.stdout.count('test top-1') == 1  # only rank 0 reports and writes
+
+
+def test_ddp_divergence_stops_every_rank(folder_data, tmp_path):
+    done = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519', '-m', 'train',
+         *TINY, '--data-dir', str(folder_data), '--epochs', '2', '--lr', '1e12', '--output', str(tmp_path / 'ddp')],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and 'training diverged' in done.stderr
+
+
+def test_a_run_destroys_only_the_process_group_it_created(monkeypatch):
+    """A sweep creates the group once; its runs must leave it alive (a re-created group can hang on stale keys)."""
+    import torch.distributed as dist
+
+    from train.distributed import cleanup, init_distributed
+    real_init, created = dist.init_process_group, []
+
+    def one_process_group(backend):  # stands in for torchrun's rendezvous: a group of one on a private store
+        created.append(backend)
+        real_init(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+    monkeypatch.setattr(dist, 'init_process_group', one_process_group)
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    sweep_env = init_distributed('cpu')
+    try:
+        run_env = init_distributed('cpu')
+        assert created == ['gloo'] and sweep_env.owns_group and not run_env.owns_group
+        cleanup(run_env)
+        assert dist.is_initialized()
+    finally:
+        cleanup(sweep_env)
+    assert not dist.is_initialized()

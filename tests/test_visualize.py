@@ -1,4 +1,6 @@
 """Capturing attention internals, and the pictures made from them."""
+import re
+
 import numpy as np
 import pytest
 import timm
@@ -9,7 +11,21 @@ from PIL import Image
 from timm_spa.capture import attention_blocks, capture_attention, position_to_image
 from timm_spa.layers import SalientPositionsAttention, select_salient_positions
 from visualize.__main__ import main as visualize_main
-from visualize.__main__ import parse_args, visualize
+from visualize.__main__ import parse_args, request
+from visualize.figure import draw_attention
+
+
+def visualize(args):
+    return draw_attention(request(args))
+
+
+def _refused(capsys, argv, code=1):
+    with pytest.raises(SystemExit) as exit_info:
+        visualize_main(argv)
+    assert exit_info.value.code == code
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    return err
 
 
 def _active(model):
@@ -114,28 +130,46 @@ def test_cli_on_image_files_with_queries(tmp_path):
     assert out.is_file() and result['images'].shape == (2, 32, 32, 3)
 
 
-def test_model_without_attention_blocks(tmp_path):
+def test_model_without_attention_blocks(tmp_path, capsys):
     Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
-    with pytest.raises(SystemExit, match=r'has no SPA, non-local or global-context block.*resnet18_spa'):
-        visualize_main(['--model', 'resnet18_cifar', '--images', str(tmp_path / 'a.png'),
-                        '--output', str(tmp_path / 'x.png')])
+    err = _refused(capsys, ['--model', 'resnet18_cifar', '--images', str(tmp_path / 'a.png'),
+                            '--output', str(tmp_path / 'x.png')])
+    assert re.search(r'has no SPA, non-local or global-context block.*resnet18_spa', err)
 
 
-def test_unreadable_image_is_named(tmp_path):
+def test_unreadable_image_is_named(tmp_path, capsys):
     bad = tmp_path / 'broken.png'
     bad.write_bytes(b'not an image')
-    with pytest.raises(SystemExit, match=r'cannot read image .*broken\.png'):
-        visualize_main(['--model', 'resnet18_spa', '--images', str(bad), '--output', str(tmp_path / 'x.png')])
+    err = _refused(capsys, ['--model', 'resnet18_spa', '--images', str(bad), '--output', str(tmp_path / 'x.png')])
+    assert re.search(r'cannot read image .*broken\.png', err)
 
 
-def test_query_outside_the_feature_map(tmp_path):
+def test_query_outside_the_feature_map(tmp_path, capsys):
     Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
-    with pytest.raises(SystemExit, match=r'query position \(8, 2\) is outside the 8x8 feature map of block layer3.2'):
-        visualize_main(['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8,2',
-                        '--output', str(tmp_path / 'x.png')])
-    with pytest.raises(SystemExit, match=r"--query '8' must be ROW,COL"):
-        visualize_main(['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8',
-                        '--output', str(tmp_path / 'x.png')])
+    err = _refused(capsys, ['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8,2',
+                            '--output', str(tmp_path / 'x.png')])
+    assert 'query position (8, 2) is outside the 8x8 feature map of block layer3.2' in err
+    err = _refused(capsys, ['--model', 'resnet18_nl', '--images', str(tmp_path / 'a.png'), '--query', '8',
+                            '--output', str(tmp_path / 'x.png')], code=2)
+    assert "--query '8' must be ROW,COL" in err
+
+
+def test_number_of_images_must_be_positive(tmp_path, capsys):
+    Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
+    err = _refused(capsys, ['--model', 'resnet18_spa', '--dataset', 'digits', '--num-images', '0',
+                            '--output', str(tmp_path / 'x.png')], code=2)
+    assert '--num-images 0 must be at least 1' in err
+
+
+def test_run_directory_gives_model_weights_and_data(folder_data, tmp_path):
+    from train import train as train_script
+    run = tmp_path / 'run'
+    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
+                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
+                       '--model', 'resnet18_spa', '--output', str(run)])
+    result = visualize(parse_args(['--run', str(run), '--num-images', '2', '--output', str(tmp_path / 'f.png')]))
+    assert result['images'].shape == (2, 16, 16, 3) and len(result['class_names']) == 4
+    assert all(label in range(4) for label in result['labels'])
 
 
 def test_spa_block_type_is_captured_for_any_subclass():

@@ -3,10 +3,16 @@
 TITLE = 'Salient Positions based Attention Network for Image Classification'
 AUTHORS = 'Sheng Fang, Kaiyu Li, Zhe Li'
 CODE_URL = 'https://github.com/likyoo/SPANet'
-BIBTEX = """@misc{fang_spanet,
-  title  = {Salient Positions based Attention Network for Image Classification},
-  author = {Fang, Sheng and Li, Kaiyu and Li, Zhe},
-  note   = {Code: https://github.com/likyoo/SPANet}
+ARXIV = '2106.04996'  # as the authors' repository gives it
+BIBTEX = """@misc{fang2021spanet,
+  title         = {Salient Positions based Attention Network for Image Classification},
+  author        = {Fang, Sheng and Li, Kaiyu and Li, Zhe},
+  year          = {2021},
+  eprint        = {2106.04996},
+  archivePrefix = {arXiv},
+  primaryClass  = {cs.CV},
+  url           = {https://arxiv.org/abs/2106.04996},
+  note          = {Code: https://github.com/likyoo/SPANet}
 }"""
 
 # Table 1 "# of Params" (10-class head), in millions
@@ -28,4 +34,21 @@ TOP1 = {
     'resnet50_gc': {'cifar10': 95.69, 'cifar100': 79.13},
     'resnet50_nl': {'cifar10': 95.37, 'cifar100': 79.15, 'tinyimagenet': 69.26},
     'resnet50_spa': {'cifar10': 95.65, 'cifar100': 79.47, 'tinyimagenet': 69.15},
+}
+
+# Table 2: CIFAR-100 top-1 (%) with the attention block after one stage, k = 2 for SPA (single runs)
+TABLE2_TOP1 = {
+    ('resnet18_nl', 1): 78.50, ('resnet18_nl', 2): 78.26, ('resnet18_nl', 3): 78.39, ('resnet18_nl', 4): 77.92,
+    ('resnet50_nl', 1): 79.84, ('resnet50_nl', 2): 78.90, ('resnet50_nl', 3): 79.15, ('resnet50_nl', 4): 78.76,
+    ('resnet18_spa', 1): 78.51, ('resnet18_spa', 2): 78.59, ('resnet18_spa', 3): 78.68, ('resnet18_spa', 4): 76.82,
+    ('resnet50_spa', 1): 80.01, ('resnet50_spa', 2): 79.78, ('resnet50_spa', 3): 79.47, ('resnet50_spa', 4): 78.46,
+}
+
+# Table 3: CIFAR-100 top-1 (%) of resnet18_spa by k and stage; absent: "no measure" in the paper
+TABLE3_TOP1 = {
+    (2, 1): 78.51, (2, 2): 78.59, (2, 3): 78.68, (2, 4): 76.82,
+    (4, 1): 78.47, (4, 2): 78.41, (4, 3): 78.18, (4, 4): 76.59,
+    (8, 1): 78.52, (8, 2): 78.86, (8, 3): 78.44,
+    (16, 1): 78.25, (16, 2): 77.97, (16, 3): 78.50,
+    (32, 1): 78.31, (32, 2): 77.02,
 }

@@ -1,121 +1,159 @@
 """Checkpoints that survive a kill, and loading that refuses what it cannot trust.
 
 Training state goes to `last.pth.tar` through a temporary file and `os.replace`, so a run killed at
-any moment leaves either the previous or the new checkpoint, never half of one. Everything in it is
-a tensor, a number, a string or a container of those, so it loads with `weights_only=True`. Model
-weights on their own are safetensors.
+any moment leaves either the previous or the new checkpoint, never half of one. Its keys are timm's
+(`CheckpointSaver`): the model under `state_dict`, the EMA under `state_dict_ema`, so
+`timm.models.load_checkpoint(model, path, use_ema=True)` and timm's `validate.py --use-ema` read it.
+Everything in it is a tensor, a number, a string or a container of those: it loads with
+`weights_only=True`. Model weights on their own are safetensors, refused when not finite.
 """
+import ast
+import errno
 import os
-import random
+import pickle
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Callable, Dict, Optional, Union
 
-import numpy as np
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
+from timm.models import load_state_dict
 from torch import nn
 
-LAST = 'last.pth.tar'
-BEST = 'model_best.safetensors'
+from timm_spa.models.published import load_error_reason
+
+CHECKPOINT_FORMAT = 2  # 1: timm-spa 0.1.0's keys (model, ema, scaler, arch as a dict); upgraded on load
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable, or made for another model."""
+    """A checkpoint that is missing, unreadable, or made for another model; or one that cannot be written."""
 
 
-def atomic_write(path: Path, write) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place in one step."""
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place in one step.
+
+    A failed write (full disk, read-only folder) removes the temporary file, leaves the previous
+    `path` as it was, and says what happened.
+    """
     path = Path(path)
     tmp = path.with_name(path.name + '.tmp')
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def rng_state() -> Dict[str, Any]:
-    np_state = np.random.get_state()
-    state = {
-        'torch': torch.get_rng_state(), 'python': random.getstate(),
-        'numpy': [np_state[0], np_state[1].tolist(), *np_state[2:]],
-    }
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: Dict[str, Any]) -> None:
-    torch.set_rng_state(state['torch'])
-    version, internal, gauss_next = state['python']
-    random.setstate((version, tuple(internal), gauss_next))
-    np.random.set_state((state['numpy'][0], np.array(state['numpy'][1], dtype=np.uint32), *state['numpy'][2:]))
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        code = getattr(e, 'errno', None)
+        folder = path.parent if path.parent.exists() else Path('.')
+        if code == errno.ENOSPC or (isinstance(e, RuntimeError) and shutil.disk_usage(folder).free < 64 << 20):
+            raise CheckpointError(f'disk full while writing {path}; {path.name} is unchanged. Free some space (or '
+                                  'choose another --output) and resume.') from e
+        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise CheckpointError(f'cannot write {path}: {e.strerror}. Choose an --output you can write to.') from e
+        raise
 
 
 def save_training_state(path: Union[str, Path], state: Dict[str, Any]) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(state, tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(dict(state, format=CHECKPOINT_FORMAT), tmp))
+
+
+def _literal(text: Any) -> Any:
+    """A value timm-spa 0.1.0 stored as str(value), back as the value where Python can read it."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError):
+        return text
+
+
+def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
+    """timm-spa 0.1.0's checkpoint keys, renamed to timm's: model -> state_dict, ema -> state_dict_ema."""
+    ema = state.get('ema')
+    return dict(
+        state_dict=state['model'], optimizer=state.get('optimizer'), scheduler=state.get('scheduler'),
+        state_dict_ema={k[len('module.'):]: v for k, v in ema.items()} if ema else None,
+        amp_scaler=state.get('scaler'), epoch=state['epoch'], best=state['best'], arch=state['arch']['model'],
+        model_args=state['arch'], args={k: _literal(v) for k, v in state.get('args', {}).items()},
+        run_id=None, dataset=None, format=CHECKPOINT_FORMAT)
 
 
 def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
+    """A training checkpoint of this project (its own format, or 0.1.0's, upgraded), or `CheckpointError`."""
     path = Path(path)
-    if path.is_dir():
-        path = path / LAST
     if not path.is_file():
-        raise CheckpointError(f'no checkpoint at {path}: --resume takes a run directory or its {LAST}.')
+        raise CheckpointError(f'no checkpoint at {path}.')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises several types for corrupt or foreign pickles
-        raise CheckpointError(f'cannot read checkpoint {path} ({type(e).__name__}: {e}). It is corrupt, '
-                              'truncated, or not a timm-spa training checkpoint.') from e
-    if not isinstance(state, dict) or 'model' not in state or 'arch' not in state:
-        raise CheckpointError(f'{path} is not a timm-spa training checkpoint (no model/arch entries).')
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e)}') from None
+    if isinstance(state, dict) and 'model' in state and isinstance(state.get('arch'), dict):
+        return _upgrade(state)
+    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT or 'model_args' not in state:
+        raise CheckpointError(f'{path} is not a timm-spa training checkpoint (format {CHECKPOINT_FORMAT}).')
     return state
 
 
 def save_weights(path: Union[str, Path], model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
+    """The model's weights as safetensors with `metadata`; weights that are not finite are refused."""
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f'refusing to save {path}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]}).')
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
 
 
-def read_state_dict(path: Union[str, Path]) -> Dict[str, torch.Tensor]:
-    """Weights from a safetensors file, or a PyTorch checkpoint loaded with `weights_only=True`."""
+def restamp_weights(path: Union[str, Path], **metadata: str) -> None:
+    """Add metadata to a safetensors file; its tensors stay as they are."""
+    state = load_file(str(path))
+    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata={**weights_metadata(path), **metadata}))
+
+
+def weights_metadata(path: Union[str, Path]) -> Dict[str, str]:
+    """The metadata a safetensors file was saved with (run id, epoch, architecture)."""
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.') from e
+
+
+def read_state_dict(path: Union[str, Path], use_ema: bool = False) -> Dict[str, torch.Tensor]:
+    """Weights through timm's `load_state_dict` (safetensors, or PyTorch with `weights_only=True`;
+    timm's checkpoint keys; `module.`/`_orig_mod.` prefixes removed), with errors that name the fix."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} does not exist.')
-    if path.suffix == '.safetensors':
-        try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError) as e:
-            raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.') from e
     try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f'cannot read checkpoint {path} ({type(e).__name__}: {e}). Only safetensors '
-                              'and PyTorch files of plain tensors load (weights_only=True).') from e
-    for key in ('model', 'state_dict', 'model_ema'):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            return state[key]
-    if isinstance(state, dict) and all(isinstance(v, torch.Tensor) for v in state.values()):
-        return state
-    raise CheckpointError(f'{path} holds no state dict (looked for model, state_dict or plain tensors).')
+        state = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
+    except SafetensorError as e:
+        raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.') from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e)}') from None
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f'{path} holds no state dict of tensors (looked for state_dict, state_dict_ema, '
+                              'model, or plain tensors).')
+    return state
 
 
-def load_weights(model: nn.Module, path: Union[str, Path], model_name: str = 'the model') -> None:
+def load_weights(model: nn.Module, path: Union[str, Path], model_name: str = 'the model',
+                 use_ema: bool = False) -> None:
     """Load weights strictly; a foreign checkpoint is named with its missing and unexpected keys."""
-    state = read_state_dict(path)
-    state = {k[7:] if k.startswith('module.') else k: v for k, v in state.items()}
+    state = read_state_dict(path, use_ema)
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
     if missing or unexpected or wrong:
         detail = '; '.join(part for part in (
-            f'missing {missing[:4]}' + (f' and {len(missing) - 4} more' if len(missing) > 4 else '') if missing else '',
-            f'unexpected {unexpected[:4]}' + (f' and {len(unexpected) - 4} more' if len(unexpected) > 4 else '')
-            if unexpected else '',
+            _few('missing', missing), _few('unexpected', unexpected),
             f'shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in wrong[:3]]}' if wrong else '',
         ) if part)
         raise CheckpointError(
             f'checkpoint {path} does not match {model_name}: {detail}. Build the model with the same --model, '
             '--num-classes and --model-kwargs it was trained with.')
     model.load_state_dict(state)
+
+
+def _few(what: str, keys: list) -> str:
+    if not keys:
+        return ''
+    return f'{what} {keys[:4]}' + (f' and {len(keys) - 4} more' if len(keys) > 4 else '')

@@ -6,6 +6,7 @@ item, for error messages) and split three ways: `train` minus a fixed held-out `
 best checkpoint is chosen on `val`; `test` is touched once, at the end.
 """
 import io
+import os
 import pickle
 import tarfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ CIFAR_URLS = {
     'cifar100': 'https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz',
 }
 TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
+KNOWN_SIZES = {'cifar10': (50000, 10000), 'cifar100': (50000, 10000), 'tinyimagenet': (100000, 10000)}
+TAR_BLOCK = 512
 
 
 class DataError(ValueError):
@@ -50,6 +53,16 @@ class Samples:
             return self.load_fn(index)
         except (OSError, ValueError, tarfile.TarError) as e:
             raise DataError(f'cannot read image {self.name_fn(index)}: {e}. Replace or remove that file.') from e
+
+    def check_readable(self, indices: Optional[Sequence[int]] = None) -> None:
+        """Decode every image once, so that a corrupt file stops the run before epoch 0, not after it."""
+        for index in range(len(self)) if indices is None else indices:
+            image, _ = self.load(index)
+            try:
+                image.load()
+            except (OSError, ValueError) as e:
+                raise DataError(f'cannot read image {self.name_fn(index)}: {e}. Replace or remove that file.') \
+                    from e
 
 
 @dataclass
@@ -143,14 +156,55 @@ def _official_cifar(root: Path, dataset: str) -> Tuple[Samples, Samples, List[st
             names)
 
 
+def check_tar_complete(path: Path) -> None:
+    """Refuse a tar file that is truncated or corrupt: `tarfile` stops quietly at a cut-off header, and
+    timm's reader would then list only the images before it."""
+    try:
+        with tarfile.open(path) as tar:
+            members = tar.getmembers()
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise DataError(f'{path} is truncated or corrupt: it is not a readable tar file ({e}). Copy it again.') \
+            from None
+    end = max((m.offset_data + -(-m.size // TAR_BLOCK) * TAR_BLOCK for m in members), default=0)
+    with open(path, 'rb') as f:
+        f.seek(end)
+        marker = f.read(2 * TAR_BLOCK)  # every tar ends with two zero blocks after its last member
+    if marker != bytes(2 * TAR_BLOCK):
+        raise DataError(f'{path} is truncated or corrupt: it ends after {len(members)} members without the end of '
+                        f'the archive ({path.stat().st_size:,} bytes). Copy it again.')
+
+
+class _TarMembers:
+    """The members of one tar file, read through a handle that each process opens for itself.
+
+    A handle opened in the main process (the readability check opens one) and inherited by forked
+    loader workers shares one file offset between them: their reads interleave and return garbage.
+    """
+
+    def __init__(self, path: Path, members: List[tarfile.TarInfo]):
+        self.path, self.members = path, members
+        self._handle, self._pid = None, None
+
+    def read(self, index: int) -> bytes:
+        if self._pid != os.getpid():
+            self._handle, self._pid = tarfile.open(self.path), os.getpid()
+        return self._handle.extractfile(self.members[index]).read()
+
+
 def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[Samples, List[str]]:
     """Images in one sub-folder per class, in a folder or a .tar file (timm's readers list them)."""
     if path.is_file() and path.suffix == '.tar':
+        check_tar_complete(path)
         reader = ReaderImageInTar(str(path))
         class_to_idx, labels = reader.class_name_to_idx, [int(t) for t in reader.targets]
+        read = _TarMembers(path, [member for member, _, _ in reader.samples]).read
     else:
         reader = ReaderImageFolder(str(path))
         class_to_idx, labels = reader.class_to_idx, [int(t) for _, t in reader.samples]
+
+        def read(index: int) -> bytes:
+            with reader[index][0] as f:
+                return f.read()
     found = sorted(class_to_idx, key=class_to_idx.get)
     if not found or len(reader) == 0:
         raise DataError(f'{path} holds no images in class sub-folders (expected <class>/<image>.jpg|png).')
@@ -159,10 +213,7 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
                         'both splits need the same class sub-folders.')
 
     def load(i):
-        fileobj, target = reader[i]
-        with fileobj:
-            image = Image.open(io.BytesIO(fileobj.read()))
-            return image.convert('RGB'), int(target)
+        return Image.open(io.BytesIO(read(i))).convert('RGB'), labels[i]
 
     return Samples(load, lambda i: f'{path}:{reader.filename(i)}', labels), found
 
@@ -250,7 +301,7 @@ def load_dataset(
     notes = []
     if dataset == 'digits':
         train, test, names = _digits()
-        name, tag, size, native, hflip = 'scikit-learn digits (8x8, upscaled to 32x32)', None, 32, 8, False
+        name, tag, size, native, hflip = 'scikit-learn digits (8x8 images)', None, 32, 8, False
         default_val = 180
     elif dataset == 'tinyimagenet':
         if root is None or not root.exists():
@@ -289,6 +340,11 @@ def load_dataset(
         name, tag, size, native, hflip = f'image folder {root.name}', None, 32, None, True
         default_val = max(1, len(train) // 10)
 
+    expected = KNOWN_SIZES.get(dataset)
+    if expected and (len(train), len(test)) != expected:
+        notes.append(f'A partial copy: {len(train):,} train and {len(test):,} test images, where {name.split(" (")[0]} '
+                     f'has {expected[0]:,} and {expected[1]:,}. Numbers from it are not comparable to full-data-set '
+                     'numbers.')
     val_size = default_val if val_size is None else val_size
     if not 0 < val_size < len(train):
         raise DataError(f'--val-size {val_size} must be between 1 and {len(train) - 1} (the train split has '

@@ -12,6 +12,7 @@ class DistEnv:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = torch.device('cpu')
+    owns_group: bool = False  # this env created the process group, so its cleanup destroys it
 
     @property
     def distributed(self) -> bool:
@@ -32,9 +33,10 @@ def init_distributed(device: str) -> DistEnv:
             raise ValueError('--device cuda was asked for, but torch sees no CUDA device; use --device cpu.')
         dev = torch.device('cuda', local_rank if world_size > 1 else (dev.index or 0))
         torch.cuda.set_device(dev)
-    if world_size > 1 and not dist.is_initialized():
+    owns_group = world_size > 1 and not dist.is_initialized()
+    if owns_group:
         dist.init_process_group(backend='nccl' if dev.type == 'cuda' else 'gloo')
-    return DistEnv(rank, world_size, local_rank, dev)
+    return DistEnv(rank, world_size, local_rank, dev, owns_group)
 
 
 def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
@@ -51,5 +53,10 @@ def barrier(env: DistEnv) -> None:
 
 
 def cleanup(env: DistEnv) -> None:
-    if env.distributed and dist.is_initialized():
+    """Destroy the process group only where `env` created it: a sweep keeps one group for all its runs.
+
+    A second group created after a destroyed one reuses its name and its keys in torchrun's store, so
+    a rank can read the stale address of the old group and wait forever.
+    """
+    if env.owns_group and dist.is_initialized():
         dist.destroy_process_group()

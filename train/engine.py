@@ -1,19 +1,18 @@
 """One training epoch and one evaluation pass, with metrics summed exactly across ranks."""
+import math
 import sys
 import time
-from contextlib import nullcontext
 from typing import Callable, Dict, Optional
 
 import torch
 from torch import nn
 
 from .distributed import DistEnv, all_reduce_sum
+from .precision import autocast_context
 
-AMP_DTYPES = {'float16': torch.float16, 'bfloat16': torch.bfloat16}
 
-
-def autocast_context(device: torch.device, amp_dtype: Optional[str]):
-    return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype]) if amp_dtype else nullcontext()
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a finite number."""
 
 
 def _progress(loader, desc: str, enabled: bool):
@@ -27,8 +26,13 @@ def train_one_epoch(
         model: nn.Module, loader, optimizer, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
         scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
         epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
+        scheduler=None,
 ) -> Dict[str, float]:
-    """Returns mean loss, top-1, images/s and the share of step time spent waiting for data."""
+    """Returns mean loss, top-1, images/s and the share of step time spent waiting for data.
+
+    With a timm `scheduler`, its `step_update` runs after every optimizer step (a no-op unless it
+    was built to step on updates). A loss that is not finite stops the epoch with `TrainingDiverged`.
+    """
     model.train()
     totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
     data_time = step_time = 0.0
@@ -53,8 +57,15 @@ def train_one_epoch(
             optimizer.step()
         if ema is not None:
             ema.update(model)
-        n = targets.shape[0]
-        totals += torch.tensor([loss.item() * n, (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
+        if scheduler is not None:
+            scheduler.step_update(num_updates=epoch * steps + step + 1)
+        n, loss_value = targets.shape[0], loss.item()
+        # in DDP every rank gets the same verdict, so all of them stop at the same step
+        verdict = all_reduce_sum(torch.tensor([loss_value], dtype=torch.float64), env).item() \
+            if env.distributed else loss_value
+        if not math.isfinite(verdict):
+            raise TrainingDiverged(f'the training loss is {verdict} at epoch {epoch}, step {step + 1}/{steps}')
+        totals += torch.tensor([loss_value * n, (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
         now = time.perf_counter()
         step_time, end = now - start, now
         rate = totals[2].item() * env.world_size / max(step_time, 1e-9)
@@ -62,12 +73,12 @@ def train_one_epoch(
             bar.set_postfix(loss=f'{totals[0].item() / totals[2].item():.3f}',
                             acc=f'{100 * totals[1].item() / totals[2].item():.1f}', img_s=f'{rate:.0f}')
         if log_interval and env.is_main and (step + 1) % log_interval == 0:
-            log(f'epoch {epoch} step {step + 1}/{steps} loss {loss.item():.4f} img/s {rate:.1f}')
+            log(f'epoch {epoch} step {step + 1}/{steps} loss {loss_value:.4f} img/s {rate:.1f}')
     totals = all_reduce_sum(totals, env)
     count = max(totals[2].item(), 1)
     return dict(train_loss=totals[0].item() / count, train_top1=100 * totals[1].item() / count,
                 img_s=totals[2].item() / max(step_time, 1e-9), data_share=data_time / max(step_time, 1e-9),
-                epoch_time=step_time)
+                train_s=step_time)
 
 
 @torch.no_grad()

@@ -1,6 +1,5 @@
 """What a run leaves behind: a per-epoch CSV, training curves, and the results file the hub reads."""
 import csv
-import json
 import os
 import platform
 import subprocess
@@ -15,10 +14,7 @@ import timm_spa
 
 from .checkpoint import atomic_write
 
-RESULTS = 'results.json'
-SUMMARY = 'summary.csv'
-CURVES = 'curves.png'
-RESULTS_VERSION = 1
+TEXT_COLUMNS = ('precision',)  # summary.csv columns that are not numbers
 
 
 def hardware(device: torch.device, world_size: int) -> str:
@@ -65,11 +61,15 @@ def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
     atomic_write(path, write)
 
 
+def _summary_value(key: str, value: str) -> Any:
+    return int(value) if key == 'epoch' else value if key in TEXT_COLUMNS else float(value)
+
+
 def read_summary(path: Path) -> List[Dict[str, Any]]:
     if not path.is_file():
         return []
     with open(path, newline='') as f:
-        return [{k: (int(v) if k == 'epoch' else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+        return [{k: _summary_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
 def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
@@ -77,21 +77,20 @@ def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     epochs = [r['epoch'] for r in rows]
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
+    hours = [r['elapsed_s'] / 3600 for r in rows]
+    fig, (loss_ax, acc_ax, time_ax) = plt.subplots(1, 3, figsize=(14, 3.8))
     loss_ax.plot(epochs, [r['train_loss'] for r in rows], 'o-', label='train')
     loss_ax.plot(epochs, [r['val_loss'] for r in rows], 's-', label='val (held out of train)')
     acc_ax.plot(epochs, [r['train_top1'] for r in rows], 'o-', label='train')
     acc_ax.plot(epochs, [r['val_top1'] for r in rows], 's-', label='val (held out of train)')
-    for ax, label in ((loss_ax, 'loss'), (acc_ax, 'top-1 (%)')):
-        ax.set_xlabel('epoch')
-        ax.set_ylabel(label)
+    time_ax.plot(hours, [r['val_top1'] for r in rows], 's-', color='C1', label='val (held out of train)')
+    for ax, x_label, y_label in ((loss_ax, 'epoch', 'loss'), (acc_ax, 'epoch', 'top-1 (%)'),
+                                 (time_ax, 'wall-clock hours (train + validation)', 'val top-1 (%)')):
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(y_label)
         ax.grid(True, alpha=0.3)
         ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def write_results(path: Path, results: Dict[str, Any]) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(results, indent=2, default=str)))

@@ -4,17 +4,22 @@
     torchrun --nproc_per_node=2 -m train ...          # DDP: NCCL on GPUs, gloo on CPUs
 
 Defaults are the paper's recipe (SGD momentum 0.9, lr 0.1, batch 128, weight decay 5e-4, cosine,
-200 epochs, pad-4 crop + flip). The run directory gets `last.pth.tar` (everything needed to resume,
-written atomically every epoch), `model_best.safetensors` (best on the validation split held out of
-train), `summary.csv`, `curves.png` and `results.json` (the numbers the hub tooling publishes).
+200 epochs, pad-4 crop + flip). Short budgets want timm's levers on top: `--opt sgd` (Nesterov),
+`--sched-on-updates` with `--warmup-epochs`/`--warmup-lr`, `--smoothing`, `--amp`, `--channels-last`.
+The run directory gets `last.pth.tar` (everything needed to resume, written atomically every
+epoch), `model_best.safetensors` (best on the validation split held out of train), `summary.csv`,
+`curves.png` and `results.json` (the numbers the hub tooling publishes).
 """
 import argparse
 import json
+import math
 import random
 import sys
 import time
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import numpy as np
 import timm
@@ -28,36 +33,29 @@ from torch.nn.parallel import DistributedDataParallel
 import timm_spa  # noqa: F401  registers the models
 
 from .checkpoint import (
-    BEST,
-    LAST,
     CheckpointError,
     load_training_state,
     load_weights,
+    restamp_weights,
     save_training_state,
     save_weights,
 )
+from .cli import UsageError, add_debug_flag, check_device, check_model_name, run_cli
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import barrier, cleanup, init_distributed
-from .engine import AMP_DTYPES, evaluate, train_one_epoch
-from .report import (
-    CURVES,
-    RESULTS,
-    RESULTS_VERSION,
-    SUMMARY,
-    git_commit,
-    hardware,
-    plot_curves,
-    read_summary,
-    software,
-    write_results,
-    write_summary,
-)
+from .engine import TrainingDiverged, evaluate, train_one_epoch
+from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
+from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
+from .run_dir import LAST, DatasetRecord, Results, RunDir, new_run_id
 
 PROG = 'python -m train'
-RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, 'args.json')
+# what may differ when a run is resumed: where the data lies, how fast and how loudly it trains; never what
+RESUME_SAFE = ('data_dir', 'download', 'workers', 'device', 'amp', 'amp_dtype', 'channels_last', 'torchcompile',
+               'log_interval', 'progress')
+NOT_RECORDED = ('resume', 'output', 'overwrite', 'debug')  # how this process was started, not the run
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', choices=DATASETS)
@@ -79,48 +77,129 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     g = p.add_argument_group('recipe')
     g.add_argument('--epochs', type=int, default=200)
     g.add_argument('-b', '--batch-size', type=int, default=128)
-    g.add_argument('--opt', default='momentum', help="timm optimizer name ('momentum' = SGD without Nesterov)")
+    g.add_argument('--opt', default='momentum',
+                   help="timm optimizer name: 'momentum' = SGD with momentum (the paper), 'sgd' = with Nesterov")
     g.add_argument('--lr', type=float, default=0.1)
     g.add_argument('--momentum', type=float, default=0.9)
     g.add_argument('--weight-decay', type=float, default=5e-4)
     g.add_argument('--sched', default='cosine')
+    g.add_argument('--sched-on-updates', action='store_true',
+                   help='set the LR after every update (warm-up included) instead of once per epoch')
     g.add_argument('--min-lr', type=float, default=0.0)
-    g.add_argument('--warmup-epochs', type=int, default=0)
+    g.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up from --warmup-lr (timm)')
+    g.add_argument('--warmup-lr', type=float, default=1e-5)
+    g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing of the training loss')
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights; it is what gets validated')
     g.add_argument('--model-ema-decay', type=float, default=0.999)
-    g.add_argument('--amp', action='store_true', help='mixed precision (autocast)')
+    g.add_argument('--amp', action='store_true',
+                   help='mixed precision: float16 on CUDA; bfloat16 on a CPU that has it natively, else float32')
     g.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None,
-                   help='default bfloat16 on CPU, float16 on CUDA')
+                   help='force this autocast dtype (implies --amp), even on a CPU that only emulates it')
+    g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
+                   help='torch.compile the model (default backend inductor)')
     g.add_argument('--seed', type=int, default=42)
     g = p.add_argument_group('run')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     g.add_argument('--output', default=None, help='run directory (default runs/<model>-<dataset>-seed<seed>)')
-    g.add_argument('--resume', default=None, help='continue the run in this directory (or from its last.pth.tar)')
-    g.add_argument('--overwrite', action='store_true', help='allow --output to hold another run')
+    g.add_argument('--resume', default=None,
+                   help='continue the run in this directory with its own arguments (a finished run: evaluate its '
+                        'chosen checkpoint again and rewrite its results)')
+    g.add_argument('--overwrite', action='store_true', help='delete the run files --output holds, then train anew')
     g.add_argument('--log-interval', type=int, default=50, help='log every N steps (0: per epoch only)')
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
                    help='progress bar (default: when stderr is a terminal)')
-    args = p.parse_args(argv)
-    if args.amp and args.amp_dtype is None:
-        args.amp_dtype = 'float16' if args.device.startswith('cuda') else 'bfloat16'
+    add_debug_flag(p)
+    return p
+
+
+# (flag, test, what it must be) for the numbers a run cannot start with
+_CHECKS = (
+    ('epochs', lambda v: v >= 1, 'an int >= 1'),
+    ('batch_size', lambda v: v >= 1, 'an int >= 1'),
+    ('lr', lambda v: math.isfinite(v) and v > 0, 'a number > 0'),
+    ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('weight_decay', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('min_lr', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('warmup_lr', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('warmup_epochs', lambda v: v >= 0, 'an int >= 0'),
+    ('smoothing', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('model_ema_decay', lambda v: 0 < v < 1, 'in (0, 1)'),
+    ('img_size', lambda v: v is None or v >= 1, 'an int >= 1 (pixels)'),
+    ('val_size', lambda v: v is None or v >= 1, 'an int >= 1'),
+    ('num_classes', lambda v: v is None or v >= 1, 'an int >= 1'),
+    ('workers', lambda v: v >= 0, 'an int >= 0'),
+    ('log_interval', lambda v: v >= 0, 'an int >= 0'),
+)
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse values no run can start with, naming the flag; raises `UsageError`."""
+    for key, test, allowed in _CHECKS:
+        if not test(getattr(args, key)):
+            raise UsageError(f'--{key.replace("_", "-")} {getattr(args, key)} is not allowed: it must be {allowed}.')
+    if args.warmup_epochs >= args.epochs:
+        raise UsageError(f'--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}.')
+    check_device(args.device)
+    check_model_name(args.model)
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     if args.progress is None:
         args.progress = sys.stderr.isatty()
     return args
 
 
-def _run_dir(args: argparse.Namespace) -> Path:
-    if args.output:
-        out = Path(args.output)
-    elif args.resume:
+def given_flags(argv: Optional[List[str]]) -> Set[str]:
+    """The arguments written on the command line, whatever their value (defaults included)."""
+    parser = build_parser()
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def comparable(value):
+    return json.loads(json.dumps(value, default=str))  # tuples and lists compare equal, as they are stored
+
+
+def resume_args(args: argparse.Namespace, given: Set[str], state: dict, run: RunDir) -> argparse.Namespace:
+    """The resumed run's own arguments, with the flags that are safe to change taken from this command.
+
+    A flag that would change what is trained (recipe, data split, model) is refused with the list of
+    differences: continuing with it would mix two runs under one set of results.
+    """
+    saved = state['args']
+    diffs = [f'--{key.replace("_", "-")} {getattr(args, key)!r} (the run has {saved.get(key)!r})'
+             for key in sorted(given - set(RESUME_SAFE) - set(NOT_RECORDED))
+             if comparable(getattr(args, key)) != comparable(saved.get(key, build_parser().get_default(key)))]
+    if diffs:
+        raise UsageError(f'--resume {run} continues that run with its own arguments, and these differ: '
+                         f'{"; ".join(diffs)}. Drop them to continue it, or start a new run with another --output. '
+                         f'Only {", ".join("--" + k.replace("_", "-") for k in RESUME_SAFE)} may change on resume.')
+    merged = vars(build_parser().parse_args([]))  # arguments newer than the run take their defaults
+    merged.update({k: v for k, v in saved.items() if k in merged and k not in NOT_RECORDED})
+    merged.update({k: getattr(args, k) for k in given & set(RESUME_SAFE)})
+    merged.update(resume=args.resume, output=str(run), overwrite=False, debug=args.debug,
+                  progress=args.progress if 'progress' in given or 'progress' not in saved else saved['progress'])
+    return argparse.Namespace(**merged)
+
+
+def _output(args: argparse.Namespace) -> RunDir:
+    if args.resume:
         resume = Path(args.resume)
-        out = resume if resume.is_dir() else resume.parent
-    else:
-        out = Path('runs') / f'{args.model}-{args.dataset}-seed{args.seed}'
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held and not args.resume and not args.overwrite:
-        raise SystemExit(f'error: {out} already holds a run ({", ".join(held)}). Pass --resume {out} to continue '
-                         'it, --overwrite to replace it, or another --output.')
-    return out
+        run = RunDir(resume if resume.is_dir() or not resume.exists() else resume.parent)
+        if args.output and Path(args.output).resolve() != run.path.resolve():
+            raise UsageError(f'--resume continues a run in its own directory ({run}); drop --output {args.output}.')
+        if not run.last.is_file():
+            raise UsageError(f'--resume {args.resume}: no {LAST} there, so there is nothing to resume. Start the run '
+                             f'with --output {run}' + (' --overwrite.' if run.held() else '.'))
+        return run
+    run = RunDir(args.output or Path('runs') / f'{args.model}-{args.dataset}-seed{args.seed}')
+    held = run.held()
+    if held and not args.overwrite:
+        raise UsageError(f'{run} already holds a run ({", ".join(held)}). Pass --resume {run} to continue it, '
+                         '--overwrite to replace it, or another --output.')
+    return run
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -136,31 +215,71 @@ def _arch(args: argparse.Namespace, num_classes: int) -> dict:
     return dict(model=args.model, num_classes=num_classes, model_kwargs=dict(args.model_kwargs))
 
 
-def _check_resume_arch(saved: dict, wanted: dict, path: str) -> None:
-    diffs = [f'{key}: checkpoint {saved.get(key)!r}, this run {wanted[key]!r}'
-             for key in wanted if saved.get(key) != wanted[key]]
+def _dataset_record(args: argparse.Namespace, splits, num_classes: int, image_size: int, sizes) -> DatasetRecord:
+    return DatasetRecord(
+        name=args.dataset, label=splits.label, notes=list(splits.notes), num_classes=num_classes,
+        class_names=list(splits.class_names), train_images=sizes[0], val_images=sizes[1], test_images=sizes[2],
+        val_split_seed=args.val_split_seed, image_size=image_size, mean=list(splits.mean), std=list(splits.std))
+
+
+def _check_same_data(saved: Optional[dict], now: DatasetRecord, run: RunDir) -> None:
+    """A resumed run must see the data it was trained on, wherever --data-dir points now."""
+    if saved is None:
+        return  # a checkpoint of timm-spa 0.1.0 did not record it
+    keys = ('name', 'num_classes', 'class_names', 'train_images', 'val_images', 'test_images', 'val_split_seed',
+            'image_size')
+    diffs = [f'{key}: run {saved.get(key)!r}, now {getattr(now, key)!r}' for key in keys
+             if comparable(saved.get(key)) != comparable(getattr(now, key))]
     if diffs:
-        raise CheckpointError(f'--resume {path} was trained with another architecture ({"; ".join(diffs)}). '
-                              'Resume with the same --model, --num-classes and --model-kwargs, or start a new run.')
+        raise DataError(f'--resume {run}: the data set is not the one the run was trained on ({"; ".join(diffs)}). '
+                        'Point --data-dir at that data set.')
 
 
-def run(args: argparse.Namespace) -> Optional[dict]:
-    env = init_distributed(args.device)
-    log = print if env.is_main else (lambda *_: None)
-    started = time.time()
+def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     try:
-        out = _run_dir(args)
+        return timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **args.model_kwargs)
+    except TypeError as e:
+        raise UsageError(f'--model {args.model} --model-kwargs {args.model_kwargs}: {e}.') from None
+
+
+def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
+    """Train, choose the checkpoint on the validation split, evaluate it once on the test split.
+
+    `given`: the flags written on the command line (default: those that differ from their defaults);
+    on resume only the safe ones of them may differ from the run's own arguments.
+    """
+    check_args(args)
+    if given is None:
+        defaults = build_parser()
+        given = {k for k, v in vars(args).items() if v != defaults.get_default(k)}
+    run_dir = _output(args)
+    state = None
+    if args.resume:
+        state = load_training_state(run_dir.last)
+        args = resume_args(args, given, state, run_dir)
+        check_args(args)
+    env = init_distributed(args.device)
+    log = partial(print, flush=True) if env.is_main else (lambda *_: None)
+    amp_dtype, precision_warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)
+    if precision_warning:
+        log(f'warning: {precision_warning}')
+    try:
         splits = load_dataset(args.dataset, args.data_dir, args.val_size, args.val_split_seed, args.download,
                               args.dataset_label)
         num_classes = args.num_classes or splits.num_classes
         if num_classes != splits.num_classes:
             raise DataError(f'--num-classes {num_classes} disagrees with the data set: {splits.label} has '
                             f'{splits.num_classes} classes. Drop --num-classes or point --data-dir at the right data.')
+        for note in splits.notes:
+            log(f'note: {note}')
+        for samples, indices in (splits.split('train'), splits.split('val'), splits.split('test')):
+            samples.check_readable(indices[env.rank::env.world_size])  # before epoch 0, not after the last
         image_size = args.img_size or splits.image_size
         train_set = TransformedSamples(splits.train, splits.train_indices, build_transforms(splits, image_size, True))
         eval_tf = build_transforms(splits, image_size, False)
         val_set = TransformedSamples(splits.train, splits.val_indices, eval_tf)
         test_set = TransformedSamples(splits.test, None, eval_tf)
+        dataset = _dataset_record(args, splits, num_classes, image_size, (len(train_set), len(val_set), len(test_set)))
         loader_args = dict(workers=args.workers, seed=args.seed, rank=env.rank, world_size=env.world_size,
                            pin_memory=env.device.type == 'cuda')
         train_loader = build_loader(train_set, args.batch_size, True, **loader_args)
@@ -169,109 +288,141 @@ def run(args: argparse.Namespace) -> Optional[dict]:
 
         _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
         arch = _arch(args, num_classes)
-        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes,
-                                  **args.model_kwargs).to(env.device)
+        model = _create_model(args, num_classes).to(env.device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                         momentum=args.momentum)
-        scheduler, num_epochs = create_scheduler_v2(optimizer, sched=args.sched, num_epochs=args.epochs,
-                                                    min_lr=args.min_lr, warmup_epochs=args.warmup_epochs)
+        scheduler, num_epochs = create_scheduler_v2(
+            optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
+            warmup_lr=args.warmup_lr, step_on_epochs=not args.sched_on_updates, updates_per_epoch=len(train_loader))
         ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-        scaler = torch.amp.GradScaler(env.device.type) if args.amp_dtype == 'float16' else None
+        scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
 
-        start_epoch, best, history = 0, dict(top1=-1.0, epoch=-1), []
-        if args.resume:
-            state = load_training_state(args.resume)
-            _check_resume_arch(state['arch'], arch, args.resume)
-            model.load_state_dict(state['model'])
+        start_epoch, best, history, run_id = 0, dict(top1=-1.0, epoch=-1), [], new_run_id()
+        if state is not None:
+            if comparable(state['model_args']) != comparable(arch):
+                raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
+                                      f'{arch}: the checkpoint was edited or belongs to another run.')
+            _check_same_data(state.get('dataset'), dataset, run_dir)
+            model.load_state_dict(state['state_dict'])
             optimizer.load_state_dict(state['optimizer'])
             scheduler.load_state_dict(state['scheduler'])
-            if ema is not None and state.get('ema') is not None:
-                ema.load_state_dict(state['ema'])
-            if scaler is not None and state.get('scaler') is not None:
-                scaler.load_state_dict(state['scaler'])
+            if ema is not None and state.get('state_dict_ema') is not None:
+                ema.module.load_state_dict(state['state_dict_ema'])
+            if scaler is not None and state.get('amp_scaler') is not None:
+                scaler.load_state_dict(state['amp_scaler'])
             start_epoch, best = state['epoch'] + 1, state['best']
-            history = [row for row in read_summary(out / SUMMARY) if row['epoch'] < start_epoch]
-            log(f'resumed {args.resume} at epoch {start_epoch} (best val top-1 {best["top1"]:.2f} at {best["epoch"]})')
+            if state['run_id']:
+                run_id = state['run_id']
+            elif env.is_main:  # a run of timm-spa 0.1.0: its checkpoint, upgraded, and its weights get the new id
+                save_training_state(run_dir.last, dict(state, run_id=run_id))
+                if run_dir.best.is_file():
+                    restamp_weights(run_dir.best, run_id=run_id)
+            history = [row for row in read_summary(run_dir.summary) if row['epoch'] < start_epoch]
+            log(f'resumed {run_dir} at epoch {start_epoch} of {num_epochs} (best val top-1 {best["top1"]:.2f} '
+                f'at epoch {best["epoch"]})')
         train_model = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == 'cuda' else None) \
             if env.distributed else model
         eval_model = ema.module if ema is not None else model
+        if args.torchcompile:  # as timm's train.py: compile after the DDP wrap; checkpoints keep plain keys
+            # static shapes: a second input shape would recompile with dynamic shapes, which torch 2.14's
+            # inductor fails on for CPU bmm (timm's NonLocalAttn as well as SPA); a last smaller batch recompiles
+            train_model = torch.compile(train_model, backend=args.torchcompile, dynamic=False)
+            eval_forward = torch.compile(eval_model, backend=args.torchcompile, dynamic=False)
+        else:
+            eval_forward = eval_model
 
+        recorded = {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
         if env.is_main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / 'args.json').write_text(json.dumps(vars(args), indent=2, default=str))
+            if state is None and args.overwrite:
+                run_dir.remove_run_files()  # only now: a typo above must not cost the old run
+            try:
+                run_dir.path.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CheckpointError(f'cannot create the run directory {run_dir}: {e.strerror}. Choose an --output '
+                                      'you can write to.') from None
+            run_dir.write_args(dict(recorded, run_id=run_id))
             log(f'{args.model} on {splits.label}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test '
                 f'images, {num_classes} classes, {num_epochs} epochs, {env.world_size} process(es) on '
-                f'{env.device.type}; run directory {out}')
-        loss_fn = nn.CrossEntropyLoss()
+                f'{env.device.type} in {describe_precision(amp_dtype)}; run directory {run_dir}')
+        barrier(env)  # the old run's files are gone before any rank goes on
+        loss_fn = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
         for epoch in range(start_epoch, num_epochs):
+            epoch_start = time.time()
             _seed_epoch(args.seed, epoch, env.rank)
             train_loader.sampler.set_epoch(epoch)
-            stats = train_one_epoch(
-                train_model, train_loader, optimizer, loss_fn, env, args.amp_dtype, scaler, ema,
-                args.channels_last, epoch, args.log_interval, args.progress, log)
+            try:
+                stats = train_one_epoch(
+                    train_model, train_loader, optimizer, loss_fn, env, amp_dtype, scaler, ema,
+                    args.channels_last, epoch, args.log_interval, args.progress, log, scheduler)
+            except TrainingDiverged as e:
+                kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
+                raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
+                                       f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
+                                       'a new run.') from None
             scheduler.step(epoch + 1)
-            val = evaluate(eval_model, val_loader, env, args.amp_dtype, args.channels_last)
+            val = evaluate(eval_forward, val_loader, env, amp_dtype, args.channels_last)
+            epoch_s = time.time() - epoch_start
             row = dict(epoch=epoch, lr=optimizer.param_groups[0]['lr'], **stats,
-                       val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'])
+                       val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s,
+                       elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
+                       precision=describe_precision(amp_dtype))
             history.append(row)
             improved = val['top1'] > best['top1']
             if improved:
                 best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
             if env.is_main:
                 if improved:
-                    save_weights(out / BEST, eval_model, metadata=dict(arch=json.dumps(arch), epoch=str(epoch)))
-                write_summary(out / SUMMARY, history)
-                save_training_state(out / LAST, dict(
-                    model=model.state_dict(), optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                    ema=ema.state_dict() if ema is not None else None,
-                    scaler=scaler.state_dict() if scaler is not None else None,
-                    epoch=epoch, best=best, arch=arch, args={k: str(v) for k, v in vars(args).items()}))
+                    save_weights(run_dir.best, eval_model,
+                                 metadata=dict(arch=json.dumps(arch), epoch=str(epoch), run_id=run_id))
+                write_summary(run_dir.summary, history)
+                save_training_state(run_dir.last, dict(
+                    state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    state_dict_ema=ema.module.state_dict() if ema is not None else None,
+                    amp_scaler=scaler.state_dict() if scaler is not None else None,
+                    epoch=epoch, arch=args.model, version=2, metric=val['top1'], best=best, model_args=arch,
+                    run_id=run_id, args=comparable(recorded), dataset=comparable(asdict(dataset))))
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
-                f"{100 * stats['data_share']:.0f}% of step time{' *best*' if improved else ''}")
+                f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
+                f"{' *best*' if improved else ''}")
 
         # the checkpoint chosen on the validation split, evaluated once on the test split
         barrier(env)  # rank 0 wrote it
-        load_weights(eval_model, out / BEST, args.model)
+        load_weights(eval_model, run_dir.best, args.model)
         # in float32 whatever the training precision: the number anyone reloading the weights reproduces
+        test_start = time.time()
         test = evaluate(eval_model, test_loader, env, None, args.channels_last)
         if test['count'] != len(test_set):
             raise RuntimeError(f'evaluated {test["count"]} test images, expected {len(test_set)}')
-        results = dict(
-            results_version=RESULTS_VERSION, model=args.model, tag=splits.tag if num_classes == splits.num_classes
-            else None, model_args=arch, param_count=sum(p.numel() for p in model.parameters()),
-            dataset=dict(name=args.dataset, label=splits.label, notes=splits.notes, num_classes=num_classes,
-                         class_names=splits.class_names, train_images=len(train_set), val_images=len(val_set),
-                         test_images=len(test_set), val_split_seed=args.val_split_seed, image_size=image_size,
-                         mean=splits.mean, std=splits.std),
+        results = Results(
+            run_id=run_id, model=args.model, tag=splits.tag if num_classes == splits.num_classes else None,
+            model_args=arch, param_count=sum(p.numel() for p in model.parameters()), dataset=dataset,
             epochs=num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
-            val_top5=best.get('top5'), test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
+            val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
             checkpoint_selection=f'best validation top-1 on {len(val_set)} images held out of train '
                                  f'(split seed {args.val_split_seed}); test split evaluated once, every image '
                                  'once, in float32',
-            wall_time_s=time.time() - started, hardware=hardware(env.device, env.world_size),
-            world_size=env.world_size, amp_dtype=args.amp_dtype, software=software(), git_commit=git_commit(),
-            args={k: v for k, v in vars(args).items()},
-            files=dict(weights=BEST, checkpoint=LAST, summary=SUMMARY, curves=CURVES))
+            wall_time_s=history[-1]['elapsed_s'] + time.time() - test_start,
+            hardware=hardware(env.device, env.world_size), world_size=env.world_size,
+            precision=precision_record([row['precision'] for row in history], env.device),
+            software=software(), git_commit=git_commit(), args=comparable(recorded))
         if env.is_main:
-            plot_curves(out / CURVES, history, f'{args.model} on {splits.label}')
-            write_results(out / RESULTS, results)
+            plot_curves(run_dir.curves, history, f'{args.model} on {splits.label}')
+            run_dir.write_results(results)
             log(f"test top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} ({test['count']} images) for the "
                 f"epoch-{best['epoch']} checkpoint chosen on validation top-1 {best['top1']:.2f}")
-            log(f'wrote {out / RESULTS}, {out / BEST}, {out / SUMMARY}, {out / CURVES}')
+            log(f'wrote {run_dir.results}, {run_dir.best}, {run_dir.summary}, {run_dir.curves}')
         return results
     finally:
         cleanup(env)
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[List[str]] = None) -> Optional[Results]:
     args = parse_args(argv)
-    try:
-        run(args)
-    except (DataError, CheckpointError) as e:
-        raise SystemExit(f'error: {e}') from None
+    return run_cli(PROG, lambda: run(args, given_flags(argv)), args.debug, (TrainingDiverged,))
 
 
 if __name__ == '__main__':

@@ -1,3 +1,14 @@
-from .spa import SalientPositionsAttention, resolve_num_positions, select_salient_positions
+from .spa import (
+    ATTN_IMPLS,
+    SalientPositionsAttention,
+    attention_kernel,
+    channel_affinity,
+    channel_attention,
+    resolve_num_positions,
+    select_salient_positions,
+)
 
-__all__ = ['SalientPositionsAttention', 'resolve_num_positions', 'select_salient_positions']
+__all__ = [
+    'ATTN_IMPLS', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity', 'channel_attention',
+    'resolve_num_positions', 'select_salient_positions',
+]

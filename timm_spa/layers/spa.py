@@ -11,6 +11,7 @@ Decisions where the paper is silent are taken in the project's SPEC (section 1):
 logit scale 1.0 by default, zero-initialised last BN (identity at init), float32 affinity under
 autocast, no device handling inside the block.
 """
+import math
 from contextlib import nullcontext
 from typing import Optional, Tuple, Type, Union
 
@@ -19,7 +20,10 @@ from timm.layers import make_divisible
 from torch import nn
 from torch.nn import functional as F
 
-__all__ = ['SalientPositionsAttention', 'select_salient_positions', 'resolve_num_positions']
+__all__ = [
+    'ATTN_IMPLS', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity', 'channel_attention',
+    'resolve_num_positions', 'salient_positions_mix', 'select_keys', 'select_salient_positions',
+]
 
 INV_CHANNELS = 'inv_channels'  # the `scale` value that selects Eq. 6's literal 1 / C'
 
@@ -107,14 +111,24 @@ def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
     return _scaled_gram(keys, scale).softmax(dim=-1)
 
 
-def _use_fused_attention(num_positions: int, channels: int) -> bool:
-    """Whether SDPA's fused kernel beats a materialised C' x C' softmax for A V.
+ATTN_IMPLS = ('auto', 'fused', 'materialised')
 
-    The fused kernel never stores the C' x C' matrix but does about twice the products (the keys
-    are padded to n dimensions). On CPU it wins while n < C' / 4, where the matrix is large next to
-    the products: `python -m benchmarks.attention_cost --tables kernels` measures both.
+
+def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto') -> str:
+    """How the block computes W softmax(K K^T) V for n positions and C' inner channels.
+
+    'folded' for n > C': (W A Wg) X, V is never formed. Otherwise A V runs either in SDPA's 'fused'
+    kernel, which never stores the C' x C' matrix but does about twice the products (the keys are
+    padded to n dimensions), or through a 'materialised' C' x C' softmax. On CPU the fused kernel
+    wins while n < C' / 4, where the matrix is large next to the products (`python -m
+    benchmarks.attention_cost --tables kernels` measures both); 'auto' applies that rule, and
+    `attn_impl` 'fused' or 'materialised' forces one kernel.
     """
-    return 4 * num_positions < channels
+    if num_positions > channels:
+        return 'folded'
+    if attn_impl == 'auto':
+        return 'fused' if 4 * num_positions < channels else 'materialised'
+    return attn_impl
 
 
 def _materialised_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
@@ -130,13 +144,98 @@ def _fused_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> t
     return F.scaled_dot_product_attention(keys, keys, value, scale=scale).squeeze(1)
 
 
-def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float, attn_impl: str) -> torch.Tensor:
     """softmax(K K^T * scale) V in float32 at least."""
     dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
     keys, value = keys.to(dtype), value.to(dtype)
-    if _use_fused_attention(value.shape[-1], value.shape[1]):
+    if attention_kernel(value.shape[-1], value.shape[1], attn_impl) == 'fused':
         return _fused_attention(keys, value, scale)
     return _materialised_attention(keys, value, scale)
+
+
+@torch.jit.unused
+def _outside_autocast(keys: torch.Tensor, value: Optional[torch.Tensor], scale: float, attn_impl: str) -> torch.Tensor:
+    # K K^T of float16 keys overflows easily; autocast would run it in low precision
+    device = keys.device.type
+    with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
+        return _float32_affinity(keys, scale) if value is None else _float32_attention(keys, value, scale, attn_impl)
+
+
+def channel_affinity(keys: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """A = softmax(K K^T * scale) (Eq. 6) for keys (B, C', k): (B, C', C') in float32, autocast or not."""
+    if torch.jit.is_scripting():
+        return _float32_affinity(keys, scale)  # TorchScript has no autocast
+    return _outside_autocast(keys, None, scale, 'auto')
+
+
+def channel_attention(keys: torch.Tensor, value: torch.Tensor, scale: float = 1.0,
+                      attn_impl: str = 'auto') -> torch.Tensor:
+    """Y = softmax(K K^T * scale) V (Eq. 6, 7) for keys (B, C', k) and values (B, C', N), in float32."""
+    if torch.jit.is_scripting():
+        return _float32_attention(keys, value, scale, attn_impl)
+    return _outside_autocast(keys, value, scale, attn_impl)
+
+
+def select_keys(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int,
+                k_ratio: float = 0.) -> Tuple[torch.Tensor, torch.Tensor]:
+    """K = theta(X)[:, idx] (Alg. 1, Eq. 5) and idx, with an autograd graph over k positions only.
+
+    `weight` (C', C, 1, 1) and `bias` (C') are theta's. Q over all n positions only ranks them (the
+    indices are constants), so it is computed without autograd; K is then recomputed as
+    theta(X[:, idx]), the same values, so that theta's backward touches k positions instead of n.
+    """
+    rd = weight.shape[0]
+    with torch.no_grad():
+        query = F.conv2d(x, weight, bias)
+    _, indices, _ = select_salient_positions(query, resolve_num_positions(x.shape[2] * x.shape[3], k, k_ratio))
+    picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, x.shape[1], -1))
+    keys = torch.matmul(weight.reshape(rd, -1), picked) + bias.unsqueeze(-1)
+    return keys, indices
+
+
+def salient_positions_mix(x: torch.Tensor, qv_weight: torch.Tensor, qv_bias: torch.Tensor,
+                          proj_weight: torch.Tensor, k: int, k_ratio: float = 0., scale: float = 1.0,
+                          attn_impl: str = 'auto') -> torch.Tensor:
+    """W softmax(K K^T * scale) V for input X (B, C, H, W): the SPA block's branch before its norm.
+
+    `qv_weight` (2C', C, 1, 1) and `qv_bias` (2C') are theta and g stacked; `proj_weight` is W.
+    Its branches depend on the input's shape, so FX tracing keeps it as one call (`torch.fx.wrap`).
+    """
+    B, C, H, W = x.shape
+    rd = proj_weight.shape[1]
+    keys, _ = select_keys(x, qv_weight[:rd], qv_bias[:rd], k, k_ratio)
+    g_weight, g_bias = qv_weight[rd:], qv_bias[rd:]
+    if H * W <= rd:
+        # few positions: Eq. 7 as written, then W
+        value = F.conv2d(x, g_weight, g_bias).flatten(2)
+        mixed = channel_attention(keys, value, scale, attn_impl).to(value.dtype).reshape(B, rd, H, W)
+        return F.conv2d(mixed, proj_weight)
+    # many positions: W A V = (W A Wg) X + W A bg, so V is never computed over the n positions
+    # and one C x C GEMM replaces three (g, A V, W)
+    attn = channel_affinity(keys, scale).to(keys.dtype)
+    mix = torch.matmul(proj_weight.reshape(C, rd).to(attn.dtype), attn)  # W A: (B, C, C')
+    g_weight, g_bias = g_weight.reshape(rd, C).to(attn.dtype), g_bias.to(attn.dtype)
+    out = torch.baddbmm(torch.matmul(mix, g_bias).unsqueeze(-1), torch.matmul(mix, g_weight), x.flatten(2))
+    return out.reshape(B, C, H, W)
+
+
+def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """`x` if it is (B, in_channels, H, W), else a ValueError that names the shape. Returns `x` so that
+    FX graphs keep the check (a call whose result is used is never dropped as dead code)."""
+    if x.dim() != 4:
+        raise ValueError(
+            'SalientPositionsAttention expects a 4D input (B, C, H, W), got shape {}.'.format(list(x.shape)))
+    if x.shape[1] != in_channels:
+        raise ValueError(
+            'SalientPositionsAttention built for in_channels={} got an input with {} channels (shape {}).'.format(
+                in_channels, x.shape[1], list(x.shape)))
+    return x
+
+
+# shape checks and shape-dependent branches: one opaque call each in FX graphs (torchvision's
+# create_feature_extractor, timm's FX features), so the block traces and still checks its input
+torch.fx.wrap('check_spa_input')
+torch.fx.wrap('salient_positions_mix')
 
 
 class SalientPositionsAttention(nn.Module):
@@ -151,6 +250,9 @@ class SalientPositionsAttention(nn.Module):
         rd_divisor: C' is rounded to a multiple of this.
         scale: affinity logit scale; a float (1.0 as in the authors' code) or 'inv_channels' for 1 / C'.
         norm_layer: normalisation after the output projection; its weight starts at zero.
+        attn_impl: kernel for softmax(K K^T) V when the input has at most C' positions: 'auto' (the
+            faster one as measured on CPU), 'fused' (SDPA's kernel: never stores the C' x C' matrix) or
+            'materialised'. With more positions the block always uses the folded order (W A Wg) X.
     """
 
     def __init__(
@@ -163,6 +265,7 @@ class SalientPositionsAttention(nn.Module):
             rd_divisor: int = 1,
             scale: Union[float, str] = 1.0,
             norm_layer: Type[nn.Module] = nn.BatchNorm2d,
+            attn_impl: str = 'auto',
             device=None,
             dtype=None,
     ):
@@ -182,14 +285,17 @@ class SalientPositionsAttention(nn.Module):
             raise ValueError(f'rd_channels must be a positive int, got {rd_channels!r}.')
         if scale == INV_CHANNELS:
             scale = 1.0 / rd_channels
-        elif isinstance(scale, str) or not (isinstance(scale, (int, float)) and scale > 0):
-            raise ValueError(f"scale must be a number > 0 or '{INV_CHANNELS}' (Eq. 6's 1/C'), got {scale!r}.")
+        elif isinstance(scale, str) or not (isinstance(scale, (int, float)) and math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a finite number > 0 or '{INV_CHANNELS}' (Eq. 6's 1/C'), got {scale!r}.")
+        if attn_impl not in ATTN_IMPLS:
+            raise ValueError(f'attn_impl must be one of {ATTN_IMPLS}, got {attn_impl!r}.')
 
         self.in_channels = in_channels
         self.rd_channels = rd_channels
         self.k = k
         self.k_ratio = float(k_ratio or 0.)  # 0 = fixed k; a float attribute keeps TorchScript happy
         self.scale = float(scale)
+        self.attn_impl = attn_impl
         # theta (Eq. 3) and g (Eq. 4) as one conv: output channels [0, C') are Q, [C', 2C') are V
         self.qv = nn.Conv2d(in_channels, 2 * rd_channels, kernel_size=1, bias=True, **dd)
         self.proj = nn.Conv2d(rd_channels, in_channels, kernel_size=1, bias=False, **dd)
@@ -220,69 +326,15 @@ class SalientPositionsAttention(nn.Module):
 
     def affinity(self, keys: torch.Tensor) -> torch.Tensor:
         """A = softmax(K K^T * scale) (Eq. 6), (B, C', C') in float32, autocast or not."""
-        if torch.jit.is_scripting():
-            return _float32_affinity(keys, self.scale)  # TorchScript has no autocast
-        return self._outside_autocast(keys, None)
-
-    def attend(self, keys: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """Y = A V (Eq. 6, 7), (B, C', N) in float32, autocast or not; A is not stored for few positions."""
-        if torch.jit.is_scripting():
-            return _float32_attention(keys, value, self.scale)
-        return self._outside_autocast(keys, value)
-
-    @torch.jit.unused
-    def _outside_autocast(self, keys: torch.Tensor, value: Optional[torch.Tensor]) -> torch.Tensor:
-        # K K^T of float16 keys overflows easily; autocast would run it in low precision
-        device = keys.device.type
-        with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
-            return _float32_affinity(keys, self.scale) if value is None else _float32_attention(keys, value, self.scale)
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4:
-            raise ValueError(
-                'SalientPositionsAttention expects a 4D input (B, C, H, W), got shape {}.'.format(list(x.shape)))
-        if x.shape[1] != self.in_channels:
-            raise ValueError(
-                'SalientPositionsAttention built for in_channels={} got an input with {} channels (shape {}).'.format(
-                    self.in_channels, x.shape[1], list(x.shape)))
+        return channel_affinity(keys, self.scale)
 
     def _qv_bias(self) -> torch.Tensor:
         bias = self.qv.bias
         assert bias is not None  # built with bias=True; the assert narrows Optional for TorchScript
         return bias
 
-    def select_keys(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """K = theta(X)[:, idx] (Alg. 1, Eq. 5) and idx, with an autograd graph over k positions only.
-
-        Q over all n positions only ranks them (the indices are constants), so it is computed without
-        autograd; K is then recomputed as theta(X[:, idx]), the same values, so that theta's backward
-        touches k positions instead of n.
-        """
-        rd = self.rd_channels
-        weight, bias = self.qv.weight[:rd], self._qv_bias()[:rd]
-        with torch.no_grad():
-            query = F.conv2d(x, weight, bias)
-        _, indices, _ = select_salient_positions(query, self.num_positions(x.shape[2], x.shape[3]))
-        picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, x.shape[1], -1))
-        keys = torch.matmul(weight.reshape(rd, -1), picked) + bias.unsqueeze(-1)
-        return keys, indices
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input(x)
-        B, C, H, W = x.shape
-        rd = self.rd_channels
-        keys, _ = self.select_keys(x)
-        g_weight, g_bias = self.qv.weight[rd:], self._qv_bias()[rd:]
-        if H * W <= rd:
-            # few positions: Eq. 7 as written, then W
-            value = F.conv2d(x, g_weight, g_bias).flatten(2)
-            out = self.proj(self.attend(keys, value).to(value.dtype).reshape(B, rd, H, W))
-        else:
-            # many positions: W A V = (W A Wg) X + W A bg, so V is never computed over the n positions
-            # and one C x C GEMM replaces three (g, A V, W)
-            attn = self.affinity(keys).to(keys.dtype)
-            mix = torch.matmul(self.proj.weight.reshape(C, rd).to(attn.dtype), attn)  # W A: (B, C, C')
-            g_weight, g_bias = g_weight.reshape(rd, C).to(attn.dtype), g_bias.to(attn.dtype)
-            out = torch.baddbmm(torch.matmul(mix, g_bias).unsqueeze(-1), torch.matmul(mix, g_weight), x.flatten(2))
-            out = out.reshape(B, C, H, W)
+        x = check_spa_input(x, self.in_channels)
+        out = salient_positions_mix(x, self.qv.weight, self._qv_bias(), self.proj.weight, self.k, self.k_ratio,
+                                    self.scale, self.attn_impl)
         return x + self.norm(out)

@@ -10,7 +10,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 import torch
 from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import GlobalContext, NonLocalAttn
+from timm.layers import get_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 from torch import nn
@@ -21,11 +21,11 @@ from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, pub
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
 
-# stage-level attention: class and the defaults that give the paper's Table 1 models
-STAGE_ATTN_LAYERS: Dict[str, Tuple[Type[nn.Module], Dict[str, Any]]] = {
-    'spa': (SalientPositionsAttention, {}),
-    'nl': (NonLocalAttn, dict(rd_ratio=1 / 2)),
-    'gc': (GlobalContext, dict(fuse_add=True, fuse_scale=False, rd_ratio=1 / 8)),
+# stage-level attention: timm's name (ours for 'spa') and the defaults that give the paper's Table 1 models
+STAGE_ATTN_LAYERS: Dict[str, Dict[str, Any]] = {
+    'spa': {},
+    'nl': dict(rd_ratio=1 / 2),
+    'gc': dict(fuse_add=True, fuse_scale=False, rd_ratio=1 / 8),
 }
 NUM_STAGES = 4
 
@@ -46,16 +46,29 @@ def _check_attn_stages(attn_stages: Union[int, Sequence[int]]) -> Tuple[int, ...
     return tuple(sorted(stages))
 
 
+def attn_layer_class(name: str) -> Type[nn.Module]:
+    """The stage attention class: ours for 'spa', timm's `get_attn` for the names timm knows."""
+    return SalientPositionsAttention if name == 'spa' else get_attn(name)
+
+
+def check_image_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """`x` if it is a (B, in_chans, H, W) batch, else a ValueError that says what to pass."""
+    if x.dim() != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            'Expected input images of shape (B, {}, H, W) for a model built with in_chans={}; got shape {}. '
+            'Pass a 4D batch with that many channels, or create the model with in_chans=<your channels>.'.format(
+                in_chans, in_chans, list(x.shape)))
+    return x
+
+
+torch.fx.wrap('check_image_input')  # one opaque call in FX graphs: tracing cannot branch on a shape
+
+
 class CifarStemConv(nn.Conv2d):
     """The 3x3 stride-1 stem conv; rejects a wrong input shape with a message instead of a conv error."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                'Expected input images of shape (B, {}, H, W) for a model built with in_chans={}; got shape {}. '
-                'Pass a 4D batch with that many channels, or create the model with in_chans=<your channels>.'.format(
-                    self.in_channels, self.in_channels, list(x.shape)))
-        return self._conv_forward(x, self.weight, self.bias)
+        return self._conv_forward(check_image_input(x, self.in_channels), self.weight, self.bias)
 
 
 class CifarResNet(ResNet):
@@ -107,17 +120,32 @@ class CifarResNet(ResNet):
         self.attn_layer = attn_layer
         self.attn_stages = attn_stages
         if attn_layer is not None:
-            attn_cls, defaults = STAGE_ATTN_LAYERS[attn_layer]
-            attn_kwargs = {**defaults, **(attn_kwargs or {})}
+            attn_cls = attn_layer_class(attn_layer)
+            attn_kwargs = {**STAGE_ATTN_LAYERS[attn_layer], **(attn_kwargs or {})}
             for stage in attn_stages:
                 # after ResNet.__init__, so init_weights does not overwrite the block's own init
                 channels = self.feature_info[stage]['num_chs']
                 getattr(self, f'layer{stage}').append(attn_cls(channels, **attn_kwargs, **dd))
 
 
+CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
+CIFAR100_CLASSES = (  # the fine labels, in label order
+    'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl', 'boy',
+    'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock',
+    'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin', 'elephant', 'flatfish', 'forest',
+    'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower', 'leopard', 'lion', 'lizard',
+    'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain', 'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid',
+    'otter', 'palm_tree', 'pear', 'pickup_truck', 'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum',
+    'rabbit', 'raccoon', 'ray', 'road', 'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper',
+    'snail', 'snake', 'spider', 'squirrel', 'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone',
+    'television', 'tiger', 'tractor', 'train', 'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf',
+    'woman', 'worm')
+
 _DATASET_CFGS = {
-    'cifar10': dict(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD),
-    'cifar100': dict(num_classes=100, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR100_MEAN, std=CIFAR100_STD),
+    'cifar10': dict(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD,
+                    label_names=CIFAR10_CLASSES),
+    'cifar100': dict(num_classes=100, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR100_MEAN, std=CIFAR100_STD,
+                     label_names=CIFAR100_CLASSES),
     'tinyimagenet': dict(
         num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8),
         mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
@@ -158,15 +186,16 @@ def _create(variant: str, pretrained: bool, arch: Dict[str, Any], **kwargs) -> C
         check_pretrained_available(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     try:
         return build_model_with_cfg(CifarResNet, variant, pretrained, **dict(arch, **kwargs))
-    except TypeError as e:  # an argument this version does not know, e.g. from a newer config.json
+    except TypeError as e:  # a misspelt argument, or one from a config.json of a newer version
         from .. import __version__
         raise TypeError(
-            f'{variant} cannot be built with these arguments: {e}. If they come from a config.json '
-            f'(hf-hub:/local-dir:), it was written for another timm-spa version than this one ({__version__}): '
+            f'{variant} cannot be built with these arguments: {e}. Check the argument names (CifarResNet takes '
+            "attn_stages, attn_kwargs and timm ResNet's arguments such as drop_rate); if they come from a config.json "
+            f'(hf-hub:/local-dir:), it may be written for another timm-spa version than this one ({__version__}): '
             'upgrade timm-spa, or remove the argument from model_args.') from e
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if pretrained:
-            raise_download_error(variant, kwargs.get('pretrained_cfg'), e)
+            raise_download_error(variant, kwargs.get('pretrained_cfg'), e, kwargs.get('pretrained_cfg_overlay'))
         raise
 
 

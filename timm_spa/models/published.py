@@ -12,7 +12,7 @@ from typing import Any, List, Optional
 
 __all__ = [
     'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'WeightsDownloadError',
-    'check_pretrained_available', 'raise_download_error',
+    'check_pretrained_available', 'load_error_reason', 'raise_download_error',
     'hub_repo_id', 'published_names', 'published_record', 'record_published',
 ]
 
@@ -77,12 +77,31 @@ def check_pretrained_available(variant: str, pretrained_cfg: Any = None, overlay
         "(timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors'))).")
 
 
-def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception) -> None:
+def load_error_reason(error: Exception) -> str:
+    """Why a weights file did not load, in one line, without torch's advice to turn safe loading off."""
+    text = str(error)
+    if 'weights_only' in text:
+        return ('it holds Python objects other than tensors and plain containers, which are not loaded '
+                '(weights_only=True: loading them could run code). Only safetensors files and PyTorch files of plain '
+                'tensors load; convert it where you trust it, e.g. to safetensors.')
+    first = text.strip().splitlines()[0] if text.strip() else 'unreadable'
+    return f'{type(error).__name__}: {first}. The file is corrupt, truncated, or not a weights file.'
+
+
+def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception, overlay: Optional[dict] = None) -> None:
     """Re-raise a failure to fetch or read pretrained weights with what to do about it."""
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
     from safetensors import SafetensorError
 
+    file = (overlay or {}).get('file')
+    if file:  # a local file named by the user: neither the network nor the cache is involved
+        if not Path(file).is_file():
+            raise WeightsDownloadError(
+                f'pretrained_cfg_overlay file {file} does not exist: give the path of a .safetensors file (or a '
+                f"PyTorch file of plain tensors) holding {variant}'s weights.") from error
+        raise WeightsDownloadError(f'pretrained_cfg_overlay file {file} could not be read as weights: '
+                                   f'{load_error_reason(error)}') from error
     tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
     name = f'{variant}.{tag or DEFAULT_TAG}' if not isinstance(pretrained_cfg, dict) else variant
     if isinstance(error, SafetensorError) or 'safetensors' in type(error).__module__:

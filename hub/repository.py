@@ -1,0 +1,111 @@
+"""A Hub repository folder: what `hub export` writes, `hub push` uploads, `hub serve` serves and
+`releases/<org>/<arch>.<tag>/` holds. This module owns its layout and the checks that its parts
+belong together, so that a published number always belongs to the published weights.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import timm
+from huggingface_hub.errors import HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from timm_spa.models import MODEL_NAMES, PRETRAINED_TAGS, hub_repo_id
+from train.checkpoint import CheckpointError, weights_metadata
+from train.run_dir import RESULTS, Results, RunDir, RunError
+
+WEIGHTS = 'model.safetensors'
+CONFIG = 'config.json'
+CARD = 'README.md'
+CURVES = 'curves.png'
+REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)
+TIMM_RECORDED_ARGS = ('num_classes', 'in_chans', 'global_pool')
+
+
+class RepositoryError(ValueError):
+    """A repository folder, or a repository id, that cannot be published as it is."""
+
+
+@dataclass
+class Repository:
+    folder: Path
+    results: Results
+    config: Dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        """`arch.tag` of the weights (the tag is the data set for runs off the pretrained tags)."""
+        return f'{self.results.model}.{self.results.tag or self.results.dataset.name}'
+
+    def files(self) -> List[Path]:
+        return sorted(p for p in self.folder.rglob('*') if p.is_file() and '.git' not in p.parts)
+
+
+def check_repo_id(repo_id: str) -> str:
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as e:
+        raise RepositoryError(f'invalid --repo-id {repo_id!r}: {e}') from None
+    if repo_id.count('/') != 1:
+        raise RepositoryError(
+            f"invalid --repo-id {repo_id!r}: use ORG/NAME, e.g. {hub_repo_id('resnet18_spa.cifar10')}.")
+    return repo_id
+
+
+def tagged_name(repo_id: str) -> Optional[str]:
+    """`arch.tag` when the repository's name claims one of our pretrained tags, else None."""
+    name = repo_id.split('/', 1)[-1]
+    arch, _, tag = name.partition('.')
+    return name if arch in MODEL_NAMES and tag in PRETRAINED_TAGS else None
+
+
+def read_repository(folder: Path) -> Repository:
+    """The folder's results and config, after checking that they and the weights belong together."""
+    folder = Path(folder)
+    missing = [name for name in (WEIGHTS, CONFIG, RESULTS) if not (folder / name).is_file()]
+    if missing:
+        raise RepositoryError(f'{folder} is not an exported repository (no {", ".join(missing)}); run '
+                              '`python -m hub export RUN_DIR --output FOLDER` first.')
+    try:
+        config = json.loads((folder / CONFIG).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RepositoryError(f'{folder / CONFIG} is not valid JSON ({e}).') from None
+    try:
+        results = RunDir(folder).read_results()
+        meta = weights_metadata(folder / WEIGHTS)
+    except (RunError, CheckpointError) as e:
+        raise RepositoryError(str(e)) from None
+    arch = results.model_args
+    if meta.get('run_id') != results.run_id:
+        raise RepositoryError(f'{folder / WEIGHTS} (run {meta.get("run_id")}) and {RESULTS} (run {results.run_id}) '
+                              'come from different runs: export the run again.')
+    # save_for_hf also records num_classes, in_chans and global_pool among the model arguments
+    kwargs = {k: v for k, v in config.get('model_args', {}).items()
+              if k not in TIMM_RECORDED_ARGS or k in arch['model_kwargs']}
+    built = dict(model=config.get('architecture'), num_classes=config.get('num_classes'), model_kwargs=kwargs)
+    if json.loads(json.dumps(built)) != json.loads(json.dumps(arch)):
+        raise RepositoryError(f'{folder / CONFIG} builds {built}, but the weights were trained as {arch}: '
+                              'export the run again.')
+    return Repository(folder, results, config)
+
+
+def check_matches_tag(repo: Repository, repo_id: str) -> None:
+    """A repository named `arch.tag` must hold that architecture, trained on that tag's data set with its
+    class count and input size: `pretrained=True` on the tag will load it as exactly that."""
+    name = tagged_name(repo_id)
+    if name is None:
+        return
+    arch, tag = name.split('.', 1)
+    cfg = timm.models.get_pretrained_cfg(name)
+    data = repo.results.dataset
+    wanted = dict(model=arch, dataset=tag, num_classes=cfg.num_classes, input_size=cfg.input_size[-1])
+    held = dict(model=repo.results.model, dataset=data.name, num_classes=repo.results.model_args['num_classes'],
+                input_size=data.image_size)
+    diffs = [f'{key} {held[key]!r} (the tag needs {wanted[key]!r})' for key in wanted if held[key] != wanted[key]]
+    if repo.results.tag != tag and not diffs:
+        diffs.append(f'tag {repo.results.tag!r} (the tag needs {tag!r})')
+    if diffs:
+        raise RepositoryError(f'{repo.folder} cannot be published as {repo_id}: it holds {"; ".join(diffs)}. '
+                              f'`timm.create_model("{name}", pretrained=True)` would load it as {name}; push it '
+                              f'under a name that says what it is, e.g. ORG/{repo.name}.')

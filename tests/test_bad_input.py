@@ -1,0 +1,354 @@
+"""The bad-input table: what a careless user types, the one line they get back, and what is kept.
+
+Every probe runs the command's real entry point on small data written here. It must end with the
+expected exit status (2: a usage error, 1: anything else the user can fix), print the expected
+fragment in one line without a traceback, and lose nothing. The README's reliability section is
+this table: `python tests/test_bad_input.py` prints it, and a test checks that the README has it.
+"""
+import contextlib
+import errno
+import io
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, List, Tuple, Union
+from unittest import mock
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'tests'))
+from conftest import write_image_folders  # noqa: E402
+
+TINY = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8', '--workers', '0', '--lr', '0.05',
+        '--log-interval', '0', '--no-progress', '--model', 'resnet18_spa']
+
+
+@dataclass
+class Probe:
+    name: str
+    given: str  # what the user typed or did
+    expect: str  # a fragment of the one-line answer
+    kept: str  # what must survive
+    code: Union[int, str]  # the exit status of a command, or the exception a library call raises
+    run: Callable
+
+
+PROBES: List[Probe] = []
+
+
+def probe(given: str, expect: str, kept: str = '-', code: Union[int, str] = 1, name: str = ''):
+    def register(fn):
+        PROBES.append(Probe(name or fn.__name__, given, expect, kept, code, fn))
+        return fn
+    return register
+
+
+def call(main, argv) -> Tuple[int, str]:
+    """A CLI's exit status and what it printed to stderr."""
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            main(argv)
+            code = 0
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+    return code, err.getvalue()
+
+
+def raised(fn: Callable, *args, **kwargs) -> Tuple[Union[int, str], str]:
+    """What a library call raises: its exception's class name and message, or (0, '') when it does not."""
+    try:
+        fn(*args, **kwargs)
+    except Exception as e:
+        return type(e).__name__, str(e)
+    return 0, ''
+
+
+class Workspace:
+    """Small data and one finished tiny run, shared by the probes (each probe copies what it may damage)."""
+
+    def __init__(self, root: Path):
+        from train import train as train_script
+        self.root = root
+        self.data = write_image_folders(root / 'data')
+        self.run = root / 'run'
+        assert call(train_script.main, TINY + ['--data-dir', str(self.data), '--output', str(self.run),
+                                               '--epochs', '1'])[0] == 0
+
+    def copy_run(self, name: str) -> Path:
+        return Path(shutil.copytree(self.run, self.root / name))
+
+    def copy_data(self, name: str) -> Path:
+        return Path(shutil.copytree(self.data, self.root / name))
+
+    def train(self, *argv) -> Tuple[int, str]:
+        from train import train as train_script
+        return call(train_script.main, [*TINY, '--data-dir', str(self.data), *argv])
+
+
+# a training flag out of its range: refused before anything is read
+for _name, _flag, _value, _shown, _rule in (('epochs_zero', '--epochs', '0', '--epochs', 'an int >= 1'),
+                                           ('batch_zero', '-b', '0', '--batch-size', 'an int >= 1'),
+                                           ('negative_lr', '--lr', '-0.1', '--lr', 'a number > 0'),
+                                           ('image_size_zero', '--img-size', '0', '--img-size', 'an int >= 1')):
+    probe(f'`python -m train {_flag} {_value}`', f'{_shown} {_value} is not allowed: it must be {_rule}', code=2,
+          name=_name)(lambda ws, flag=_flag, value=_value: ws.train(flag, value, '--output', str(ws.root / 'x')))
+
+
+@probe('`python -m train --device cuda` on a machine without a GPU', 'torch sees no CUDA device on this machine; '
+       'use --device cpu', code=2)
+def cuda_without_gpu(ws):
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    return ws.train('--device', 'cuda', '--output', str(ws.root / 'x'))
+
+
+@probe('`python -m train --model resnet18_sap` (a typo)', 'no such model in timm or timm-spa. Did you mean '
+       'resnet18_spa', code=2)
+def unknown_model(ws):
+    return ws.train('--model', 'resnet18_sap', '--output', str(ws.root / 'x'))
+
+
+@probe('`python -m train --model-kwargs atn_stages="(1,)"` (a typo)', "unexpected keyword argument 'atn_stages'. "
+       'Check the argument names', code=2)
+def model_kwargs_typo(ws):
+    code, err = ws.train('--model-kwargs', 'atn_stages=(1,)', '--output', str(ws.root / 'x'))
+    assert 'config.json' not in err.split('Check the argument names')[0]
+    return code, err
+
+
+@probe('`python -m train --output RUN` where RUN holds a finished run', 'already holds a run', 'the run', code=2)
+def output_holds_a_run(ws):
+    run = ws.copy_run('holds')
+    before = (run / 'results.json').read_text()
+    code, err = ws.train('--output', str(run), '--epochs', '1')
+    assert (run / 'results.json').read_text() == before
+    return code, err
+
+
+@probe('`python -m train --output RUN --overwrite`, and the new run dies in its first epoch',
+       'training diverged', "no file of the old run: its results can never be paired with the new weights")
+def overwrite_then_die(ws):
+    run = ws.copy_run('overwritten')
+    code, err = ws.train('--output', str(run), '--epochs', '2', '--overwrite', '--lr', '1e12')
+    assert not (run / 'results.json').exists() and not (run / 'model_best.safetensors').exists()
+    return code, err
+
+
+@probe('`python -m train --resume RUN --epochs 400 --val-split-seed 3`', '--resume RUN continues that run with its '
+       'own arguments, and these differ: --epochs 400 (the run has 1); --val-split-seed 3 (the run has 0)', 'the run',
+       code=2)
+def resume_with_other_recipe(ws):
+    run = ws.copy_run('resumed')
+    code, err = ws.train('--resume', str(run), '--epochs', '400', '--val-split-seed', '3')
+    return code, err.replace(str(run), 'RUN')
+
+
+@probe('`python -m train --lr 1e12` (diverges)', 'training diverged, so the run stops here. Kept the last good state',
+       'the last finite checkpoint; no results, no NaN weights')
+def diverged(ws):
+    return ws.train('--output', str(ws.root / 'diverged'), '--epochs', '2', '--lr', '1e12')
+
+
+@probe('a `train.tar` cut short', 'train.tar is truncated or corrupt', code=1)
+def truncated_tar(ws):
+    data = ws.root / 'tars'
+    write_image_folders(data, as_tar=True)
+    tar = data / 'train.tar'
+    tar.write_bytes(tar.read_bytes()[:int(tar.stat().st_size * 0.9)])
+    return ws.train('--data-dir', str(data), '--output', str(ws.root / 'x'))
+
+
+@probe('a corrupt image in the test split', 'cannot read image', 'nothing trained: found before epoch 0')
+def corrupt_test_image(ws):
+    data = ws.copy_data('corrupt')
+    bad = sorted((data / 'test').rglob('*.png'))[-1]
+    bad.write_bytes(bad.read_bytes()[:60])
+    out = ws.root / 'corrupt-run'
+    code, err = ws.train('--data-dir', str(data), '--output', str(out), '--workers', '2')
+    assert bad.name in err and not (out / 'last.pth.tar').exists()
+    return code, err
+
+
+@probe('`--output` on a path that cannot be created', 'cannot create the run directory', code=1)
+def output_not_writable(ws):
+    blocker = ws.root / 'a-file'
+    blocker.write_text('x')
+    return ws.train('--output', str(blocker / 'run'))
+
+
+@probe('a full disk while a checkpoint is written', 'disk full while writing', 'the previous checkpoint; the '
+       'orphaned .tmp is removed', code='CheckpointError')
+def disk_full(ws):
+    from train.checkpoint import save_training_state
+    path = ws.root / 'full' / 'last.pth.tar'
+    path.parent.mkdir()
+    save_training_state(path, {'epoch': 0})
+
+    def no_space(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b'partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    with mock.patch.object(torch, 'save', no_space):
+        code, err = raised(save_training_state, path, {'epoch': 1})
+    assert torch.load(path, weights_only=True)['epoch'] == 0 and not path.with_name('last.pth.tar.tmp').exists()
+    return code, err
+
+
+@probe('`python -m train.validate --run RUN` with an incomplete results.json', 'is incomplete (missing test_top1)',
+       'the run')
+def validate_incomplete_run(ws):
+    from train import validate
+    run = ws.copy_run('incomplete')
+    results = json.loads((run / 'results.json').read_text())
+    del results['test_top1']
+    (run / 'results.json').write_text(json.dumps(results))
+    return call(validate.main, ['--run', str(run)])
+
+
+@probe('a checkpoint that is a pickle of arbitrary objects', 'which are not loaded (weights_only=True', code=1)
+def unsafe_pickle(ws):
+    from train import validate
+    evil = ws.root / 'evil.pth'
+    with open(evil, 'wb') as f:
+        pickle.dump({'state_dict': Probe}, f)  # a class: what weights_only refuses to import
+    code, err = call(validate.main, ['--model', 'resnet18_spa', '--checkpoint', str(evil), '--dataset', 'folder',
+                                     '--data-dir', str(ws.data), '--img-size', '16', '--val-size', '8'])
+    assert 'weights_only=False' not in err
+    return code, err
+
+
+@probe("`timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='missing.safetensors'))`",
+       'pretrained_cfg_overlay file missing.safetensors does not exist', code='WeightsDownloadError')
+def overlay_file_missing(ws):
+    import timm
+    code, err = raised(timm.create_model, 'resnet18_spa', pretrained=True,
+                       pretrained_cfg_overlay=dict(file='missing.safetensors'))
+    assert 'HF_ENDPOINT' not in err and 'cache' not in err
+    return code, err
+
+
+@probe("the same with a truncated weights file", 'could not be read as weights', code='WeightsDownloadError')
+def overlay_file_corrupt(ws):
+    import timm
+    cut = ws.root / 'cut.safetensors'
+    cut.write_bytes((ws.run / 'model_best.safetensors').read_bytes()[:5000])
+    code, err = raised(timm.create_model, 'resnet18_spa', pretrained=True, num_classes=4,
+                       pretrained_cfg_overlay=dict(file=str(cut)))
+    assert 'HF_ENDPOINT' not in err and 'weights_only=False' not in err
+    return code, err
+
+
+@probe('`SalientPositionsAttention(256, scale=float("inf"))`', 'scale must be a finite number > 0', code='ValueError')
+def infinite_scale(ws):
+    from timm_spa.layers import SalientPositionsAttention
+    return raised(SalientPositionsAttention, 256, scale=float('inf'))
+
+
+@probe('`python -m hub export RUN --output RUN --overwrite` (or the folder holding RUN)',
+       'exporting there would overwrite or delete the run', 'the run and every run beside it')
+def export_into_the_run(ws):
+    from hub.__main__ import main as hub_main
+    parent = ws.root / 'runs'
+    run = Path(shutil.copytree(ws.run, parent / 'r1'))
+    before = sorted(parent.rglob('*'))
+    for output in (run, parent):
+        code, err = call(hub_main, ['export', str(run), '--output', str(output), '--overwrite'])
+        assert code == 1 and sorted(parent.rglob('*')) == before
+    return code, err
+
+
+@probe('`python -m hub export RUN` where results.json was edited to another architecture',
+       'but the weights were saved for', 'the run')
+def export_edited_results(ws):
+    from hub.__main__ import main as hub_main
+    run = ws.copy_run('edited')
+    results = json.loads((run / 'results.json').read_text())
+    results['model_args']['model_kwargs'] = {'attn_kwargs': {'k': 8}}
+    (run / 'results.json').write_text(json.dumps(results))
+    return call(hub_main, ['export', str(run), '--output', str(ws.root / 'edited-repo')])
+
+
+@probe('`python -m hub push REPO --repo-id timm-spa/resnet18_spa.cifar10` for a model of another data set',
+       'cannot be published as timm-spa/resnet18_spa.cifar10: it holds dataset', 'the record of released weights')
+def push_under_another_tag(ws):
+    from hub.__main__ import main as hub_main
+    repo = ws.root / 'repo'
+    assert call(hub_main, ['export', str(ws.run), '--output', str(repo)])[0] == 0
+    return call(hub_main, ['push', str(repo), '--repo-id', 'timm-spa/resnet18_spa.cifar10', '--releases',
+                           str(ws.root / 'releases')])
+
+
+@probe('`python -m hub push M/models/ORG/NAME --mirror M`', 'overlap: replacing the destination would delete the '
+       'files being published', 'the exported folder')
+def push_folder_inside_mirror(ws):
+    from hub.__main__ import main as hub_main
+    mirror = ws.root / 'mirror'
+    repo = mirror / 'models' / 'someone' / 'resnet18_spa.folder'
+    assert call(hub_main, ['export', str(ws.run), '--output', str(repo), '--repo-id', 'someone/resnet18_spa.folder'
+                           ])[0] == 0
+    code, err = call(hub_main, ['push', str(repo), '--mirror', str(mirror)])
+    assert (repo / 'model.safetensors').is_file()
+    return code, err
+
+
+@probe('`python -m visualize --num-images 0`', '--num-images 0 must be at least 1', code=2)
+def no_images(ws):
+    from visualize.__main__ import main as visualize_main
+    return call(visualize_main, ['--model', 'resnet18_spa', '--dataset', 'folder', '--data-dir', str(ws.data),
+                                 '--num-images', '0', '--output', str(ws.root / 'fig.png')])
+
+
+@probe('`bash scripts/setup.sh` on a disk with less than 6 GiB free', 'the venv needs about 6144 MiB (torch and '
+       'its CUDA libraries), but only 100 MiB is free', 'the disk: pip never starts')
+def setup_on_a_full_disk(ws):
+    project = ws.root / 'setup-full-disk'
+    (project / 'scripts').mkdir(parents=True)
+    shutil.copy(ROOT / 'scripts' / 'setup.sh', project / 'scripts')
+    fake_bin = project / 'bin'
+    fake_bin.mkdir()
+    df = fake_bin / 'df'  # 100 MiB available, in `df -Pk`'s format
+    df.write_text('#!/bin/sh\necho "Filesystem 1024-blocks Used Available Capacity Mounted on"\n'
+                  'echo "/dev/vda 1048576 946176 102400 91% /"\n')
+    df.chmod(0o755)
+    env = {**os.environ, 'PATH': f'{fake_bin}{os.pathsep}{os.environ["PATH"]}'}
+    done = subprocess.run(['bash', str(project / 'scripts' / 'setup.sh')], env=env, capture_output=True, text=True)
+    assert not (project / '.venv').exists()
+    return done.returncode, done.stderr
+
+
+@pytest.fixture(scope='module')
+def workspace(tmp_path_factory):
+    return Workspace(tmp_path_factory.mktemp('bad-input'))
+
+
+@pytest.mark.parametrize('case', PROBES, ids=[p.name for p in PROBES])
+def test_bad_input_gets_one_clear_line(workspace, case):
+    code, err = case.run(workspace)
+    assert code == case.code, err
+    assert case.expect in err, err
+    assert 'Traceback' not in err
+
+
+def render_table() -> str:
+    lines = ['| input | answer (fragment) | exit status | kept |', '|---|---|---|---|']
+    for p in PROBES:
+        status = p.code if isinstance(p.code, int) else f'raises `{p.code}`'
+        lines.append(f'| {p.given} | {p.expect} | {status} | {p.kept} |')
+    return '\n'.join(lines)
+
+
+def test_readme_reliability_table_is_this_table():
+    assert render_table() in (ROOT / 'README.md').read_text(), 'regenerate it: python tests/test_bad_input.py'
+
+
+if __name__ == '__main__':
+    print(render_table())

@@ -1,0 +1,71 @@
+"""How every command of the project ends on a user's mistake: one line naming the fix, no traceback.
+
+Exit status 2 for a usage error (a bad flag or value, as argparse does), 1 for anything else the
+user can fix (missing or corrupt data, a run that cannot be resumed or published, a diverged run).
+`--debug` shows the traceback instead.
+"""
+import difflib
+import sys
+from typing import Any, Callable, Sequence, Type
+
+import timm
+import torch
+
+
+class UsageError(ValueError):
+    """A flag, or a combination of flags, that cannot work; exit status 2."""
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
+
+
+def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
+            errors: Sequence[Type[BaseException]] = ()) -> Any:
+    """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) into one message."""
+    try:
+        return body()
+    except UsageError as e:
+        if debug:
+            raise
+        print(f'{prog}: error: {e}', file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ValueError, *errors) as e:
+        if debug:
+            raise
+        print(f'{prog}: error: {message(e)}', file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def message(error: BaseException) -> str:
+    """The error's own message; for one re-raised from a DataLoader worker, the original's last line
+    rather than 'Caught DataError in DataLoader worker process 1' and a traceback."""
+    text = str(error)
+    if text.startswith('Caught ') and 'Original Traceback' in text:
+        last = text.strip().splitlines()[-1]  # "train.data.DataError: cannot read image ..."
+        text = last.split(': ', 1)[1] if ': ' in last else last
+    return text
+
+
+def check_device(device: str) -> None:
+    """A device torch knows and this machine has."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"--device {device!r} is not a device torch knows; use 'cpu' or 'cuda' (or 'cuda:N').") \
+            from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise UsageError(f'--device {device}: torch sees no CUDA device on this machine; use --device cpu.')
+
+
+def check_model_name(name: str) -> None:
+    """A registered model (hf-hub:/local-dir: names are checked when loaded); close names are suggested."""
+    if name.startswith(('hf-hub:', 'local-dir:')):
+        return
+    arch = name.split('.', 1)[0]
+    if timm.is_model(arch):
+        return
+    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
+    hint = f" Did you mean {' or '.join(close)}?" if close else \
+        " timm.list_models('*_spa') lists ours; timm.list_models() all."
+    raise UsageError(f'--model {name}: no such model in timm or timm-spa.{hint}')

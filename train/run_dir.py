@@ -1,0 +1,231 @@
+"""The run directory: the files a training run leaves behind, and the typed results record.
+
+This module is the one owner of that contract. `python -m train` writes a run directory;
+`python -m hub export`, `python -m train.validate --run` and `python -m visualize --run` read it
+through `RunDir`, which checks that its parts belong together before anyone publishes or reports
+a number from it: the results file, the chosen weights and the training checkpoint all carry the
+run's id, and the weights' epoch is the one the results name.
+"""
+import json
+import math
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Union
+
+from .checkpoint import atomic_write, load_training_state, weights_metadata
+
+LAST = 'last.pth.tar'  # everything needed to resume, timm's checkpoint keys
+BEST = 'model_best.safetensors'  # the weights chosen on the validation split
+RESULTS = 'results.json'  # the numbers, written once the test split was evaluated
+SUMMARY = 'summary.csv'  # one row per epoch
+CURVES = 'curves.png'
+ARGS = 'args.json'  # the run's arguments, readable while it trains
+RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, CURVES, ARGS)
+RESULTS_VERSION = 2
+
+
+class RunError(ValueError):
+    """A run directory that is incomplete, inconsistent, or written by another version."""
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+def dump_json(value: Any) -> str:
+    """Strict JSON: NaN or infinity is refused rather than written as a token no JSON parser reads."""
+    return json.dumps(value, indent=2, allow_nan=False, default=str) + '\n'
+
+
+@dataclass
+class DatasetRecord:
+    name: str
+    label: str
+    notes: List[str]
+    num_classes: int
+    class_names: List[str]
+    train_images: int
+    val_images: int
+    test_images: int
+    val_split_seed: int
+    image_size: int
+    mean: List[float]
+    std: List[float]
+
+
+@dataclass
+class Results:
+    """What `results.json` holds; every number a model card or report shows comes from here."""
+    run_id: str
+    model: str
+    tag: Optional[str]  # the pretrained tag this run's data set and class count correspond to
+    model_args: Dict[str, Any]  # model, num_classes, model_kwargs: enough to rebuild the architecture
+    param_count: int
+    dataset: DatasetRecord
+    epochs: int
+    seed: int
+    best_epoch: int
+    val_top1: float
+    val_top5: float
+    test_top1: float
+    test_top5: float
+    test_loss: float
+    checkpoint_selection: str
+    wall_time_s: float
+    hardware: str
+    world_size: int
+    precision: Dict[str, Any]  # train (what autocast ran, per epoch), test, and the CPU's bfloat16 flags
+    software: Dict[str, str]
+    git_commit: str
+    args: Dict[str, Any]
+    results_version: int = RESULTS_VERSION
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = RESULTS) -> 'Results':
+        """Validate and type a parsed results file; every problem is named with its fix."""
+        if not isinstance(data, dict):
+            raise RunError(f'{source} is not a results record (a JSON object was expected).')
+        version = data.get('results_version')
+        if version != RESULTS_VERSION:
+            if isinstance(version, int) and version > RESULTS_VERSION:
+                fix = 'upgrade timm-spa to read it.'
+            else:
+                fix = ('re-finish the run with this version: `python -m train --resume RUN_DIR` evaluates a '
+                       'finished run again from its last.pth.tar and rewrites the results.')
+            raise RunError(f'{source} has results version {version!r}; this timm-spa reads version '
+                           f'{RESULTS_VERSION}: {fix}')
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(data))
+        if missing:
+            raise RunError(f'{source} is incomplete (missing {", ".join(missing)}): the run did not finish, or the '
+                           'file was edited. Finish it with `python -m train --resume RUN_DIR`.')
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise RunError(f'{source} has fields this version does not know ({", ".join(unknown)}); it was edited '
+                           'or written by another timm-spa version.')
+        dataset = data['dataset']
+        data_names = {f.name for f in fields(DatasetRecord)}
+        if not isinstance(dataset, dict) or set(dataset) != data_names:
+            raise RunError(f'{source}: its dataset record does not have the fields {sorted(data_names)}.')
+        for key in ('val_top1', 'val_top5', 'test_top1', 'test_top5'):
+            value = data[key]
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or not 0 <= value <= 100:
+                raise RunError(f'{source}: {key} is {value!r}, not a percentage.')
+        arch = data['model_args']
+        if not isinstance(arch, dict) or set(arch) != {'model', 'num_classes', 'model_kwargs'}:
+            raise RunError(f'{source}: model_args must hold model, num_classes and model_kwargs.')
+        if arch['model'] != data['model']:
+            raise RunError(f"{source} describes model {data['model']} but its model_args build {arch['model']}: "
+                           'the file was edited or comes from another run.')
+        return cls(**dict(data, dataset=DatasetRecord(**dataset)))
+
+
+class RunDir:
+    """A training run directory: its file paths, and reading what it holds with every check applied."""
+
+    def __init__(self, path: Union[str, Path]):
+        self.path = Path(path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    @property
+    def last(self) -> Path:
+        return self.path / LAST
+
+    @property
+    def best(self) -> Path:
+        return self.path / BEST
+
+    @property
+    def results(self) -> Path:
+        return self.path / RESULTS
+
+    @property
+    def summary(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def curves(self) -> Path:
+        return self.path / CURVES
+
+    @property
+    def args(self) -> Path:
+        return self.path / ARGS
+
+    def held(self) -> List[str]:
+        """The run files this directory already holds."""
+        return [name for name in RUN_FILES if (self.path / name).exists()]
+
+    def remove_run_files(self) -> None:
+        """Delete this directory's run files (and their temporaries), nothing else: for --overwrite."""
+        for name in RUN_FILES:
+            for path in (self.path / name, self.path / f'{name}.tmp'):
+                if path.is_file():
+                    path.unlink()
+
+    def write_args(self, args: Dict[str, Any]) -> None:
+        atomic_write(self.args, lambda tmp: tmp.write_text(dump_json(args)))
+
+    def read_args(self) -> Dict[str, Any]:
+        """The run's arguments (args.json), written before its first epoch: readable while it trains."""
+        try:
+            return json.loads(self.args.read_text())
+        except (OSError, ValueError) as e:
+            raise RunError(f'{self.args} cannot be read ({e}); the file is missing, truncated or was edited.') from e
+
+    def write_results(self, results: Results) -> None:
+        text = dump_json(results.to_dict())
+        atomic_write(self.results, lambda tmp: tmp.write_text(text))
+
+    def read_results(self) -> Results:
+        if not self.results.is_file():
+            held = self.held()
+            state = f'it holds {", ".join(held)}' if held else 'it holds no run files'
+            raise RunError(f'{self.path} has no {RESULTS} ({state}): only a finished `python -m train` run can be '
+                           'used here. Finish it with `python -m train --resume RUN_DIR`.')
+        try:
+            data = json.loads(self.results.read_text(), parse_constant=_refuse_constant)
+        except (json.JSONDecodeError, ValueError, UnicodeDecodeError) as e:
+            raise RunError(f'{self.results} is not valid JSON ({e}); the file is truncated or was edited.') from e
+        return Results.from_dict(data, str(self.results))
+
+    def read_finished(self, check_checkpoint: bool = True) -> 'FinishedRun':
+        """The results and the chosen weights' metadata, after checking that they belong together."""
+        results = self.read_results()
+        if not self.best.is_file():
+            raise RunError(f'{self.path} has {RESULTS} but no {BEST}: the chosen weights are missing.')
+        meta = weights_metadata(self.best)
+        if meta.get('run_id') != results.run_id:
+            raise RunError(f'{self.best} (run {meta.get("run_id")}) and {RESULTS} (run {results.run_id}) come from '
+                           'different runs: the directory mixes two runs. Train it again with --overwrite, or '
+                           'finish the run the weights belong to.')
+        if meta.get('epoch') != str(results.best_epoch):
+            raise RunError(f'{self.best} holds epoch {meta.get("epoch")}, but {RESULTS} reports epoch '
+                           f'{results.best_epoch}: the files are out of step. Finish the run again with '
+                           '`python -m train --resume RUN_DIR`.')
+        arch = json.loads(meta['arch']) if 'arch' in meta else None
+        if arch != results.model_args:
+            raise RunError(f'{RESULTS} says the architecture is {results.model_args}, but the weights were saved '
+                           f'for {arch}: the results file was edited or belongs to another run.')
+        if check_checkpoint and self.last.is_file():
+            saved = load_training_state(self.last).get('run_id')
+            if saved != results.run_id:
+                raise RunError(f'{self.last} (run {saved}) and {RESULTS} (run {results.run_id}) come from '
+                               'different runs: the directory mixes two runs.')
+        return FinishedRun(self, results, arch)
+
+
+@dataclass
+class FinishedRun:
+    run_dir: RunDir
+    results: Results
+    arch: Dict[str, Any]  # from the weights' own metadata
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f'{name} is not a JSON number')

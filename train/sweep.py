@@ -1,0 +1,412 @@
+"""Reproduce the paper's tables in one command: a sweep of ordinary training runs, and a report beside the paper.
+
+    python -m train.sweep table1 --dataset cifar100 --data-dir DATA --seeds 3 --output sweeps/t1-c100
+    python -m train.sweep table2 --dataset cifar100 --data-dir DATA --output sweeps/t2
+    python -m train.sweep table3 --dataset cifar100 --data-dir DATA --output sweeps/t3
+    python -m train.sweep custom --models resnet18_cifar resnet18_spa --epochs 6 --opt sgd --output sweeps/mine
+    python -m train.sweep table1 ... --dry-run          # the runs, and their cost from steps timed here
+    python -m train.sweep report sweeps/t1-c100         # the table again, from what is on disk
+    torchrun --nproc_per_node=8 -m train.sweep table1 ...   # each run uses DDP
+
+Each cell and seed is a `python -m train` run in OUTPUT/<cell>/seed<S>/; every training flag after
+the sweep's own passes through to it. Started again with the same command, a sweep skips finished
+runs, resumes an interrupted one and runs the rest; a finished run whose arguments differ from the
+sweep's is refused, never mixed in. The report (Markdown, JSON, PNG with error bars) is built from the
+run directories alone: ours as mean +- std over seeds next to the paper's single run.
+"""
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import timm
+import torch
+
+import timm_spa  # noqa: F401  registers the models
+from timm_spa import paper
+from timm_spa.models import MODEL_NAMES
+
+from . import train as train_cli
+from .cli import UsageError, add_debug_flag, message, run_cli
+from .data import load_dataset
+from .distributed import cleanup, init_distributed
+from .precision import autocast_context, resolve_amp_dtype
+from .run_dir import ARGS, RESULTS, RunDir, RunError, dump_json
+
+PROG = 'python -m train.sweep'
+MANIFEST = 'sweep.json'
+STAGES = (1, 2, 3, 4)
+SWEEP_OWNED = ('model', 'model_kwargs', 'seed', 'output', 'resume', 'overwrite')  # set per run by the sweep
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a table: a model with its attention placement and k, where it goes, the paper's number."""
+    model: str
+    row: str
+    col: str
+    attn_stages: Optional[Tuple[int, ...]] = None
+    k: Optional[int] = None
+    paper: Optional[Dict[str, float]] = None  # data set tag -> the paper's top-1 there
+
+    @property
+    def name(self) -> str:
+        parts = [self.model]
+        if self.attn_stages is not None:
+            parts.append('s' + ''.join(map(str, self.attn_stages)))
+        if self.k is not None:
+            parts.append(f'k{self.k}')
+        return '-'.join(parts)
+
+    @property
+    def model_kwargs(self) -> dict:
+        kwargs = {}
+        if self.attn_stages is not None:
+            kwargs['attn_stages'] = self.attn_stages
+        if self.k is not None:
+            kwargs['attn_kwargs'] = {'k': self.k}
+        return kwargs
+
+
+def table1() -> List[Cell]:
+    """Table 1: every model, the attention block after stage 3 (k = 2)."""
+    return [Cell(model, row=model, col='top-1', paper=paper.TOP1.get(model)) for model in MODEL_NAMES]
+
+
+def table2() -> List[Cell]:
+    """Table 2: NL and SPA (and, beyond the paper, GC) after each one stage, ResNet-18 and -50."""
+    return [Cell(f'resnet{depth}_{kind}', row=f'resnet{depth}_{kind}', col=f'stage {stage}', attn_stages=(stage,),
+                 paper={'cifar100': paper.TABLE2_TOP1[(f'resnet{depth}_{kind}', stage)]}
+                 if (f'resnet{depth}_{kind}', stage) in paper.TABLE2_TOP1 else None)
+            for kind in ('nl', 'spa', 'gc') for depth in (18, 50) for stage in STAGES]
+
+
+def table3() -> List[Cell]:
+    """Table 3: resnet18_spa by k and stage; then two stages at once (k = 2), which the text discusses."""
+    cells = [Cell('resnet18_spa', row=f'k = {k}', col=f'stage {stage}', attn_stages=(stage,), k=k,
+                  paper={'cifar100': paper.TABLE3_TOP1[(k, stage)]} if (k, stage) in paper.TABLE3_TOP1 else None)
+             for k in (2, 4, 8, 16, 32) for stage in STAGES]
+    cells += [Cell('resnet18_spa', row='k = 2, two stages', col=f'stages {a}+{b}', attn_stages=(a, b), k=2)
+              for a, b in ((1, 2), (1, 3), (2, 3))]
+    return cells
+
+
+TABLES = {'table1': table1, 'table2': table2, 'table3': table3}
+
+
+def custom(models: Sequence[str]) -> List[Cell]:
+    return [Cell(model, row=model, col='top-1', paper=paper.TOP1.get(model)) for model in models]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_debug_flag(p)
+    sub = p.add_subparsers(dest='command', required=True)
+    for name in (*TABLES, 'custom'):
+        s = sub.add_parser(name, help=f'run {name} (training flags pass through to every run)')
+        if name == 'custom':
+            s.add_argument('--models', nargs='+', required=True)
+        s.add_argument('--output', required=True, help='the sweep folder: OUTPUT/<cell>/seed<S>/ per run')
+        s.add_argument('--seeds', type=int, default=1, help='runs per cell, seeds --first-seed, +1, ...')
+        s.add_argument('--first-seed', type=int, default=42)
+        s.add_argument('--dry-run', action='store_true', help='list the runs and estimate their cost, train nothing')
+    s = sub.add_parser('report', help='the table from what OUTPUT holds')
+    s.add_argument('output')
+    return p
+
+
+def parse(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, List[str]]:
+    args, train_argv = build_parser().parse_known_args(argv)
+    if args.command == 'report' and train_argv:
+        raise UsageError(f'report takes no training flags: {" ".join(train_argv)}.')
+    owned = [a for a in train_argv if a.lstrip('-').split('=')[0].replace('-', '_') in SWEEP_OWNED]
+    if owned:
+        raise UsageError(f'{", ".join(owned)}: the sweep sets the model, its arguments, the seed and each run\'s '
+                         'directory itself; drop them (use --models, --seeds and --output of the sweep).')
+    if args.command != 'report' and args.seeds < 1:
+        raise UsageError(f'--seeds {args.seeds} must be at least 1.')
+    return args, train_argv
+
+
+def _kwargs_flags(kwargs: dict) -> List[str]:
+    return ['--model-kwargs', *(f'{k}={v!r}' for k, v in kwargs.items())] if kwargs else []
+
+
+def run_args(cell: Cell, seed: int, train_argv: List[str], folder: Path) -> argparse.Namespace:
+    """The arguments of one run: the sweep's training flags, then the cell's model and placement."""
+    argv = [*train_argv, '--model', cell.model, *_kwargs_flags(cell.model_kwargs), '--seed', str(seed),
+            '--output', str(folder)]
+    args = train_cli.parse_args(argv)
+    train_cli.check_args(args)
+    return args
+
+
+def plan(cells: List[Cell], args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
+    out = Path(args.output)
+    runs = []
+    for cell in cells:
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
+            folder = out / cell.name / f'seed{seed}'
+            runs.append(dict(cell=cell, seed=seed, folder=folder, args=run_args(cell, seed, train_argv, folder)))
+    return runs
+
+
+def _differences(recorded: dict, wanted: argparse.Namespace) -> List[str]:
+    keys = sorted(set(vars(wanted)) - set(train_cli.RESUME_SAFE) - set(train_cli.NOT_RECORDED))
+    comparable = train_cli.comparable
+    return [f'--{k.replace("_", "-")}: run {recorded.get(k)!r}, sweep {getattr(wanted, k)!r}' for k in keys
+            if comparable(recorded.get(k)) != comparable(getattr(wanted, k))]
+
+
+def status(run: dict) -> str:
+    """'finished', 'interrupted' or 'new'; a finished run made with other arguments is refused."""
+    folder = RunDir(run['folder'])
+    if folder.results.is_file():
+        results = folder.read_finished(check_checkpoint=False).results
+        diffs = _differences(results.args, run['args'])
+        if diffs:
+            raise RunError(f'{folder} is a finished run with other arguments than this sweep ({"; ".join(diffs)}). '
+                           'Run the sweep with its arguments, or give the sweep another --output.')
+        return 'finished'
+    return 'interrupted' if folder.last.is_file() else 'new'
+
+
+def estimate_seconds(runs: List[dict], steps: int = 3) -> Dict[str, float]:
+    """Seconds per run of each cell, from `steps` training steps timed here (after one warm-up step) and the
+    data set's size: epochs x (train + validation images), plus the test split once."""
+    per_cell, timed = {}, {}
+    splits = None  # every run of a sweep trains on the same data
+    for run in runs:
+        a, cell = run['args'], run['cell']
+        key = (a.model, json.dumps(cell.model_kwargs, default=list))
+        if key not in timed:
+            splits = splits or load_dataset(a.dataset, a.data_dir, a.val_size, a.val_split_seed)
+            size = a.img_size or splits.image_size
+            device = torch.device(a.device)
+            amp_dtype, _ = resolve_amp_dtype(a.amp, a.amp_dtype, device)
+            model = timm.create_model(a.model, num_classes=splits.num_classes, **a.model_kwargs).to(device)
+            optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+            x = torch.randn(a.batch_size, 3, size, size, device=device)
+            y = torch.randint(0, splits.num_classes, (a.batch_size,), device=device)
+            for i in range(steps + 1):
+                if i == 1:
+                    start = time.perf_counter()
+                with autocast_context(device, amp_dtype):
+                    loss = torch.nn.functional.cross_entropy(model(x), y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+            per_image = (time.perf_counter() - start) / (steps * a.batch_size)
+            counts = len(splits.train_indices), len(splits.val_indices), len(splits.test)
+            # evaluation costs about a third of a training step per image
+            timed[key] = per_image * (a.epochs * (counts[0] + counts[1] / 3) + counts[2] / 3)
+        per_cell[str(run['folder'])] = timed[key]
+    return per_cell
+
+
+def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
+    cells = custom(args.models) if args.command == 'custom' else TABLES[args.command]()
+    runs = plan(cells, args, train_argv)
+    states = [status(run) for run in runs]
+    if args.dry_run:
+        seconds = estimate_seconds([r for r, s in zip(runs, states, strict=True) if s != 'finished'])
+        print(f'{len(runs)} runs ({len(cells)} cells x {args.seeds} seeds) in {args.output}:')
+        for run, state in zip(runs, states, strict=True):
+            cost = seconds.get(str(run['folder']))
+            print(f"  {run['folder']}  {state}" + (f'  ~{cost / 3600:.2f} h' if cost is not None else ''))
+        total = sum(seconds.values())
+        print(f'estimated time for the {len(seconds)} runs not finished: {total / 3600:.1f} h on this machine '
+              '(timed training steps, random data; loading and logging not included)')
+        return runs
+    out = Path(args.output)
+    env = init_distributed(runs[0]['args'].device)  # under torchrun: one process group for every run
+    try:
+        if env.is_main:  # every rank runs the sweep; one writes
+            out.mkdir(parents=True, exist_ok=True)
+            (out / MANIFEST).write_text(dump_json(dict(table=args.command, models=getattr(args, 'models', None),
+                                                       seeds=args.seeds, first_seed=args.first_seed,
+                                                       train_argv=train_argv)))
+        for index, (run, state) in enumerate(zip(runs, states, strict=True)):
+            print(f"[{index + 1}/{len(runs)}] {run['folder']}: {state}", flush=True)
+            if state == 'finished':
+                continue
+            a = run['args']
+            if state == 'interrupted':
+                a = argparse.Namespace(**dict(vars(a), resume=str(run['folder']), output=None))
+                given = {k for k in vars(a) if k not in train_cli.NOT_RECORDED}  # every recipe flag must agree
+            else:
+                a = argparse.Namespace(**dict(vars(a), overwrite=True))  # at most args.json of a run killed early
+                given = None
+            train_cli.run(a, given)
+        if env.is_main:
+            report(out)
+    finally:
+        cleanup(env)
+    return runs
+
+
+def _finished_runs(out: Path) -> List[dict]:
+    found = []
+    for path in sorted(out.rglob(RESULTS)):
+        try:
+            found.append(dict(folder=path.parent, results=RunDir(path.parent).read_finished(False).results))
+        except (RunError, ValueError) as e:
+            print(f'skipping {path.parent}: {message(e)}', file=sys.stderr)
+    return found
+
+
+def _unfinished_models(out: Path) -> Tuple[str, ...]:
+    """Models of runs still training (arguments written, no results yet), so the report marks them."""
+    models = []
+    for run in (RunDir(path.parent) for path in sorted(out.rglob(ARGS))):
+        if not run.results.is_file():
+            try:
+                models.append(run.read_args()['model'])
+            except RunError as e:
+                print(f'skipping {run}: {message(e)}', file=sys.stderr)
+            except (KeyError, TypeError):
+                print(f'skipping {run}: {run.args} names no model', file=sys.stderr)
+    return tuple(models)
+
+
+def _summary(values: List[float]) -> dict:
+    return dict(n=len(values), mean=statistics.fmean(values) if values else None,
+                std=statistics.stdev(values) if len(values) > 1 else None, values=values)
+
+
+def report(out: Path) -> dict:
+    """The sweep's table from its run directories: mean +- std over seeds beside the paper's number."""
+    out = Path(out)
+    if not out.is_dir():
+        raise UsageError(f'{out} is not a sweep folder.')
+    manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
+    runs = _finished_runs(out)
+    table = manifest.get('table')
+    if table in TABLES:
+        cells = TABLES[table]()
+    else:  # custom, or any folder of runs: one row per model and placement found (or asked for)
+        seen = dict.fromkeys(tuple(manifest.get('models') or ()) + tuple(r['results'].model for r in runs)
+                             + _unfinished_models(out))
+        cells = custom(list(seen))
+    by_cell: Dict[str, List] = {cell.name: [] for cell in cells}
+    for run in runs:
+        res = run['results']
+        kwargs = res.model_args['model_kwargs']
+        name = Cell(res.model, '', '', tuple(kwargs['attn_stages']) if 'attn_stages' in kwargs else None,
+                    kwargs.get('attn_kwargs', {}).get('k')).name
+        by_cell.setdefault(name, []).append(res)
+    tags = sorted({r['results'].tag or r['results'].dataset.name for r in runs})
+    tag = tags[0] if len(tags) == 1 else None
+    rows = []
+    for cell in cells:
+        found = by_cell.get(cell.name, [])
+        top1 = _summary([r.test_top1 for r in found])
+        ref = (cell.paper or {}).get(tag) if tag else None
+        rows.append(dict(cell=cell.name, model=cell.model, row=cell.row, col=cell.col, model_kwargs=cell.model_kwargs,
+                         test_top1=top1, val_top1=_summary([r.val_top1 for r in found]), paper=ref,
+                         difference=top1['mean'] - ref if top1['mean'] is not None and ref is not None else None,
+                         epochs=sorted({r.epochs for r in found}), hardware=sorted({r.hardware for r in found}),
+                         precision=sorted({r.precision['train'] for r in found})))
+    first = runs[0]['results'] if runs else None
+    data = dict(table=table or 'custom', folder=str(out), dataset=first.dataset.label if first else None,
+                dataset_notes=first.dataset.notes if first else [], rows=rows, runs=len(runs))
+    text = _markdown(data)
+    (out / 'report.json').write_text(dump_json(data))
+    (out / 'report.md').write_text(text)
+    _plot(data, out / 'report.png')
+    print(text)
+    print(f'wrote {out / "report.md"}, report.json and report.png')
+    return data
+
+
+def _fmt(summary: dict) -> str:
+    if not summary['n']:
+        return 'not run yet'
+    if summary['n'] == 1:
+        return f"{summary['mean']:.2f} (n=1)"
+    return f"{summary['mean']:.2f} +- {summary['std']:.2f} (n={summary['n']})"
+
+
+def _markdown(data: dict) -> str:
+    rows = data['rows']
+    lines = [f"### {data['table']}: test top-1 (%) on {data['dataset'] or 'no finished run yet'}", '']
+    for note in data['dataset_notes']:
+        lines.append(f'- {note}')
+    budget = sorted({(tuple(r['epochs']), tuple(r['hardware']), tuple(r['precision'])) for r in rows if r['epochs']})
+    for epochs, hardware, precision in budget:
+        lines.append(f"- Budget: {', '.join(map(str, epochs))} epochs; {'; '.join(hardware)}; training in "
+                     f"{', '.join(precision)}. Checkpoints chosen on a validation split held out of train; the "
+                     'test split evaluated once per run.')
+    lines += ['- Ours: mean +- sample std over seeds (n runs); the paper: a single run each.', '']
+    cols = list(dict.fromkeys(r['col'] for r in rows))
+    if cols == ['top-1']:
+        lines += ['| model | ours | val top-1 | paper | ours - paper |', '|---|---:|---:|---:|---:|']
+        for r in rows:
+            lines.append(f"| {r['row']} | {_fmt(r['test_top1'])} | {_fmt(r['val_top1'])} | "
+                         f"{_num(r['paper'])} | {_num(r['difference'], signed=True)} |")
+    else:
+        for col in cols:  # one block per column: the paper's layout, transposed to stay readable
+            lines += [f'| {col} | ours | paper | ours - paper |', '|---|---:|---:|---:|']
+            for r in (r for r in rows if r['col'] == col):
+                lines.append(f"| {r['row']} | {_fmt(r['test_top1'])} | {_num(r['paper'])} | "
+                             f"{_num(r['difference'], signed=True)} |")
+            lines.append('')
+    return '\n'.join(lines).rstrip() + '\n'
+
+
+def _num(value: Optional[float], signed: bool = False) -> str:
+    if value is None:
+        return '-'
+    return f'{value:+.2f}' if signed else f'{value:.2f}'
+
+
+def _plot(data: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    rows = data['rows']
+    labels = [f"{r['row']}\n{r['col']}" if r['col'] != 'top-1' else r['row'] for r in rows]
+    means = [r['test_top1']['mean'] if r['test_top1']['mean'] is not None else math.nan for r in rows]
+    stds = [r['test_top1']['std'] if r['test_top1']['std'] is not None else math.nan for r in rows]  # n < 2: none
+    papers = [r['paper'] if r['paper'] is not None else math.nan for r in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(rows)), 4.2))
+    ax.bar([i - 0.2 for i in x], means, 0.4, yerr=stds, capsize=3, label='ours (mean +- std over seeds)')
+    ax.bar([i + 0.2 for i in x], papers, 0.4, label='paper (single run)', alpha=0.6)
+    ax.set_xticks(list(x))
+    ax.set_xticklabels(labels, rotation=60, ha='right', fontsize=7)
+    ax.set_ylabel('test top-1 (%)')
+    ax.set_title(f"{data['table']} on {data['dataset']}", fontsize=9)
+    values = [v for v in means + papers if not math.isnan(v)]
+    if values:
+        ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 2))
+    low = ax.get_ylim()[0]
+    for i, row in enumerate(rows):  # how many runs each bar is, or that the cell has none yet
+        n = row['test_top1']['n']
+        ax.text(i - 0.2, low, f' n={n}' if n else ' not run yet', rotation=90, ha='center', va='bottom', fontsize=7,
+                color='white' if n else 'black')
+    ax.legend(fontsize=8)
+    ax.grid(True, axis='y', alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: Optional[List[str]] = None):
+    argv = sys.argv[1:] if argv is None else argv
+    debug = '--debug' in argv
+
+    def body():
+        args, train_argv = parse(argv)
+        return report(Path(args.output)) if args.command == 'report' else sweep(args, train_argv)
+
+    return run_cli(PROG, body, debug)
+
+
+if __name__ == '__main__':
+    main()
