@@ -125,10 +125,13 @@ def test_release_numbers_are_measured_again(released):
     data = list(loader)  # decoded once, evaluated by every model
     env = DistEnv()
     for repo in released:
+        card = repo.results
+        channels_last = bool(card.args.get('channels_last'))  # the memory format the run measured its test split in
         model = timm.create_model(repo.folder.name, num_classes=10)
         model.load_state_dict(load_file(repo.folder / 'model.safetensors'))
-        metrics = evaluate(model, data, env)  # float32
-        card = repo.results
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        metrics = evaluate(model, data, env, None, channels_last)  # float32, as the run's test evaluation
         assert metrics['count'] == card.dataset.test_images == 10000
         assert abs(metrics['top1'] - card.test_top1) <= TOLERANCE, (repo.folder.name, metrics['top1'], card.test_top1)
         assert abs(metrics['top5'] - card.test_top5) <= TOLERANCE, (repo.folder.name, metrics['top5'], card.test_top5)
