@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Optional
 
 import timm
-import torch
 from safetensors.torch import save_file
 from timm.models import save_for_hf
 
 from timm_spa.models import hub_repo_id
-from train.checkpoint import CheckpointError, load_weights
+from train.checkpoint import CheckpointError, load_weights, non_finite_tensors, weights_state
 from train.run_dir import RESULTS, RUN_FILES, FinishedRun, RunDir, dump_json
 
 from .card import model_card
@@ -26,8 +25,7 @@ from .repository import CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo
 
 
 def default_repo_id(finished: FinishedRun) -> str:
-    results = finished.results
-    return hub_repo_id(f'{results.model}.{results.tag or results.dataset.name}')
+    return hub_repo_id(finished.results.hub_name)
 
 
 def _holds_a_run(folder: Path) -> Optional[Path]:
@@ -63,7 +61,8 @@ def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwri
     """Write the Hub repository folder for `run_dir` into `output`; refuses runs it cannot vouch for."""
     run, out = RunDir(run_dir), Path(output)
     finished = run.read_finished()
-    results, arch = finished.results, finished.arch
+    results = finished.results
+    arch = results.model_args  # read_finished checked it against the weights' own metadata
     repo_id = check_repo_id(repo_id or default_repo_id(finished))
     check_output(out, run.path, overwrite)
     name = f"{arch['model']}.{results.tag}" if results.tag else arch['model']  # the tag's pretrained config
@@ -73,8 +72,8 @@ def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwri
     except CheckpointError as e:
         raise RepositoryError(f'refusing to export {run}: its weights do not match the recorded architecture. '
                               f'{e}') from e
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+    state = weights_state(model)
+    if non_finite_tensors(state):
         raise RepositoryError(f'refusing to export {run}: {run.best} holds NaN or infinite weights.')
     params = sum(p.numel() for p in model.parameters())
     if params != results.param_count:
@@ -94,7 +93,7 @@ def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwri
                 label_names=data.class_names,
                 pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
                                     crop_pct=1.0, pool_size=(-(-size // 8), -(-size // 8)), hf_hub_id=repo_id,
-                                    tag=results.tag or data.name)),
+                                    tag=results.hub_tag)),
             model_args=dict(arch['model_kwargs']), safe_serialization=True)
         # the same tensors as timm writes them, plus what ties them to the run and its numbers
         save_file(state, str(staging / WEIGHTS), metadata=dict(

@@ -43,7 +43,7 @@ def release_table(repos: List[Repository]) -> str:
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         lines.append(
-            f'| `{r.model}` | `{r.tag or r.dataset.name}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
+            f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {r.epochs} | {r.wall_time_s / 3600:.2f} h | {r.hardware}, '
             f"{r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
     return '\n'.join(lines)

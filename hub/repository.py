@@ -13,7 +13,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from timm_spa.models import MODEL_NAMES, PRETRAINED_TAGS, hub_repo_id
 from train.checkpoint import CheckpointError, weights_metadata
-from train.run_dir import RESULTS, Results, RunDir, RunError
+from train.run_dir import RESULTS, Results, RunDir, RunError, comparable
 
 WEIGHTS = 'model.safetensors'
 CONFIG = 'config.json'
@@ -36,7 +36,7 @@ class Repository:
     @property
     def name(self) -> str:
         """`arch.tag` of the weights (the tag is the data set for runs off the pretrained tags)."""
-        return f'{self.results.model}.{self.results.tag or self.results.dataset.name}'
+        return self.results.hub_name
 
     def files(self) -> List[Path]:
         return sorted(p for p in self.folder.rglob('*') if p.is_file() and '.git' not in p.parts)
@@ -84,7 +84,7 @@ def read_repository(folder: Path) -> Repository:
     kwargs = {k: v for k, v in config.get('model_args', {}).items()
               if k not in TIMM_RECORDED_ARGS or k in arch['model_kwargs']}
     built = dict(model=config.get('architecture'), num_classes=config.get('num_classes'), model_kwargs=kwargs)
-    if json.loads(json.dumps(built)) != json.loads(json.dumps(arch)):
+    if comparable(built) != comparable(arch):
         raise RepositoryError(f'{folder / CONFIG} builds {built}, but the weights were trained as {arch}: '
                               'export the run again.')
     return Repository(folder, results, config)

@@ -13,7 +13,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -92,10 +92,20 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
     return state
 
 
+def weights_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The model's state dict as safetensors stores it: detached, contiguous tensors."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def non_finite_tensors(state: Dict[str, torch.Tensor]) -> List[str]:
+    """The names of the floating-point tensors that hold NaN or infinity."""
+    return [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+
+
 def save_weights(path: Union[str, Path], model: nn.Module, metadata: Optional[Dict[str, str]] = None) -> None:
     """The model's weights as safetensors with `metadata`; weights that are not finite are refused."""
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    state = weights_state(model)
+    bad = non_finite_tensors(state)
     if bad:
         raise CheckpointError(f'refusing to save {path}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]}).')
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))

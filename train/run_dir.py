@@ -38,6 +38,11 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2, allow_nan=False, default=str) + '\n'
 
 
+def comparable(value: Any) -> Any:
+    """`value` as it reads back from JSON, so that tuples and lists compare equal, as they are stored."""
+    return json.loads(json.dumps(value, default=str))
+
+
 @dataclass
 class DatasetRecord:
     name: str
@@ -80,6 +85,16 @@ class Results:
     git_commit: str
     args: Dict[str, Any]
     results_version: int = RESULTS_VERSION
+
+    @property
+    def hub_tag(self) -> str:
+        """The tag the weights are published under: the pretrained tag, or the data set's name off the tags."""
+        return self.tag or self.dataset.name
+
+    @property
+    def hub_name(self) -> str:
+        """`arch.tag` of the weights."""
+        return f'{self.model}.{self.hub_tag}'
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -217,14 +232,14 @@ class RunDir:
             if saved != results.run_id:
                 raise RunError(f'{self.last} (run {saved}) and {RESULTS} (run {results.run_id}) come from '
                                'different runs: the directory mixes two runs.')
-        return FinishedRun(self, results, arch)
+        return FinishedRun(self, results)
 
 
 @dataclass
 class FinishedRun:
+    """A run whose results, chosen weights (their metadata's architecture included) and checkpoint agree."""
     run_dir: RunDir
     results: Results
-    arch: Dict[str, Any]  # from the weights' own metadata
 
 
 def _refuse_constant(name: str) -> None:

@@ -36,7 +36,7 @@ from .cli import UsageError, add_debug_flag, message, run_cli
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
 from .precision import autocast_context, resolve_amp_dtype
-from .run_dir import ARGS, RESULTS, RunDir, RunError, dump_json
+from .run_dir import ARGS, RESULTS, RunDir, RunError, comparable, dump_json
 
 PROG = 'python -m train.sweep'
 MANIFEST = 'sweep.json'
@@ -158,7 +158,6 @@ def plan(cells: List[Cell], args: argparse.Namespace, train_argv: List[str]) -> 
 
 def _differences(recorded: dict, wanted: argparse.Namespace) -> List[str]:
     keys = sorted(set(vars(wanted)) - set(train_cli.RESUME_SAFE) - set(train_cli.NOT_RECORDED))
-    comparable = train_cli.comparable
     return [f'--{k.replace("_", "-")}: run {recorded.get(k)!r}, sweep {getattr(wanted, k)!r}' for k in keys
             if comparable(recorded.get(k)) != comparable(getattr(wanted, k))]
 
@@ -300,7 +299,7 @@ def report(out: Path) -> dict:
         name = Cell(res.model, '', '', tuple(kwargs['attn_stages']) if 'attn_stages' in kwargs else None,
                     kwargs.get('attn_kwargs', {}).get('k')).name
         by_cell.setdefault(name, []).append(res)
-    tags = sorted({r['results'].tag or r['results'].dataset.name for r in runs})
+    tags = sorted({r['results'].hub_tag for r in runs})
     tag = tags[0] if len(tags) == 1 else None
     rows = []
     for cell in cells:

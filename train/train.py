@@ -46,7 +46,7 @@ from .distributed import barrier, cleanup, init_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
 from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
-from .run_dir import LAST, DatasetRecord, Results, RunDir, new_run_id
+from .run_dir import LAST, DatasetRecord, Results, RunDir, comparable, new_run_id
 
 PROG = 'python -m train'
 # what may differ when a run is resumed: where the data lies, how fast and how loudly it trains; never what
@@ -158,25 +158,21 @@ def given_flags(argv: Optional[List[str]]) -> Set[str]:
     return set(vars(parser.parse_args(argv)))
 
 
-def comparable(value):
-    return json.loads(json.dumps(value, default=str))  # tuples and lists compare equal, as they are stored
-
-
 def resume_args(args: argparse.Namespace, given: Set[str], state: dict, run: RunDir) -> argparse.Namespace:
     """The resumed run's own arguments, with the flags that are safe to change taken from this command.
 
     A flag that would change what is trained (recipe, data split, model) is refused with the list of
     differences: continuing with it would mix two runs under one set of results.
     """
-    saved = state['args']
+    saved, parser = state['args'], build_parser()
     diffs = [f'--{key.replace("_", "-")} {getattr(args, key)!r} (the run has {saved.get(key)!r})'
              for key in sorted(given - set(RESUME_SAFE) - set(NOT_RECORDED))
-             if comparable(getattr(args, key)) != comparable(saved.get(key, build_parser().get_default(key)))]
+             if comparable(getattr(args, key)) != comparable(saved.get(key, parser.get_default(key)))]
     if diffs:
         raise UsageError(f'--resume {run} continues that run with its own arguments, and these differ: '
                          f'{"; ".join(diffs)}. Drop them to continue it, or start a new run with another --output. '
                          f'Only {", ".join("--" + k.replace("_", "-") for k in RESUME_SAFE)} may change on resume.')
-    merged = vars(build_parser().parse_args([]))  # arguments newer than the run take their defaults
+    merged = vars(parser.parse_args([]))  # arguments newer than the run take their defaults
     merged.update({k: v for k, v in saved.items() if k in merged and k not in NOT_RECORDED})
     merged.update({k: getattr(args, k) for k in given & set(RESUME_SAFE)})
     merged.update(resume=args.resume, output=str(run), overwrite=False, debug=args.debug,

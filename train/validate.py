@@ -60,7 +60,7 @@ def _from_run(args: argparse.Namespace) -> None:
     finished = RunDir(args.run).read_finished(check_checkpoint=False)
     results, trained = finished.results, finished.results.args
     args.model = args.model or results.model
-    args.model_kwargs = args.model_kwargs or finished.arch['model_kwargs']
+    args.model_kwargs = args.model_kwargs or results.model_args['model_kwargs']
     args.checkpoint = args.checkpoint or str(finished.run_dir.best)
     args.dataset = args.dataset or results.dataset.name
     args.data_dir = args.data_dir or trained.get('data_dir')

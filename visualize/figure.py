@@ -59,7 +59,7 @@ def _from_run(req: Request) -> None:
     finished = RunDir(req.run).read_finished(check_checkpoint=False)
     results = finished.results
     req.model = req.model or results.model
-    req.model_kwargs = req.model_kwargs or dict(finished.arch['model_kwargs'])
+    req.model_kwargs = req.model_kwargs or dict(results.model_args['model_kwargs'])
     req.checkpoint = req.checkpoint or str(finished.run_dir.best)
     if not req.images:
         req.dataset = req.dataset or results.dataset.name
