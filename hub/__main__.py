@@ -1,4 +1,5 @@
-"""python -m hub export RUN_DIR --output DIR | push DIR [--repo-id ORG/NAME] [--mirror PATH | --releases DIR]
+"""python -m hub export RUN_DIR --output DIR
+| push DIR [--repo-id ORG/NAME] [--mirror PATH | --releases DIR] [--replace]
 | serve RELEASES_DIR [--port N] | table RELEASES_DIR"""
 import argparse
 from pathlib import Path
@@ -30,6 +31,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     push.add_argument('--mirror', default=None, help='commit into PATH/models/ORG/NAME (olah layout) instead')
     push.add_argument('--releases', default=None,
                       help="copy into DIR/ORG/NAME and record a tag of the project's organisation as released")
+    push.add_argument('--replace', action='store_true',
+                      help='let --mirror/--releases replace the weights published under this name (the replaced '
+                           'release is kept in its history.json and on its card)')
     push.add_argument('--private', action='store_true')
     serve_cmd = commands.add_parser('serve', help='serve every repository of a releases folder over the Hub API')
     serve_cmd.add_argument('releases', help='a folder of ORG/NAME repositories, e.g. releases/')
@@ -45,7 +49,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             print(f'exported {args.run_dir} to {out}')
             return out
         if args.command == 'push':
-            return publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private, args.releases)
+            if args.replace and not (args.mirror or args.releases):
+                raise UsageError('--replace applies to --mirror and --releases; a Hub repository keeps every earlier '
+                                 'commit in its own history. Drop --replace.')
+            return publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private, args.releases,
+                           replace=args.replace)
         if args.command == 'table':
             text = release_table(released_repositories(Path(args.releases)))
             print(text)

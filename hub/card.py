@@ -5,7 +5,7 @@ timm's own cards (Model Details, usage for classification, feature maps and embe
 and adds what a budget run must say: the data set's caveats, how the checkpoint was chosen, the
 budget, the precision and CPU, and every argument of the run.
 """
-from typing import Tuple
+from typing import List, Tuple
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
@@ -61,6 +61,35 @@ def card_data(results: Results, repo_id: str) -> ModelCardData:
         tags=['image-classification', 'timm', 'timm-spa', results.model],
         datasets=[dataset_id] if data.name in DATASET_IDS else None, metrics=['accuracy'],
         model_name=repo_id.split('/')[-1], eval_results=evals)
+
+
+HISTORY_HEADING = '## Release history'
+
+
+def history_section(history: List[dict]) -> str:
+    """The card's record of the weights this name published before, oldest first."""
+    lines = [HISTORY_HEADING, '',
+             'The weights behind this name were replaced on purpose; these are the releases they replaced.', '',
+             '| replaced on | run id | test top-1 | test top-5 | val top-1 | epochs | hardware, precision | '
+             'weights sha256 |', '|---|---|---:|---:|---:|---:|---|---|']
+    lines += [f"| {e.get('replaced_on', '-')} | `{e['run_id']}` | {e.get('test_top1', float('nan')):.2f} | "
+              f"{e.get('test_top5', float('nan')):.2f} | {e.get('val_top1', float('nan')):.2f} | "
+              f"{e.get('epochs', '-')} | {e.get('hardware', '-')}, {e.get('precision', '-')} | "
+              f"`{e.get('weights_sha256', '-')[:16]}` |" for e in history]
+    return '\n'.join(lines) + '\n'
+
+
+def with_history(card: str, history: List[dict]) -> str:
+    """`card` with its release history section (replaced, or removed when there is no history), before the
+    citation."""
+    if HISTORY_HEADING in card:  # drop the old section: up to the next heading of its level
+        head, _, rest = card.partition(HISTORY_HEADING)
+        tail = rest.split('\n## ', 1)
+        card = head + ('## ' + tail[1] if len(tail) > 1 else '')
+    if not history:
+        return card
+    head, marker, tail = card.partition('## Citation')
+    return f'{head}{history_section(history)}\n{marker}{tail}' if marker else f'{card}\n{history_section(history)}'
 
 
 def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: bool = True) -> str:

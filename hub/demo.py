@@ -52,7 +52,7 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     repo_id = default_repo_id(finished)
     folder = export_run(run_dir, str(workdir / 'hub-repo'), repo_id, overwrite=True)
     mirror = workdir / 'hub-mirror'
-    publish(str(folder), repo_id, mirror=str(mirror))
+    publish(str(folder), repo_id, mirror=str(mirror), replace=True)  # the demo's own mirror: each run replaces it
     trained, data = finished.results.args, finished.results.dataset
     with MirrorServer(mirror, workdir / 'olah') as server:
         command = [sys.executable, '-m', 'train.validate', '--model', f'hf-hub:{repo_id}', '--pretrained',

@@ -3,28 +3,50 @@ the project's `releases/` folder.
 
 A local mirror (`--mirror PATH`) is laid out as `PATH/models/ORG/NAME`, branch `main`: what olah
 serves over the Hub's HTTP API, for air-gapped sites and for this project's tests. `--releases DIR`
-copies the folder to `DIR/ORG/NAME` and, for the project's organisation, adds `arch.tag` to the
-record of released weights in the source tree (`timm_spa/models/published.json`). Every way checks
+writes the folder to `DIR/ORG/NAME` in one step and, for the project's organisation, adds `arch.tag` to
+the record of released weights in the source tree (`timm_spa/models/published.json`). Every way checks
 the folder first: its files belong together, and a repository named `arch.tag` holds exactly that.
+
+A published name keeps its weights: a mirror or releases destination that already publishes other
+weights is refused unless `--replace`, which keeps the replaced release (run id, numbers, weights hash)
+in the repository's `history.json` and on its card. Pushing what is already there changes nothing.
 """
+import contextlib
+import filecmp
+import json
 import os
 import shutil
 import subprocess
+import tempfile
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Dict, Optional, Union
 
 from huggingface_hub import HfApi, get_token
+from huggingface_hub.utils.sha import sha_fileobj
 
 from timm_spa.models import HF_HUB_ORG
 from timm_spa.models.published import record_published
 
-from .repository import Repository, RepositoryError, check_matches_tag, check_repo_id, read_repository, tagged_name
+from .card import with_history
+from .repository import (
+    CARD,
+    HISTORY,
+    WEIGHTS,
+    Repository,
+    RepositoryError,
+    check_matches_tag,
+    check_repo_id,
+    read_history,
+    read_repository,
+    tagged_name,
+)
 
 
-def _git(cwd: Path, *args: str) -> None:
+def _git(cwd: Path, *args: str) -> str:
     env = dict(os.environ, GIT_AUTHOR_NAME='timm-spa', GIT_AUTHOR_EMAIL='timm-spa@localhost',
                GIT_COMMITTER_NAME='timm-spa', GIT_COMMITTER_EMAIL='timm-spa@localhost')
-    subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
+    return subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
 
 
 def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
@@ -34,40 +56,156 @@ def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
                               f'files being published. Keep the exported folder outside {place}.')
 
 
-def push_to_mirror(repo: Repository, repo_id: str, mirror: Path) -> Path:
-    """Commit the folder's files as the new state of branch `main` of PATH/models/ORG/NAME."""
-    target = mirror / 'models' / repo_id
-    _refuse_nesting(repo.folder, target, '--mirror')
+def _sha256(path: Path) -> str:
+    with open(path, 'rb') as f:
+        return sha_fileobj(f).hex()
+
+
+def _entry(repo: Repository) -> dict:
+    """What the history keeps of a release that was replaced: which run, its numbers, which bytes."""
+    r = repo.results
+    return dict(run_id=r.run_id, test_top1=r.test_top1, test_top5=r.test_top5, val_top1=r.val_top1, epochs=r.epochs,
+                hardware=r.hardware, precision=r.precision['train'], git_commit=r.git_commit,
+                weights_sha256=_sha256(repo.folder / WEIGHTS), replaced_on=time.strftime('%Y-%m-%d'))
+
+
+def _published(target: Path, repo_id: str, replace: bool) -> Optional[Repository]:
+    """The repository already at the destination, or None; a destination push cannot read is never replaced
+    silently."""
+    if not target.exists() or not any(p.name != '.git' for p in target.iterdir()):
+        return None
+    try:
+        return read_repository(target)
+    except RepositoryError as e:
+        if replace:
+            return None
+        raise RepositoryError(f'{target} already holds something that is not a readable repository ({e}); '
+                              f'nothing was changed. Check it, then pass --replace to replace it as {repo_id}.') \
+            from None
+
+
+def planned_files(repo: Repository, target: Path, repo_id: str, replace: bool) -> Dict[str, Union[Path, str]]:
+    """What the destination holds after the push: the folder's files, the history of what it replaced and,
+    on the card, that history.
+
+    The weights behind a published name never change by accident: a destination holding other weights is
+    refused unless `replace`, which adds the replaced release (run id, numbers, weights hash) to the history.
+    """
+    files: Dict[str, Union[Path, str]] = {str(p.relative_to(repo.folder)): p for p in repo.files()}
+    files.pop(HISTORY, None)
+    old = _published(target, repo_id, replace)
+    history = read_history(target) if old is not None else []
+    if old is not None and _sha256(old.folder / WEIGHTS) != _sha256(repo.folder / WEIGHTS):
+        if not replace:
+            o, n = old.results, repo.results
+            raise RepositoryError(
+                f'{target} already publishes other weights as {repo_id} (run {o.run_id}, test top-1 '
+                f'{o.test_top1:.2f}); {repo.folder} holds run {n.run_id}, test top-1 {n.test_top1:.2f}. Nothing was '
+                'changed: a published name keeps its weights. Pass --replace to replace them on purpose (the old '
+                'release is kept in its history), or push under another name.')
+        history = history + [_entry(old)]
+    files[HISTORY] = json.dumps(history, indent=2) + '\n'
+    if CARD in files:
+        files[CARD] = with_history(Path(files[CARD]).read_text(), history)
+    return files
+
+
+def _same(files: Dict[str, Union[Path, str]], target: Path) -> bool:
+    """Whether `target` (its git metadata aside) holds exactly `files`."""
+    held = {str(p.relative_to(target)) for p in target.rglob('*') if p.is_file() and '.git' not in
+            p.relative_to(target).parts}
+    if held != set(files):
+        return False
+    for name, source in files.items():
+        dest = target / name
+        if isinstance(source, Path):
+            if not filecmp.cmp(source, dest, shallow=False):
+                return False
+        elif dest.read_text() != source:
+            return False
+    return True
+
+
+def _write(files: Dict[str, Union[Path, str]], target: Path, link: bool = False) -> None:
+    """Lay `files` out under `target` (a hard link where `link` and the file system allow, else a copy)."""
+    for name, source in files.items():
+        dest = target / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not isinstance(source, Path):
+            dest.write_text(source)
+            continue
+        if link:
+            with contextlib.suppress(OSError):
+                os.link(source, dest)
+                continue
+        shutil.copy2(source, dest)
+
+
+def sync_git_repository(files: Dict[str, Union[Path, str]], target: Path, message: str, link: bool = False,
+                        objects: Optional[Path] = None) -> bool:
+    """Make branch `main` of the git repository `target` hold exactly `files`; False when it already did.
+
+    `objects`: another repository's object store to borrow blobs from (git alternates), so that weights
+    already committed there are not stored a second time.
+    """
     if not (target / '.git').is_dir():
         target.mkdir(parents=True, exist_ok=True)
         _git(target, 'init', '-q', '-b', 'main')
-    for entry in target.iterdir():  # the new commit holds exactly the exported files
+    if objects is not None:
+        (target / '.git' / 'objects' / 'info' / 'alternates').write_text(f'{objects.resolve()}\n')
+    has_commit = subprocess.run(['git', 'rev-parse', '--verify', '-q', 'HEAD'], cwd=target,
+                                capture_output=True).returncode == 0
+    if has_commit and _same(files, target):
+        return False
+    for entry in target.iterdir():  # the new commit holds exactly these files
         if entry.name != '.git':
             shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    for path in repo.files():
-        dest = target / path.relative_to(repo.folder)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(path, dest)
+    _write(files, target, link)
     _git(target, 'add', '-A')
-    _git(target, 'commit', '-q', '--allow-empty', '-m', f'Upload {repo_id} from timm-spa')
-    return target
+    _git(target, 'commit', '-q', '--allow-empty', '-m', message)
+    return True
 
 
-def push_to_releases(repo: Repository, repo_id: str, releases: Path) -> Path:
-    """Copy the folder to RELEASES/ORG/NAME (replacing an earlier release of that name)."""
+def push_to_mirror(repo: Repository, repo_id: str, mirror: Path, replace: bool = False) -> bool:
+    """Commit the folder's files as the new state of branch `main` of PATH/models/ORG/NAME; False when that
+    already was its state."""
+    target = mirror / 'models' / repo_id
+    _refuse_nesting(repo.folder, target, '--mirror')
+    files = planned_files(repo, target, repo_id, replace)
+    return sync_git_repository(files, target, f'Upload {repo_id} from timm-spa')
+
+
+def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bool = False) -> bool:
+    """Write the folder to RELEASES/ORG/NAME in one step; False when it already held exactly that."""
     target = releases / repo_id
     if target.resolve() == repo.folder.resolve():
-        return target  # already in place
+        return False  # already in place
     _refuse_nesting(repo.folder, target, '--releases')
-    staging = target.with_name(f'.{target.name}.tmp')
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    for path in repo.files():
-        shutil.copy2(path, staging / path.relative_to(repo.folder))
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(staging, target)
-    return target
+    files = planned_files(repo, target, repo_id, replace)
+    if target.is_dir() and _same(files, target):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
+    try:
+        _write(files, staging)
+        os.chmod(staging, 0o777 & ~_umask())
+        if target.exists():
+            old = target.with_name(f'.{target.name}.replaced')
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+            os.replace(staging, target)
+            shutil.rmtree(old)
+        else:
+            os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
@@ -83,11 +221,13 @@ def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
 
 
 def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, mirror: Optional[str] = None,
-            private: bool = False, releases: Optional[str] = None, record: Optional[Path] = None) -> dict:
+            private: bool = False, releases: Optional[str] = None, record: Optional[Path] = None,
+            replace: bool = False) -> dict:
     """Check the folder, then upload it (or with `dry_run`, list what would be uploaded).
 
     `repo_id` defaults to the `hf_hub_id` its config was exported for. `record` overrides the
-    released-weights record that `releases` updates (default: the one the library reads).
+    released-weights record that `releases` updates (default: the one the library reads). `replace`
+    lets a mirror or releases destination that publishes other weights under the name take these.
     """
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
@@ -107,12 +247,17 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
             print(f'would record {name} as released')
         return summary
     if mirror:
-        push_to_mirror(repo, repo_id, Path(mirror))
+        changed = push_to_mirror(repo, repo_id, Path(mirror), replace)
     elif releases:
-        push_to_releases(repo, repo_id, Path(releases))
+        changed = push_to_releases(repo, repo_id, Path(releases), replace)
         if name:
             summary['record'] = str(record_published(name, record))
     else:
+        changed = True
         summary['commit_url'] = push_to_hub(repo, repo_id, private)
+    summary['changed'] = changed
+    if not changed:
+        print(f'{destination} already holds exactly this; nothing to publish.')
+        return summary
     print(f'published {repo_id} to {destination}' + (f'; recorded {name} in {summary["record"]}' if name else ''))
     return summary

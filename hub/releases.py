@@ -10,7 +10,7 @@ import timm
 
 from timm_spa import paper
 
-from .repository import Repository, RepositoryError, read_repository
+from .repository import Repository, RepositoryError, read_history, read_repository
 
 
 def released_repositories(releases: Path) -> List[Repository]:
@@ -26,6 +26,7 @@ def released_repositories(releases: Path) -> List[Repository]:
     repos = []
     for folder in folders:
         repo = read_repository(folder)
+        read_history(folder)
         try:
             timm.create_model(f'local-dir:{folder}')
         except Exception as e:  # any failure to build is this folder's problem, named as such

@@ -13,13 +13,15 @@ from huggingface_hub.utils import validate_repo_id
 
 from timm_spa.models import MODEL_NAMES, PRETRAINED_TAGS, hub_repo_id
 from train.checkpoint import CheckpointError, weights_metadata
-from train.run_dir import RESULTS, Results, RunDir, RunError, comparable
+from train.run_dir import CURVES, REPO_CONFIG, REPO_WEIGHTS, RESULTS, Results, RunDir, RunError, comparable
 
-WEIGHTS = 'model.safetensors'
-CONFIG = 'config.json'
+WEIGHTS = REPO_WEIGHTS
+CONFIG = REPO_CONFIG
 CARD = 'README.md'
-CURVES = 'curves.png'
-REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)
+REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)  # what `hub export` writes
+# what a push adds: the releases this one replaced, oldest first (`[]` for a first release). Export never
+# writes it, so `hub export --overwrite` refuses a published folder instead of replacing it behind push's back
+HISTORY = 'history.json'
 TIMM_RECORDED_ARGS = ('num_classes', 'in_chans', 'global_pool')
 
 
@@ -88,6 +90,21 @@ def read_repository(folder: Path) -> Repository:
         raise RepositoryError(f'{folder / CONFIG} builds {built}, but the weights were trained as {arch}: '
                               'export the run again.')
     return Repository(folder, results, config)
+
+
+def read_history(folder: Path) -> List[dict]:
+    """The releases a published folder replaced, oldest first (empty for a first release)."""
+    path = folder / HISTORY
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RepositoryError(f'{path} cannot be read ({e}); restore it from version control.') from None
+    if not isinstance(history, list) or not all(isinstance(e, dict) and 'run_id' in e for e in history):
+        raise RepositoryError(f'{path} is not a release history (a JSON list of replaced releases); restore it '
+                              'from version control.')
+    return history
 
 
 def check_matches_tag(repo: Repository, repo_id: str) -> None:

@@ -7,6 +7,7 @@ this table: `python tests/test_bad_input.py` prints it, and a test checks that t
 """
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -92,6 +93,29 @@ class Workspace:
     def train(self, *argv) -> Tuple[int, str]:
         from train import train as train_script
         return call(train_script.main, [*TINY, '--data-dir', str(self.data), *argv])
+
+    def releases(self, name: str) -> Path:
+        """A releases folder holding the tiny run, published as timm-spa/resnet18_spa.folder."""
+        from hub.__main__ import main as hub_main
+        releases = self.root / name
+        repo = self.root / f'{name}-export'
+        assert call(hub_main, ['export', str(self.run), '--output', str(repo)])[0] == 0
+        assert call(hub_main, ['push', str(repo), '--releases', str(releases)])[0] == 0
+        return releases
+
+
+def digest(root: Path) -> dict:
+    """Every file under `root` (a file or a folder) with its sha256: what must not change."""
+    files = [root] if root.is_file() else sorted(p for p in root.rglob('*') if p.is_file())
+    return {str(p.relative_to(root.parent)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
+
+
+@contextlib.contextmanager
+def unchanged(*roots: Path):
+    """Assert that nothing under `roots` was added, removed or changed by the block."""
+    before = [digest(root) for root in roots]
+    yield
+    assert [digest(root) for root in roots] == before, 'a protected file changed'
 
 
 # a training flag out of its range: refused before anything is read
@@ -323,6 +347,204 @@ def setup_on_a_full_disk(ws):
     done = subprocess.run(['bash', str(project / 'scripts' / 'setup.sh')], env=env, capture_output=True, text=True)
     assert not (project / '.venv').exists()
     return done.returncode, done.stderr
+
+
+@probe('`python -m train --output releases/ORG/NAME` (a published release), with or without `--overwrite`',
+       'is a Hub repository', 'the release, byte for byte', code=1)
+def train_into_a_release(ws):
+    release = ws.releases('train-into') / 'timm-spa' / 'resnet18_spa.folder'
+    with unchanged(release):
+        code, err = ws.train('--output', str(release / 'inside'), '--overwrite')
+        assert code == 1 and 'lies inside a Hub repository' in err, err
+        for extra in (('--overwrite',), ()):
+            code, err = ws.train('--output', str(release), *extra)
+            assert 'never a run directory' in err, err
+    return code, err
+
+
+@probe('a second `python -m train --output RUN` while a first one trains there', 'is in use by process',
+       "the first run's files", code=1)
+def two_trainings_one_folder(ws):
+    from train.run_dir import RunDir
+    run = ws.root / 'busy'
+    with RunDir(run).lock():  # the first process, as far as the second can tell
+        (run / 'args.json').write_text('{"model": "resnet18_spa"}')
+        with unchanged(run):
+            code, err = ws.train('--output', str(run), '--epochs', '1')
+    assert str(os.getpid()) in err
+    return code, err
+
+
+@probe('`python -m hub push REPO --releases DIR` for a name DIR already publishes with other weights',
+       'already publishes other weights as timm-spa/resnet18_spa.folder (run', 'the release; `--replace` replaces '
+       'it on purpose, keeping the old one in history.json and on the card', code=1)
+def push_over_a_release(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('push-over')
+    other_run = ws.root / 'other-run'
+    assert ws.train('--output', str(other_run), '--epochs', '1', '--seed', '7')[0] == 0
+    other = ws.root / 'other-export'
+    assert call(hub_main, ['export', str(other_run), '--output', str(other)])[0] == 0
+    with unchanged(releases):
+        code, err = call(hub_main, ['push', str(other), '--releases', str(releases)])
+    first = json.loads((releases / 'timm-spa' / 'resnet18_spa.folder' / 'results.json').read_text())['run_id']
+    second = json.loads((other / 'results.json').read_text())['run_id']
+    assert first in err and second in err and 'test top-1' in err
+    return code, err
+
+
+@probe('`python -m train.sweep report DIR` on an empty or unrelated folder, or one holding its own report.md',
+       'is not a sweep folder', "the folder's files", code=2)
+def sweep_report_foreign_folder(ws):
+    from train import sweep
+    mine = ws.root / 'my-notes'
+    mine.mkdir()
+    (mine / 'report.md').write_text('my own report\n')
+    shutil.copytree(ws.run, mine / 'a-run')
+    with unchanged(mine):
+        code, err = call(sweep.main, ['report', str(mine)])
+    assert code == 2 and 'report.md, which python -m train.sweep report did not write' in err, err
+    empty = ws.root / 'empty-folder'
+    empty.mkdir()
+    code, err = call(sweep.main, ['report', str(empty)])
+    assert not any(empty.iterdir())
+    return code, err
+
+
+@probe('`python -m train.sweep report SWEEP` where one run\'s results.json is corrupt', 'is not valid JSON',
+       'the other runs, reported; the bad file named in report.md', code=0)
+def sweep_report_corrupt_results(ws):
+    from train import sweep
+    folder = ws.root / 'corrupt-sweep'
+    shutil.copytree(ws.run, folder / 'resnet18_spa' / 'seed42')
+    shutil.copytree(ws.run, folder / 'resnet18_spa' / 'seed43')
+    bad = folder / 'resnet18_spa' / 'seed43' / 'results.json'
+    bad.write_text(bad.read_text()[:100])
+    code, err = call(sweep.main, ['report', str(folder)])
+    assert str(bad.parent) in (folder / 'report.md').read_text()
+    return code, err
+
+
+@probe('`python -m train --model-kwargs attn_stages` (no `=`)', "'attn_stages' is not KEY=VALUE", code=2)
+def model_kwargs_without_value(ws):
+    return ws.train('--model-kwargs', 'attn_stages', '--output', str(ws.root / 'x'))
+
+
+@probe('a CIFAR-10 `batches.meta` without `label_names`', 'has no label_names list: it is not the official '
+       'batches.meta', code=1)
+def cifar_meta_without_names(ws):
+    from conftest import write_cifar
+    data = write_cifar(ws.root / 'cifar-no-names')
+    meta = data / 'cifar-10-batches-py' / 'batches.meta'
+    meta.write_bytes(pickle.dumps({b'num_cases_per_batch': 10000}))
+    return ws.train('--dataset', 'cifar10', '--data-dir', str(data), '--img-size', '32', '--output',
+                    str(ws.root / 'x'))
+
+
+@probe('a folder data set with an empty class folder, or with one class', 'has class folders without images: '
+       'class3', code=1)
+def empty_class_folder(ws):
+    data = ws.copy_data('one-empty-class')
+    for path in (data / 'train' / 'class3').iterdir():
+        path.unlink()
+    one = ws.copy_data('one-class')
+    for split in ('train', 'test'):
+        for folder in (one / split).iterdir():
+            if folder.name != 'class0':
+                shutil.rmtree(folder)
+    code, err = ws.train('--data-dir', str(one), '--output', str(ws.root / 'x'))
+    assert code == 1 and 'holds one class (class0): a classifier needs at least 2' in err, err
+    return ws.train('--data-dir', str(data), '--output', str(ws.root / 'x'))
+
+
+@probe('a tar data set with a member named `../x.png` or `/abs/x.png`', "a path outside the archive: refusing it",
+       code=1)
+def tar_member_outside(ws):
+    import tarfile
+    image = (ws.data / 'train' / 'class0' / '0000.png').read_bytes()
+    for name in ('/abs/0000.png', '../escape/0000.png'):  # the last one's answer goes into the table
+        data = ws.root / f'evil-tar-{len(name)}'
+        write_image_folders(data, as_tar=True)
+        with tarfile.open(data / 'train.tar', 'a') as tar:
+            info = tarfile.TarInfo(name)  # addfile keeps the name as given; add() would strip a leading /
+            info.size = len(image)
+            tar.addfile(info, io.BytesIO(image))
+        with unchanged(data):
+            code, err = ws.train('--data-dir', str(data), '--output', str(ws.root / 'x'))
+        assert code == 1 and repr(name) in err, err
+    return code, err
+
+
+@probe('Ctrl-C while the final test split is evaluated', 'interrupted: `python -m train --resume',
+       'the run, resumable from last.pth.tar', code=130)
+def ctrl_c_in_final_test(ws):
+    from train import train as train_script
+    real, calls = train_script.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the validation pass of epoch 0, then the test split
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    run = ws.root / 'interrupted'
+    with mock.patch.object(train_script, 'evaluate', evaluate):
+        code, err = ws.train('--output', str(run), '--epochs', '1')
+    assert (run / 'last.pth.tar').is_file() and not (run / 'results.json').exists()
+    assert ws.train('--resume', str(run))[0] == 0 and (run / 'results.json').is_file()
+    return code, err
+
+
+@probe('a training batch of one 4x4 image (`--img-size 4 -b 1`)', 'reaches a 1x1 feature map, where BatchNorm sees '
+       'one value per channel', code=1)
+def one_pixel_batch_of_one(ws):
+    return ws.train('--img-size', '4', '-b', '1', '--output', str(ws.root / 'tiny-batch'), '--epochs', '1')
+
+
+@probe('`python -m visualize --output DIR` for an existing folder', 'is a folder: give the PNG file to write',
+       code=2)
+def visualize_output_folder(ws):
+    from visualize.__main__ import main as visualize_main
+    folder = ws.root / 'figures'
+    folder.mkdir()
+    with unchanged(folder):
+        code, err = call(visualize_main, ['--model', 'resnet18_spa', '--dataset', 'folder', '--data-dir',
+                                          str(ws.data), '--output', str(folder)])
+    assert not folder.with_suffix('.png').exists()
+    return code, err
+
+
+@probe("`pretrained_cfg_overlay=dict(file=...)` with another architecture's weights, or a config.json",
+       'holds the weights of another architecture or class count', code='WeightsDownloadError')
+def overlay_other_architecture(ws):
+    import timm
+    code, err = raised(timm.create_model, 'resnet18_gc', pretrained=True, num_classes=4,
+                       pretrained_cfg_overlay=dict(file=str(ws.run / 'model_best.safetensors'), num_classes=4))
+    assert 'Missing key(s)' in err, err
+    config = ws.releases('overlay') / 'timm-spa' / 'resnet18_spa.folder' / 'config.json'
+    json_code, json_err = raised(timm.create_model, 'resnet18_spa', pretrained=True, num_classes=4,
+                                 pretrained_cfg_overlay=dict(file=str(config)))
+    assert json_code == 'WeightsDownloadError' and 'is a JSON file (a config.json?), not weights' in json_err
+    assert 'pickle' not in json_err
+    return code, err
+
+
+@probe('`hf-hub:timm-spa/does-not-exist` through `python -m hub serve`', 'does-not-exist is not served here; this '
+       'server serves timm-spa/resnet18_spa.folder', code='RepositoryNotFoundError')
+def hub_serve_unknown_repository(ws):
+    from huggingface_hub import hf_hub_download
+
+    from hub.mirror import MirrorServer, build_mirror
+    from hub.releases import released_repositories
+    releases = ws.releases('served')
+    mirror = build_mirror(released_repositories(releases), ws.root / 'served-mirror')
+    with MirrorServer(mirror, ws.root / 'served-olah') as server:
+        code, err = raised(hf_hub_download, 'timm-spa/does-not-exist', 'config.json', endpoint=server.endpoint,
+                           cache_dir=str(ws.root / 'hf-cache'))
+        assert '401' not in err and 'Invalid credentials' not in err
+        assert raised(hf_hub_download, 'timm-spa/resnet18_spa.folder', 'config.json', endpoint=server.endpoint,
+                      cache_dir=str(ws.root / 'hf-cache')) == (0, '')
+    return code, err
 
 
 @pytest.fixture(scope='module')

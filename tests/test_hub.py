@@ -7,10 +7,13 @@ where timm-spa is pip-installed (regular and editable), without `import timm_spa
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Tuple
 
 import pytest
 import timm
@@ -383,3 +386,159 @@ def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys
     assert 'equal.' in capsys.readouterr().out
     mirrored = tmp_path / 'demo' / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder'
     assert (mirrored / 'model.safetensors').is_file()
+
+
+def _second_run(folder_data: Path, out: Path) -> Path:
+    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
+                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
+                       '--model', 'resnet18_spa', '--output', str(out), '--seed', '7'])
+    return out
+
+
+@pytest.mark.parametrize('where', ['releases', 'mirror'])
+def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tmp_path, capsys, where):
+    """Pushing other weights under a published name is refused; `--replace` replaces them and the history (file
+    and card) keeps the replaced release; pushing the same content again changes nothing."""
+    first = export_run(str(_second_run(folder_data, tmp_path / 'run1')), str(tmp_path / 'repo1'))
+    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
+                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
+                       '--model', 'resnet18_spa', '--output', str(tmp_path / 'run2')])
+    second = export_run(str(tmp_path / 'run2'), str(tmp_path / 'repo2'))
+    dest = tmp_path / where
+    target = dest / ('models' if where == 'mirror' else '') / 'timm-spa' / 'resnet18_spa.folder'
+    push = ['push', '--' + where, str(dest)]
+
+    def commits() -> int:
+        if where != 'mirror':
+            return 0
+        return int(subprocess.run(['git', 'rev-list', '--count', 'HEAD'], cwd=target, capture_output=True,
+                                  text=True, check=True).stdout)
+
+    hub_main([*push[:1], str(first), *push[1:]])
+    assert json.loads((target / 'history.json').read_text()) == []
+    before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
+    n = commits()
+    hub_main([*push[:1], str(first), *push[1:]])  # the same again: nothing to do
+    assert 'already holds exactly this; nothing to publish' in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before and commits() == n
+    with pytest.raises(SystemExit) as exit_info:
+        hub_main([*push[:1], str(second), *push[1:]])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    old_id = json.loads((first / 'results.json').read_text())['run_id']
+    new_id = json.loads((second / 'results.json').read_text())['run_id']
+    assert old_id in err and new_id in err and '--replace' in err
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before and commits() == n
+    hub_main([*push[:1], str(second), *push[1:], '--replace'])
+    assert (target / 'model.safetensors').read_bytes() == (second / 'model.safetensors').read_bytes()
+    history = json.loads((target / 'history.json').read_text())
+    assert [h['run_id'] for h in history] == [old_id]
+    old = json.loads((first / 'results.json').read_text())
+    assert history[0]['test_top1'] == old['test_top1'] and history[0]['epochs'] == old['epochs']
+    card = (target / 'README.md').read_text()
+    assert '## Release history' in card and old_id in card
+    assert card.index('## Release history') < card.index('## Citation')
+    # replaced again: the history grows, oldest first, and the card shows every entry once
+    hub_main([*push[:1], str(first), *push[1:], '--replace'])
+    history = json.loads((target / 'history.json').read_text())
+    assert [h['run_id'] for h in history] == [old_id, new_id]
+    card = (target / 'README.md').read_text()
+    assert card.count('## Release history') == 1 and new_id in card
+    if where == 'releases':
+        assert [r.name for r in released_repositories(dest)] == ['resnet18_spa.folder']
+        assert sorted(p.name for p in dest.glob('timm-spa/.*')) == []  # no staging left behind
+
+
+def test_export_never_replaces_a_published_folder(trained_run, folder_data, tmp_path):
+    folder = export_run(str(trained_run), str(tmp_path / 'repo'))
+    publish(str(folder), REPO_ID, releases=str(tmp_path / 'releases'), record=tmp_path / 'published.json')
+    release = tmp_path / 'releases' / REPO_ID
+    before = {p.name: p.read_bytes() for p in release.iterdir()}
+    with pytest.raises(RepositoryError, match='holds files export did not write \\(history.json\\)'):
+        export_run(str(trained_run), str(release), overwrite=True)
+    assert {p.name: p.read_bytes() for p in release.iterdir()} == before
+
+
+def test_push_replace_is_for_mirrors_and_releases(trained_run, tmp_path, capsys):
+    folder = export_run(str(trained_run), str(tmp_path / 'repo'))
+    with pytest.raises(SystemExit) as exit_info:
+        hub_main(['push', str(folder), '--replace'])
+    assert exit_info.value.code == 2 and '--replace applies to --mirror and --releases' in capsys.readouterr().err
+
+
+def _children(pid: int) -> list:
+    path = Path(f'/proc/{pid}/task/{pid}/children')
+    return [int(c) for c in path.read_text().split()] if path.is_file() else []
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+            state = Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0]
+            if state == 'Z':  # exited, waiting for its parent to read its status
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _start_serving(releases: Path, tmp: Path) -> Tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, '-m', 'hub', 'serve', str(releases)], cwd=ROOT,
+                            env=dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith('export HF_ENDPOINT='):
+            break
+    olah = _children(proc.pid)
+    assert len(olah) == 1, olah
+    assert len(list(tmp.glob('timm-spa-serve-*'))) == 1
+    return proc, olah[0]
+
+
+@pytest.fixture(scope='module')
+def served_releases(trained_run, tmp_path_factory):
+    """A releases folder committed in a git repository of its own, as the project's releases/ are."""
+    root = tmp_path_factory.mktemp('served')
+    folder = export_run(str(trained_run), str(root / 'repo'))
+    releases = root / 'project' / 'releases'
+    publish(str(folder), REPO_ID, releases=str(releases), record=root / 'published.json')
+    env = dict(os.environ, GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t',
+               GIT_COMMITTER_EMAIL='t@t')
+    for args in (['init', '-q'], ['add', '-A'], ['commit', '-q', '-m', 'releases']):
+        subprocess.run(['git', *args], cwd=root / 'project', env=env, check=True, capture_output=True)
+    return releases
+
+
+@pytest.mark.parametrize('signals', [(signal.SIGTERM,), (signal.SIGHUP,), (signal.SIGINT, signal.SIGINT)],
+                         ids=['SIGTERM', 'SIGHUP', 'SIGINT-twice'])
+def test_serve_stops_cleanly_on_every_stop_signal(served_releases, tmp_path, signals):
+    proc, olah = _start_serving(served_releases, tmp_path)
+    work = next(tmp_path.glob('timm-spa-serve-*'))
+    mirrored = work / 'mirror' / 'models' / REPO_ID
+    weights = served_releases / REPO_ID / 'model.safetensors'
+    # no weights were copied: the work tree links the release file, git borrows the project's objects
+    assert (mirrored / 'model.safetensors').stat().st_ino == weights.stat().st_ino
+    git_bytes = sum(p.stat().st_size for p in (mirrored / '.git').rglob('*') if p.is_file())
+    assert git_bytes < weights.stat().st_size / 10, git_bytes
+    for sig in signals:
+        proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    assert 'Traceback' not in out and out.strip().endswith('stopped'), out
+    assert _gone(olah) and not list(tmp_path.glob('timm-spa-serve-*'))
+    assert weights.is_file()
+
+
+def test_serve_killed_hard_takes_its_server_along_and_the_next_start_cleans_up(served_releases, tmp_path):
+    from hub.mirror import remove_stale_workdirs
+    proc, olah = _start_serving(served_releases, tmp_path)
+    proc.kill()
+    proc.wait(timeout=30)
+    assert _gone(olah), 'olah outlived its parent'
+    left = list(tmp_path.glob('timm-spa-serve-*'))
+    assert len(left) == 1
+    assert remove_stale_workdirs(tmp_path) == left and not left[0].exists()
+    assert (served_releases / REPO_ID / 'model.safetensors').is_file()

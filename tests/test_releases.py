@@ -19,6 +19,7 @@ from safetensors.torch import load_file
 
 from hub.mirror import MirrorServer, build_mirror
 from hub.releases import release_table, released_repositories
+from hub.repository import read_history
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
 from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
 from train.data import TransformedSamples, build_loader, build_transforms, load_dataset
@@ -74,7 +75,10 @@ def test_record_lists_exactly_the_release_folders(releases):
 def test_release_folders_hold_exactly_what_push_uploads(released):
     for repo in released:
         assert sorted(p.name for p in repo.folder.iterdir()) == \
-            ['README.md', 'config.json', 'curves.png', 'model.safetensors', 'results.json'], repo.folder
+            ['README.md', 'config.json', 'curves.png', 'history.json', 'model.safetensors', 'results.json'], repo.folder
+        history = read_history(repo.folder)  # a replaced release is on the card too
+        assert ('## Release history' in (repo.folder / 'README.md').read_text()) == bool(history)
+        assert all(h['run_id'] != repo.results.run_id for h in history)
         assert repo.results.dataset.label == 'CIFAR-10 (JPEG q75 copy)' and repo.results.tag == 'cifar10'
         weights = load_file(repo.folder / 'model.safetensors')
         assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())

@@ -404,3 +404,46 @@ def test_a_run_destroys_only_the_process_group_it_created(monkeypatch):
     finally:
         cleanup(sweep_env)
     assert not dist.is_initialized()
+
+
+def test_a_run_directory_has_one_owner_and_a_killed_owner_does_not_block_resume(folder_data, tmp_path):
+    """A second process on a training run's folder is refused naming the first; SIGKILL frees the folder."""
+    run = tmp_path / 'run'
+    common = TINY + ['--data-dir', str(folder_data), '--epochs', '3', '-b', '4', '--log-interval', '1']
+    first = subprocess.Popen([sys.executable, '-m', 'train', *common, '--output', str(run)], cwd=ROOT,
+                             env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in first.stdout:
+            if line.startswith('epoch 1 step 2/'):
+                first.send_signal(signal.SIGSTOP)  # mid-epoch, holding the folder, for as long as the test needs
+                break
+        run_id = json.loads((run / 'args.json').read_text())['run_id']
+        for argv in (['--output', str(run)], ['--output', str(run), '--overwrite'], ['--resume', str(run)]):
+            second = _cli('train', *common, *argv) if argv[0] == '--output' else _cli('train', *argv)
+            assert second.returncode == 1, second.stdout + second.stderr
+            assert f'is in use by process {first.pid} on ' in second.stderr and 'Traceback' not in second.stderr
+            assert json.loads((run / 'args.json').read_text())['run_id'] == run_id  # the first run's, untouched
+    finally:
+        first.kill()
+        first.wait(timeout=60)
+    with RunDir(run).lock():  # the kernel dropped the killed process's lock: --resume may take it
+        pass
+
+
+def test_a_failed_start_leaves_no_folder_behind(folder_data, tmp_path, capsys):
+    out = tmp_path / 'never'
+    _fails(capsys, TINY + ['--data-dir', str(tmp_path / 'no-data'), '--output', str(out)], code=1)
+    assert not out.exists()
+
+
+def test_the_test_split_is_measured_only_on_this_runs_weights(folder_data, tmp_path):
+    """The final reload checks the run id and epoch of model_best.safetensors, so a file another process wrote
+    there can never be reported as this run's test number."""
+    run = tmp_path / 'run'
+    results = _run(folder_data, run, '--epochs', '1')
+    model = timm.create_model('resnet18_spa', num_classes=4)
+    RunDir(run).load_best(model, results['run_id'], results['best_epoch'], 'resnet18_spa')
+    for run_id, epoch in (('another-run', results['best_epoch']), (results['run_id'], results['best_epoch'] + 1)):
+        with pytest.raises(RunError, match='another process wrote into'):
+            RunDir(run).load_best(model, run_id, epoch, 'resnet18_spa')

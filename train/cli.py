@@ -1,19 +1,32 @@
 """How every command of the project ends on a user's mistake: one line naming the fix, no traceback.
 
 Exit status 2 for a usage error (a bad flag or value, as argparse does), 1 for anything else the
-user can fix (missing or corrupt data, a run that cannot be resumed or published, a diverged run).
-`--debug` shows the traceback instead.
+user can fix (missing or corrupt data, a run that cannot be resumed or published, a diverged run),
+130 for Ctrl-C (with what to do next, where the command knows it). `--debug` shows the traceback instead.
 """
+import argparse
 import difflib
 import sys
 from typing import Any, Callable, Sequence, Type
 
 import timm
 import torch
+from timm.utils import ParseKwargs
 
 
 class UsageError(ValueError):
     """A flag, or a combination of flags, that cannot work; exit status 2."""
+
+
+class ModelKwargs(ParseKwargs):
+    """timm's KEY=VALUE parser for --model-kwargs; a pair without `=` is a usage error naming it, not a traceback."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        for value in values:
+            if value and ('=' not in value or value.startswith('=')):
+                raise argparse.ArgumentError(self, f'{value!r} is not KEY=VALUE; write e.g. attn_stages="(1,)" '
+                                                   '"attn_kwargs={\'k\': 8}"')
+        super().__call__(parser, namespace, values, option_string)
 
 
 def add_debug_flag(parser) -> None:
@@ -22,9 +35,15 @@ def add_debug_flag(parser) -> None:
 
 def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             errors: Sequence[Type[BaseException]] = ()) -> Any:
-    """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) into one message."""
+    """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) and Ctrl-C (130) into one
+    message."""
     try:
         return body()
+    except KeyboardInterrupt as e:
+        if debug:
+            raise
+        print(f'{prog}: {e.args[0] if e.args else "interrupted"}', file=sys.stderr)
+        raise SystemExit(130) from None
     except UsageError as e:
         if debug:
             raise

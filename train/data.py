@@ -10,7 +10,7 @@ import os
 import pickle
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -148,8 +148,13 @@ def _read_cifar_split(folder: Path, dataset: str, train: bool) -> Tuple[np.ndarr
 
 def _official_cifar(root: Path, dataset: str) -> Tuple[Samples, Samples, List[str]]:
     folder = _cifar_batches_dir(root, dataset)
-    meta = _unpickle(folder / ('batches.meta' if dataset == 'cifar10' else 'meta'))
-    names = [n.decode() for n in meta[b'label_names' if dataset == 'cifar10' else b'fine_label_names']]
+    meta_file = folder / ('batches.meta' if dataset == 'cifar10' else 'meta')
+    key = b'label_names' if dataset == 'cifar10' else b'fine_label_names'
+    meta = _unpickle(meta_file)
+    if not isinstance(meta, dict) or not isinstance(meta.get(key), list):
+        raise DataError(f'{meta_file} has no {key.decode()} list: it is not the official {meta_file.name} of '
+                        f'{dataset}. Re-extract the official archive.')
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
     train_x, train_y = _read_cifar_split(folder, dataset, train=True)
     test_x, test_y = _read_cifar_split(folder, dataset, train=False)
     return (_array_samples(train_x, train_y, f'{folder}/train'), _array_samples(test_x, test_y, f'{folder}/test'),
@@ -165,6 +170,12 @@ def check_tar_complete(path: Path) -> None:
     except (tarfile.TarError, EOFError, OSError) as e:
         raise DataError(f'{path} is truncated or corrupt: it is not a readable tar file ({e}). Copy it again.') \
             from None
+    for member in members:  # a member outside the archive's own tree would become a class of its own
+        parts = PurePosixPath(member.name).parts
+        if member.name.startswith('/') or '..' in parts:
+            raise DataError(f'{path} holds the member {member.name!r}, a path outside the archive: refusing it '
+                            'rather than reading it as a class. Rebuild the tar with relative names '
+                            '(tar -cf train.tar -C SPLIT_DIR .).')
     end = max((m.offset_data + -(-m.size // TAR_BLOCK) * TAR_BLOCK for m in members), default=0)
     with open(path, 'rb') as f:
         f.seek(end)
@@ -208,6 +219,15 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
     found = sorted(class_to_idx, key=class_to_idx.get)
     if not found or len(reader) == 0:
         raise DataError(f'{path} holds no images in class sub-folders (expected <class>/<image>.jpg|png).')
+    if path.is_dir():  # timm's reader drops a class folder without images; a class must not vanish silently
+        empty = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith('.')
+                       and d.name not in class_to_idx)
+        if empty:
+            raise DataError(f'{path} has class folders without images: {", ".join(empty[:5])}'
+                            f'{" ..." if len(empty) > 5 else ""}. Add their images or remove the folders.')
+    if len(found) < 2:
+        raise DataError(f'{path} holds one class ({found[0]}): a classifier needs at least 2 class sub-folders, '
+                        'and every test number would be 100%. Add the other classes.')
     if class_names is not None and found != class_names:
         raise DataError(f'{path} has classes {found[:5]}... but the train split has {class_names[:5]}...: '
                         'both splits need the same class sub-folders.')

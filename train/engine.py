@@ -45,7 +45,15 @@ def train_one_epoch(
             images = images.contiguous(memory_format=torch.channels_last)
         data_time += time.perf_counter() - end
         with autocast_context(env.device, amp_dtype):
-            logits = model(images)
+            try:
+                logits = model(images)
+            except ValueError as e:
+                if 'Expected more than 1 value per channel' not in str(e):
+                    raise
+                raise ValueError(
+                    f'a training batch of {images.shape[0]} image(s) of {images.shape[-2]}x{images.shape[-1]} reaches '
+                    'a 1x1 feature map, where BatchNorm sees one value per channel and cannot train. Use a larger '
+                    '-b (at least 2 images per process) or a larger --img-size.') from None
             loss = loss_fn(logits, targets)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:

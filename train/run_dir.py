@@ -6,14 +6,22 @@ through `RunDir`, which checks that its parts belong together before anyone publ
 a number from it: the results file, the chosen weights and the training checkpoint all carry the
 run's id, and the weights' epoch is the one the results name.
 """
+import contextlib
 import json
 import math
+import os
+import socket
+import sys
+import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Union
 
-from .checkpoint import atomic_write, load_training_state, weights_metadata
+from filelock import FileLock, Timeout
+from torch import nn
+
+from .checkpoint import CheckpointError, atomic_write, load_training_state, load_weights, weights_metadata
 
 LAST = 'last.pth.tar'  # everything needed to resume, timm's checkpoint keys
 BEST = 'model_best.safetensors'  # the weights chosen on the validation split
@@ -22,11 +30,21 @@ SUMMARY = 'summary.csv'  # one row per epoch
 CURVES = 'curves.png'
 ARGS = 'args.json'  # the run's arguments, readable while it trains
 RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, CURVES, ARGS)
+LOCK = '.lock'  # held (flock) by the one process writing the run; the kernel releases it when that process dies
+OWNER = '.owner.json'  # who holds the lock: pid, host, command, since when
+# what `hub export` writes beside results.json and curves.png, and a run never does: a folder holding one of
+# these is a Hub repository (a release), never a training output
+REPO_WEIGHTS = 'model.safetensors'
+REPO_CONFIG = 'config.json'
 RESULTS_VERSION = 2
 
 
 class RunError(ValueError):
     """A run directory that is incomplete, inconsistent, or written by another version."""
+
+
+class RunBusy(RunError):
+    """A run directory another process is writing."""
 
 
 def new_run_id() -> str:
@@ -171,6 +189,76 @@ class RunDir:
     @property
     def args(self) -> Path:
         return self.path / ARGS
+
+    def repository(self) -> Optional[Path]:
+        """The Hub repository folder this path is or lies inside (it holds model.safetensors or config.json)."""
+        for folder in (self.path, *self.path.parents):
+            if any((folder / name).is_file() for name in (REPO_WEIGHTS, REPO_CONFIG)):
+                return folder
+        return None
+
+    def check_not_repository(self, flag: str = '--output') -> None:
+        """Refuse to write a run into a Hub repository (an exported folder or a release), whatever the flags."""
+        repo = self.repository()
+        if repo is not None:
+            what = 'is' if repo == self.path else 'lies inside'
+            held = ', '.join(name for name in (REPO_WEIGHTS, REPO_CONFIG) if (repo / name).is_file())
+            raise RunError(f'{flag} {self.path} {what} a Hub repository ({repo} holds {held}: a release or an '
+                           'exported run), never a run directory; training never writes there, with or without '
+                           '--overwrite. Choose another --output, e.g. runs/NAME.')
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Own the directory for the duration: a second process gets `RunBusy` naming the holder.
+
+        An advisory lock (flock) on RUN/.lock; the kernel drops it when its process dies, even by SIGKILL, so
+        a killed run never blocks its own --resume. A directory this call created and nothing else wrote is
+        removed again on the way out.
+        """
+        created = not self.path.exists()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CheckpointError(f'cannot create the run directory {self.path}: {e.strerror}. Choose an --output '
+                                  'you can write to.') from None
+        lock = FileLock(self.path / LOCK, blocking=False)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise RunBusy(f'{self.path} is in use by {self._holder()}: one process writes a run at a time. Wait for '
+                          'it to end (or stop it, then --resume), or choose another --output.') from None
+        except OSError as e:
+            raise CheckpointError(f'cannot lock the run directory {self.path}: {e.strerror}. Choose an --output '
+                                  'you can write to.') from None
+        owner = self.path / OWNER
+        try:
+            owner.write_text(json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), command=' '.join(sys.argv),
+                                             since=time.strftime('%Y-%m-%d %H:%M:%S'))))
+            yield
+        finally:
+            owner.unlink(missing_ok=True)
+            lock.release()
+            if created and {p.name for p in self.path.iterdir()} <= {LOCK}:
+                (self.path / LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
+
+    def _holder(self) -> str:
+        try:
+            owner = json.loads((self.path / OWNER).read_text())
+            return f"process {owner['pid']} on {owner['host']} (`{owner['command']}`, since {owner['since']})"
+        except (OSError, ValueError, KeyError, TypeError):
+            return 'another process'
+
+    def load_best(self, model: nn.Module, run_id: str, epoch: int, model_name: str) -> None:
+        """Load the chosen weights into `model`, after checking they are this run's, of this epoch."""
+        meta = weights_metadata(self.best)
+        if meta.get('run_id') != run_id or meta.get('epoch') != str(epoch):
+            raise RunError(f'{self.best} holds run {meta.get("run_id")} epoch {meta.get("epoch")}, but this run is '
+                           f'{run_id} with its best at epoch {epoch}: another process wrote into {self.path}. Its '
+                           'test number would belong to other weights, so none is written; train again with another '
+                           '--output.')
+        load_weights(model, self.best, model_name)
 
     def held(self) -> List[str]:
         """The run files this directory already holds."""

@@ -40,6 +40,9 @@ from .run_dir import ARGS, RESULTS, RunDir, RunError, comparable, dump_json
 
 PROG = 'python -m train.sweep'
 MANIFEST = 'sweep.json'
+REPORT_MD, REPORT_JSON, REPORT_PNG = 'report.md', 'report.json', 'report.png'
+WRITTEN_BY = f'{PROG} report'  # in report.json, and as the first line of report.md: what report may overwrite
+REPORT_MARK = f'<!-- written by {WRITTEN_BY} -->'
 STAGES = (1, 2, 3, 4)
 SWEEP_OWNED = ('model', 'model_kwargs', 'seed', 'output', 'resume', 'overwrite')  # set per run by the sweep
 
@@ -249,14 +252,16 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
     return runs
 
 
-def _finished_runs(out: Path) -> List[dict]:
-    found = []
+def _finished_runs(out: Path) -> Tuple[List[dict], List[str]]:
+    """The runs whose results can be read, and for each one that cannot, a line naming it and why."""
+    found, skipped = [], []
     for path in sorted(out.rglob(RESULTS)):
         try:
             found.append(dict(folder=path.parent, results=RunDir(path.parent).read_finished(False).results))
         except (RunError, ValueError) as e:
-            print(f'skipping {path.parent}: {message(e)}', file=sys.stderr)
-    return found
+            skipped.append(f'{path.parent}: {message(e)}')
+            print(f'skipping {skipped[-1]}', file=sys.stderr)
+    return found, skipped
 
 
 def _unfinished_models(out: Path) -> Tuple[str, ...]:
@@ -278,13 +283,38 @@ def _summary(values: List[float]) -> dict:
                 std=statistics.stdev(values) if len(values) > 1 else None, values=values)
 
 
+def _written_by_report(out: Path, name: str) -> bool:
+    """Whether OUT/name is a file an earlier report wrote (the PNG goes with its report.json)."""
+    try:
+        if name == REPORT_MD:
+            return (out / name).read_text().startswith(REPORT_MARK)
+        return json.loads((out / REPORT_JSON).read_text()).get('written_by') == WRITTEN_BY
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_report_folder(out: Path) -> None:
+    """Report only into a sweep folder (its manifest, or run directories below it), never over a file of
+    someone else's."""
+    if not out.is_dir():
+        raise UsageError(f'{out} is not a sweep folder; give the --output of a `{PROG}` run.')
+    if not (out / MANIFEST).is_file() and next(out.rglob(RESULTS), None) is None \
+            and next(out.rglob(ARGS), None) is None:
+        raise UsageError(f'{out} is not a sweep folder: it holds no {MANIFEST} and no run (no {RESULTS} or {ARGS} '
+                         f'below it), so there is nothing to report. Give the --output of a `{PROG}` run.')
+    foreign = [name for name in (REPORT_MD, REPORT_JSON, REPORT_PNG)
+               if (out / name).exists() and not _written_by_report(out, name)]
+    if foreign:
+        raise UsageError(f'{out} holds {", ".join(foreign)}, which {WRITTEN_BY} did not write; it never overwrites '
+                         'them. Move them out of the folder, then report again.')
+
+
 def report(out: Path) -> dict:
     """The sweep's table from its run directories: mean +- std over seeds beside the paper's number."""
     out = Path(out)
-    if not out.is_dir():
-        raise UsageError(f'{out} is not a sweep folder.')
+    check_report_folder(out)
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
-    runs = _finished_runs(out)
+    runs, skipped = _finished_runs(out)
     table = manifest.get('table')
     if table in TABLES:
         cells = TABLES[table]()
@@ -313,13 +343,14 @@ def report(out: Path) -> dict:
                          precision=sorted({r.precision['train'] for r in found})))
     first = runs[0]['results'] if runs else None
     data = dict(table=table or 'custom', folder=str(out), dataset=first.dataset.label if first else None,
-                dataset_notes=first.dataset.notes if first else [], rows=rows, runs=len(runs))
+                dataset_notes=first.dataset.notes if first else [], rows=rows, runs=len(runs), skipped=skipped,
+                written_by=WRITTEN_BY)
     text = _markdown(data)
-    (out / 'report.json').write_text(dump_json(data))
-    (out / 'report.md').write_text(text)
-    _plot(data, out / 'report.png')
+    (out / REPORT_JSON).write_text(dump_json(data))
+    (out / REPORT_MD).write_text(f'{REPORT_MARK}\n{text}')
+    _plot(data, out / REPORT_PNG)
     print(text)
-    print(f'wrote {out / "report.md"}, report.json and report.png')
+    print(f'wrote {out / REPORT_MD}, {REPORT_JSON} and {REPORT_PNG}')
     return data
 
 
@@ -341,7 +372,9 @@ def _markdown(data: dict) -> str:
         lines.append(f"- Budget: {', '.join(map(str, epochs))} epochs; {'; '.join(hardware)}; training in "
                      f"{', '.join(precision)}. Checkpoints chosen on a validation split held out of train; the "
                      'test split evaluated once per run.')
-    lines += ['- Ours: mean +- sample std over seeds (n runs); the paper: a single run each.', '']
+    lines += ['- Ours: mean +- sample std over seeds (n runs); the paper: a single run each.']
+    lines += [f'- Not counted, its results cannot be read: {line}' for line in data.get('skipped', [])]
+    lines.append('')
     cols = list(dict.fromkeys(r['col'] for r in rows))
     if cols == ['top-1']:
         lines += ['| model | ours | val top-1 | paper | ours - paper |', '|---|---:|---:|---:|---:|']

@@ -11,8 +11,10 @@ epoch), `model_best.safetensors` (best on the validation split held out of train
 `curves.png` and `results.json` (the numbers the hub tooling publishes).
 """
 import argparse
+import contextlib
 import json
 import math
+import os
 import random
 import sys
 import time
@@ -26,7 +28,7 @@ import timm
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, ParseKwargs
+from timm.utils import ModelEmaV3
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -35,12 +37,11 @@ import timm_spa  # noqa: F401  registers the models
 from .checkpoint import (
     CheckpointError,
     load_training_state,
-    load_weights,
     restamp_weights,
     save_training_state,
     save_weights,
 )
-from .cli import UsageError, add_debug_flag, check_device, check_model_name, run_cli
+from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import barrier, cleanup, init_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--model', default='resnet18_spa')
     g.add_argument('--pretrained', action='store_true')
     g.add_argument('--num-classes', type=int, default=None, help='default: the data set class count')
-    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs,
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs,
                    help='e.g. attn_stages=(1,) "attn_kwargs={\'k\': 8}"')
     g.add_argument('--channels-last', action='store_true')
     g = p.add_argument_group('recipe')
@@ -186,16 +187,22 @@ def _output(args: argparse.Namespace) -> RunDir:
         run = RunDir(resume if resume.is_dir() or not resume.exists() else resume.parent)
         if args.output and Path(args.output).resolve() != run.path.resolve():
             raise UsageError(f'--resume continues a run in its own directory ({run}); drop --output {args.output}.')
+        run.check_not_repository('--resume')
         if not run.last.is_file():
             raise UsageError(f'--resume {args.resume}: no {LAST} there, so there is nothing to resume. Start the run '
                              f'with --output {run}' + (' --overwrite.' if run.held() else '.'))
         return run
     run = RunDir(args.output or Path('runs') / f'{args.model}-{args.dataset}-seed{args.seed}')
+    run.check_not_repository()
+    return run
+
+
+def _check_free(args: argparse.Namespace, run: RunDir) -> None:
+    """A new run never lands beside another run's files, unless --overwrite asks to delete those."""
     held = run.held()
-    if held and not args.overwrite:
+    if held and not args.overwrite and not args.resume:
         raise UsageError(f'{run} already holds a run ({", ".join(held)}). Pass --resume {run} to continue it, '
                          '--overwrite to replace it, or another --output.')
-    return run
 
 
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
@@ -249,6 +256,19 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         defaults = build_parser()
         given = {k for k, v in vars(args).items() if v != defaults.get_default(k)}
     run_dir = _output(args)
+    writer = int(os.environ.get('RANK', 0)) == 0  # under torchrun, rank 0 writes the run
+    with run_dir.lock() if writer else contextlib.nullcontext():
+        if writer:
+            _check_free(args, run_dir)  # now that no other process can write here
+        try:
+            return _run(args, given, run_dir)
+        except KeyboardInterrupt:
+            resume = (f'`python -m train --resume {run_dir}` continues it from {LAST}' if run_dir.last.is_file()
+                      else 'no epoch was saved yet, so start it again')
+            raise KeyboardInterrupt(f'interrupted: {resume}.') from None
+
+
+def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     state = None
     if args.resume:
         state = load_training_state(run_dir.last)
@@ -333,11 +353,6 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         if env.is_main:
             if state is None and args.overwrite:
                 run_dir.remove_run_files()  # only now: a typo above must not cost the old run
-            try:
-                run_dir.path.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CheckpointError(f'cannot create the run directory {run_dir}: {e.strerror}. Choose an --output '
-                                      'you can write to.') from None
             run_dir.write_args(dict(recorded, run_id=run_id))
             log(f'{args.model} on {splits.label}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test '
                 f'images, {num_classes} classes, {num_epochs} epochs, {env.world_size} process(es) on '
@@ -387,7 +402,7 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
 
         # the checkpoint chosen on the validation split, evaluated once on the test split
         barrier(env)  # rank 0 wrote it
-        load_weights(eval_model, run_dir.best, args.model)
+        run_dir.load_best(eval_model, run_id, best['epoch'], args.model)
         # in float32 whatever the training precision: the number anyone reloading the weights reproduces
         test_start = time.time()
         test = evaluate(eval_model, test_loader, env, None, args.channels_last)

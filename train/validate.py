@@ -13,13 +13,12 @@ from typing import List, Optional
 
 import timm
 import torch
-from timm.utils import ParseKwargs
 
 import timm_spa  # noqa: F401  registers the models
 from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
 
 from .checkpoint import load_weights
-from .cli import UsageError, add_debug_flag, check_device, check_model_name, run_cli
+from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
 from .data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv
 from .engine import evaluate
@@ -38,7 +37,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='weights: .safetensors, or a PyTorch file (weights_only), e.g. a run\'s last.pth.tar')
     p.add_argument('--use-ema', action='store_true', help="a checkpoint's EMA weights (state_dict_ema), as timm's")
     p.add_argument('--pretrained', action='store_true')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs)
     p.add_argument('--dataset', default=None, choices=DATASETS)
     p.add_argument('--data-dir', default=None)
     p.add_argument('--split', default='test', choices=SPLITS)

@@ -15,10 +15,8 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from timm.utils import ParseKwargs
-
 from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
-from train.cli import add_debug_flag, run_cli
+from train.cli import ModelKwargs, UsageError, add_debug_flag, run_cli
 from train.data import DATASETS
 
 from .figure import Request, draw_attention, parse_query
@@ -32,7 +30,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--run', default=None, help='a finished training run: its model, weights and data set')
     p.add_argument('--checkpoint', default=None)
     p.add_argument('--pretrained', action='store_true')
-    p.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs)
+    p.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs)
     p.add_argument('--images', nargs='+', default=None, help='image files')
     p.add_argument('--dataset', default=None, choices=DATASETS, help='draw images from a data set split instead')
     p.add_argument('--data-dir', default=None)
@@ -60,6 +58,11 @@ def main(argv: Optional[List[str]] = None) -> dict:
     args = parse_args(argv)
 
     def body():
+        output = Path(args.output)
+        if output.is_dir() or output.suffix.lower() != '.png':
+            what, fix = ('is a folder', output / 'attention.png') if output.is_dir() else \
+                ('is not a .png file', output.with_suffix('.png'))
+            raise UsageError(f'--output {args.output} {what}: give the PNG file to write, e.g. {fix}.')
         result = draw_attention(request(args))
         print(f'wrote {args.output} and {Path(args.output).with_suffix(".npz")}')
         return result

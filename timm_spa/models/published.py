@@ -88,6 +88,14 @@ def load_error_reason(error: Exception) -> str:
     return f'{type(error).__name__}: {first}. The file is corrupt, truncated, or not a weights file.'
 
 
+def _is_json(path: Path) -> bool:
+    try:
+        with open(path, 'rb') as f:
+            return f.read(64).lstrip()[:1] in (b'{', b'[')
+    except OSError:
+        return False
+
+
 def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception, overlay: Optional[dict] = None) -> None:
     """Re-raise a failure to fetch or read pretrained weights with what to do about it."""
     from huggingface_hub import constants
@@ -100,6 +108,17 @@ def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception, ov
             raise WeightsDownloadError(
                 f'pretrained_cfg_overlay file {file} does not exist: give the path of a .safetensors file (or a '
                 f"PyTorch file of plain tensors) holding {variant}'s weights.") from error
+        if str(error).startswith('Error(s) in loading state_dict'):
+            details = '; '.join(line.strip() for line in str(error).splitlines()[1:3])
+            raise WeightsDownloadError(
+                f'pretrained_cfg_overlay file {file} holds the weights of another architecture or class count, not '
+                f'{variant} as created here ({details[:400]}). Create the model the weights were trained as (its '
+                'name, num_classes and model arguments), or give that model\'s weights.') from error
+        if _is_json(Path(file)):
+            raise WeightsDownloadError(
+                f'pretrained_cfg_overlay file {file} is a JSON file (a config.json?), not weights: give the '
+                'model.safetensors beside it, or load the folder with timm.create_model("local-dir:FOLDER").') \
+                from error
         raise WeightsDownloadError(f'pretrained_cfg_overlay file {file} could not be read as weights: '
                                    f'{load_error_reason(error)}') from error
     tag = pretrained_cfg if isinstance(pretrained_cfg, str) else None
