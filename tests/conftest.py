@@ -1,11 +1,19 @@
 """Small data sets written in each official layout, for the training tests."""
+import os
 import pickle
 import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # pytest -n 2 on two cores: one thread per worker (and per process it starts). Two workers of two threads
+    # each slowed the suite about 6x on a 2-core CPU; the numbers tests compare are run with one thread anyway.
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+    torch.set_num_threads(1)
 
 
 def _images(n, size=32, seed=0, classes=10):

@@ -547,6 +547,45 @@ def hub_serve_unknown_repository(ws):
     return code, err
 
 
+@probe('`--dataset tinyimagenet` pointed at a half-extracted archive', 'have no train images (first: '
+       'train/n00000002/images/): the archive is not fully extracted', code=1)
+def tiny_imagenet_half_extracted(ws):
+    from conftest import write_tiny_imagenet
+    root = write_tiny_imagenet(ws.root / 'tiny-half')
+    folder = root / 'tiny-imagenet-200'
+    (folder / 'val' / 'images' / 'val_5.JPEG').unlink()
+    code, err = ws.train('--dataset', 'tinyimagenet', '--data-dir', str(root), '--val-size', '3', '--output',
+                         str(ws.root / 'x'))
+    assert code == 1 and 'lacks 1 of the 6 images val_annotations.txt lists (first: val_5.JPEG)' in err, err
+    shutil.rmtree(folder / 'train' / 'n00000002')
+    return ws.train('--dataset', 'tinyimagenet', '--data-dir', str(root), '--val-size', '3', '--output',
+                    str(ws.root / 'x'))
+
+
+@probe('`python -m hub serve releases/` stopped with SIGTERM (as kill, timeout, systemd and docker stop it)',
+       'stopping (SIGTERM)', 'the releases; olah and the temporary mirror are gone', code=0)
+def hub_serve_sigterm(ws):
+    import signal
+    releases = ws.releases('serve-sigterm')
+    tmp = ws.root / 'serve-tmp'
+    tmp.mkdir()
+    with unchanged(releases):
+        proc = subprocess.Popen([sys.executable, '-m', 'hub', 'serve', str(releases)], cwd=ROOT,
+                                env={**os.environ, 'TMPDIR': str(tmp), 'PYTHONUNBUFFERED': '1'},
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith('export HF_ENDPOINT='):
+                break
+        children = Path(f'/proc/{proc.pid}/task/{proc.pid}/children').read_text().split()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert len(children) == 1 and not Path(f'/proc/{children[0]}').exists(), children
+    assert not any(tmp.iterdir())
+    return proc.returncode, ''.join(lines) + out
+
+
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp('bad-input'))

@@ -117,7 +117,8 @@ def test_export_push_releases_serve_and_load_over_http(trained_run, installed, t
     env.pop('HF_HUB_OFFLINE', None)
     summary = publish(str(folder), REPO_ID, releases=str(releases), record=record)
     assert json.loads(record.read_text()) == ['resnet18_spa.cifar10'] and summary['records'] == 'resnet18_spa.cifar10'
-    assert sorted(p.name for p in (releases / REPO_ID).iterdir()) == sorted(p.name for p in folder.iterdir())
+    assert sorted(p.name for p in (releases / REPO_ID).iterdir()) == \
+        sorted([p.name for p in folder.iterdir()] + ['history.json'])  # a first release: nothing replaced yet
 
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = _trained_outputs(trained_run, x)

@@ -1,5 +1,8 @@
 """Every supported data set layout, the held-out validation split, and bad data."""
+import os
 import pickle
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +67,31 @@ def test_tiny_imagenet_archive_layout(tmp_path):
     assert len(splits.train) == 18 and len(splits.test) == 6
     assert [splits.test.load(i)[1] for i in range(6)] == [0, 1, 2, 0, 1, 2]  # from val_annotations.txt
     assert splits.test.name_fn(4).endswith('val/images/val_4.JPEG')
+
+
+TINY_IMAGENET = Path(os.environ.get('TINY_IMAGENET_DIR', Path.home() / 'data' / 'tiny-imagenet-200'))
+
+
+@pytest.mark.skipif(not (TINY_IMAGENET / 'wnids.txt').is_file(),
+                    reason=f'no Tiny-ImageNet-200 at {TINY_IMAGENET} (build it with '
+                           '../shared/tools/tiny-imagenet-200.sh, or set TINY_IMAGENET_DIR)')
+def test_tiny_imagenet_loader_on_the_real_archive():
+    """The official layout as built from the CS231n archive: counts, label order, the val split as test."""
+    splits = load_dataset('tinyimagenet', str(TINY_IMAGENET.parent))
+    wnids = (TINY_IMAGENET / 'wnids.txt').read_text().split()
+    assert splits.class_names == wnids and len(wnids) == 200  # wnids.txt order is label order
+    assert (len(splits.train), len(splits.test)) == (100000, 10000) and not splits.notes
+    assert (len(splits.train_indices), len(splits.val_indices)) == (90000, 10000)
+    assert sorted(Counter(splits.train.labels).values()) == [500] * 200
+    assert sorted(Counter(splits.test.labels).values()) == [50] * 200
+    annotations = (TINY_IMAGENET / 'val' / 'val_annotations.txt').read_text().splitlines()
+    for line in annotations[:5] + annotations[-5:]:  # every test label is the annotation's class
+        name, wnid = line.split('\t')[:2]
+        i = int(name[len('val_'):-len('.JPEG')])
+        assert splits.test.name_fn(i).endswith(f'val/images/{name}')
+        assert splits.test.labels[i] == wnids.index(wnid)
+    image, label = splits.test.load(0)
+    assert image.size == (64, 64) and image.mode == 'RGB' and wnids[label] == annotations[0].split('\t')[1]
 
 
 def test_digits_ship_with_the_package():

@@ -264,11 +264,16 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
             f'val/images/*.JPEG and val/val_annotations.txt (from {TINY_IMAGENET_URL}, unzipped).')
     wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
     index = {w: i for i, w in enumerate(wnids)}
-    train_files, train_labels = [], []
+    train_files, train_labels, empty = [], [], []
     for wnid in wnids:
         files = sorted((folder / 'train' / wnid / 'images').glob('*.JPEG'))
+        if not files:
+            empty.append(wnid)
         train_files += files
         train_labels += [index[wnid]] * len(files)
+    if empty:  # a half-extracted archive: a class would silently have nothing to learn from
+        raise DataError(f'{folder}: {len(empty)} of the {len(wnids)} classes in wnids.txt have no train images '
+                        f'(first: train/{empty[0]}/images/): the archive is not fully extracted. Unzip it again.')
     val_files, val_labels = [], []
     for line in annotations.read_text().splitlines():
         parts = line.split('\t')
@@ -278,6 +283,11 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
             raise DataError(f'{annotations}: {parts[0]} has class {parts[1]}, which is not in wnids.txt.')
         val_files.append(folder / 'val' / 'images' / parts[0])
         val_labels.append(index[parts[1]])
+    missing = [f for f in val_files if not f.is_file()]
+    if missing:
+        raise DataError(f'{folder / "val" / "images"} lacks {len(missing)} of the {len(val_files)} images '
+                        f'val_annotations.txt lists (first: {missing[0].name}): the archive is not fully extracted. '
+                        'Unzip it again.')
 
     def samples(files, labels):
         return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels)

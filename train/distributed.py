@@ -1,6 +1,7 @@
 """torchrun support: one process per device, NCCL on GPUs and gloo on CPUs; rank 0 writes."""
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -44,6 +45,15 @@ def all_reduce_sum(values: torch.Tensor, env: DistEnv) -> torch.Tensor:
         values = values.to(env.device)
         dist.all_reduce(values)
     return values.cpu()
+
+
+def from_main(value: Any, env: DistEnv) -> Any:
+    """Rank 0's `value` on every rank (a run id drawn at random must be one id for the whole run)."""
+    if not env.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == 'cuda' else None)
+    return box[0]
 
 
 def barrier(env: DistEnv) -> None:

@@ -43,7 +43,7 @@ from .checkpoint import (
 )
 from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
-from .distributed import barrier, cleanup, init_distributed
+from .distributed import barrier, cleanup, from_main, init_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
 from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
@@ -315,7 +315,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
         scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
 
-        start_epoch, best, history, run_id = 0, dict(top1=-1.0, epoch=-1), [], new_run_id()
+        start_epoch, best, history, run_id = 0, dict(top1=-1.0, epoch=-1), [], from_main(new_run_id(), env)
         if state is not None:
             if comparable(state['model_args']) != comparable(arch):
                 raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
