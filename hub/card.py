@@ -14,6 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from timm_spa import paper
+from train.lineage import totals
 from train.precision import describe_flags
 from train.run_dir import Results
 
@@ -61,6 +62,27 @@ def card_data(results: Results, repo_id: str) -> ModelCardData:
         tags=['image-classification', 'timm', 'timm-spa', results.model],
         datasets=[dataset_id] if data.name in DATASET_IDS else None, metrics=['accuracy'],
         model_name=repo_id.split('/')[-1], eval_results=evals)
+
+
+def _lineage_lines(results: Results) -> List[str]:
+    """What the weights started from, and every epoch and hour behind them (this run's and its ancestors')."""
+    lineage = results.lineage
+    if not lineage:
+        return ['- Lineage: trained from scratch (random initialisation).']
+    parent = lineage['parent']
+    ids = ', '.join(f'{key} `{parent[key]}`' for key in ('repo_id', 'run_id') if parent.get(key)) or \
+        f"`{parent['source']}`"
+    lines = [f"- Lineage: started from {ids} (weights SHA-256 `{parent['weights_sha256'][:16]}`), with a fresh "
+             'optimizer and schedule.']
+    if lineage['totals_known']:
+        epochs, seconds = totals(results)
+        lines.append(f"- In all: {epochs} epochs ({parent['total_epochs']} before this run, {results.epochs} in it) "
+                     f'and {seconds / 3600:.2f} h of training ({parent["total_wall_time_s"] / 3600:.2f} h before '
+                     f'this run), on {parent.get("hardware", "-")} before.')
+    else:
+        lines.append('- In all: unknown: the initial weights came as a bare file, without the record of how they '
+                     'were trained.')
+    return lines
 
 
 HISTORY_HEADING = '## Release history'
@@ -171,6 +193,7 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         f'{results.best_epoch} of {results.epochs} (counted from 0); the test split was not used for any choice.', '',
         '## Budget', '',
         f'- Epochs: {results.epochs}; seeds: 1 (seed {results.seed}).',
+        *_lineage_lines(results),
         f'- Hardware: {results.hardware}; {results.world_size} process(es); wall time {hours:.2f} h '
         f'({results.wall_time_s:.0f} s, training, validation and the test evaluation).',
         f'- Precision: training in {precision["train"]}, test evaluation in {precision["test"]}{flags}.',

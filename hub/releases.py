@@ -9,6 +9,7 @@ from typing import List
 import timm
 
 from timm_spa import paper
+from train.lineage import describe, totals
 
 from .repository import Repository, RepositoryError, read_history, read_repository
 
@@ -38,13 +39,14 @@ def released_repositories(releases: Path) -> List[Repository]:
 
 def release_table(repos: List[Repository]) -> str:
     """The README's table of released weights, every number read from the release folders."""
-    lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | wall time | hardware, precision '
-             '| paper top-1 |', '|---|---|---:|---:|---:|---:|---:|---:|---|---:|']
+    lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | wall time | lineage | '
+             'hardware, precision | paper top-1 |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|']
     for repo in repos:
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
+        epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
         lines.append(
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
-            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {r.epochs} | {r.wall_time_s / 3600:.2f} h | {r.hardware}, '
-            f"{r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
+            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {seconds / 3600:.2f} h | {describe(r)} | '
+            f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
     return '\n'.join(lines)

@@ -4,6 +4,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -447,3 +448,78 @@ def test_the_test_split_is_measured_only_on_this_runs_weights(folder_data, tmp_p
     for run_id, epoch in (('another-run', results['best_epoch']), (results['run_id'], results['best_epoch'] + 1)):
         with pytest.raises(RunError, match='another process wrote into'):
             RunDir(run).load_best(model, run_id, epoch, 'resnet18_spa')
+
+
+def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(folder_data, tmp_path, capsys):
+    """--initial-checkpoint (timm's flag): a run, a repository folder or a bare file; fresh optimizer and
+    schedule; the parent's ids, epochs and hours go into results.json, chained over generations."""
+    from hub.export import export_run
+    from train.lineage import load_initial_checkpoint
+    first = _run(folder_data, tmp_path / 'first', '--epochs', '1')
+    assert first['lineage'] is None
+    model = timm.create_model('resnet18_spa', num_classes=4)
+    parent = load_initial_checkpoint(model, str(tmp_path / 'first'), 'resnet18_spa')
+    saved = load_file(tmp_path / 'first' / BEST)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
+    assert parent['run_id'] == first['run_id'] and parent['total_epochs'] == 1
+
+    second = _run(folder_data, tmp_path / 'second', '--epochs', '2', '--initial-checkpoint', str(tmp_path / 'first'))
+    lineage = second['lineage']
+    assert lineage['parent']['run_id'] == first['run_id'] and lineage['parent']['epochs'] == 1
+    assert lineage['total_epochs'] == 3 and lineage['totals_known']
+    assert lineage['total_wall_time_s'] == pytest.approx(first['wall_time_s'] + second['wall_time_s'])
+    assert torch.load(tmp_path / 'second' / LAST, weights_only=True)['optimizer']['state'] != {}  # its own, fresh
+    # a grandchild from the exported repository: the totals add up over generations
+    repo = export_run(str(tmp_path / 'second'), str(tmp_path / 'repo'))
+    third = _run(folder_data, tmp_path / 'third', '--epochs', '1', '--initial-checkpoint', str(repo))
+    assert third['lineage']['parent']['run_id'] == second['run_id'] and third['lineage']['total_epochs'] == 4
+    card = (export_run(str(tmp_path / 'third'), str(tmp_path / 'repo3')) / 'README.md').read_text()
+    assert f"run_id `{second['run_id']}`" in card and 'In all: 4 epochs (3 before this run, 1 in it)' in card
+    # a bare weights file: its run id from the metadata, the epochs before it unknown (and said so)
+    bare = _run(folder_data, tmp_path / 'bare', '--epochs', '1', '--initial-checkpoint',
+                str(tmp_path / 'first' / BEST))
+    assert bare['lineage']['parent']['run_id'] == first['run_id'] and not bare['lineage']['totals_known']
+    # resuming a finished run keeps its lineage (the parent is not read again)
+    shutil.rmtree(tmp_path / 'first')
+    resumed = subprocess.run([sys.executable, '-m', 'train', '--resume', str(tmp_path / 'second')], cwd=ROOT,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    again = json.loads((tmp_path / 'second' / 'results.json').read_text())['lineage']
+    assert again['parent'] == lineage['parent'] and again['total_epochs'] == lineage['total_epochs']
+
+
+def test_initial_checkpoint_refuses_what_it_cannot_start_from(folder_data, tmp_path, capsys):
+    base = TINY + ['--data-dir', str(folder_data), '--epochs', '1']
+    err = _fails(capsys, base + ['--output', str(tmp_path / 'a'), '--pretrained', '--initial-checkpoint', 'x'])
+    assert '--pretrained and --initial-checkpoint both choose the initial weights' in err
+    err = _fails(capsys, base + ['--output', str(tmp_path / 'b'), '--initial-checkpoint', 'nowhere.safetensors'],
+                 code=1)
+    assert '--initial-checkpoint nowhere.safetensors: no such file or folder' in err and 'resnet18_spa.cifar10' in err
+    other = tmp_path / 'gc'
+    train_script.main(TINY + ['--data-dir', str(folder_data), '--epochs', '1', '--output', str(other), '--model',
+                              'resnet18_gc'])
+    capsys.readouterr()
+    err = _fails(capsys, base + ['--output', str(tmp_path / 'c'), '--initial-checkpoint', str(other)], code=1)
+    assert f'--initial-checkpoint {other}: checkpoint' in err and 'does not match resnet18_spa' in err
+    assert not (tmp_path / 'c').exists()
+
+
+def test_initial_checkpoint_from_a_served_repository(folder_data, tmp_path):
+    """hf-hub:ORG/NAME through HF_ENDPOINT (a mirror served with olah): the parent's repo id is recorded."""
+    from hub.export import export_run
+    from hub.mirror import MirrorServer
+    from hub.push import publish
+    parent = _run(folder_data, tmp_path / 'parent', '--epochs', '1')
+    repo = export_run(str(tmp_path / 'parent'), str(tmp_path / 'repo'), 'someone/resnet18_spa.folder')
+    publish(str(repo), 'someone/resnet18_spa.folder', mirror=str(tmp_path / 'mirror'))
+    with MirrorServer(tmp_path / 'mirror', tmp_path / 'olah') as server:
+        env = dict(os.environ, HF_ENDPOINT=server.endpoint, HF_HOME=str(tmp_path / 'hf'), OMP_NUM_THREADS='1')
+        env.pop('HF_HUB_OFFLINE', None)
+        done = subprocess.run([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--epochs', '1',
+                               '--output', str(tmp_path / 'child'), '--initial-checkpoint',
+                               'hf-hub:someone/resnet18_spa.folder'], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lineage = json.loads((tmp_path / 'child' / 'results.json').read_text())['lineage']
+    assert lineage['parent']['repo_id'] == 'someone/resnet18_spa.folder'
+    assert lineage['parent']['run_id'] == parent['run_id'] and lineage['total_epochs'] == 2

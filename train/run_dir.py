@@ -37,6 +37,7 @@ OWNER = '.owner.json'  # who holds the lock: pid, host, command, since when
 REPO_WEIGHTS = 'model.safetensors'
 REPO_CONFIG = 'config.json'
 RESULTS_VERSION = 2
+OPTIONAL_RESULTS = ('lineage',)  # fields a version-2 results file may lack (added later, with a default)
 
 
 class RunError(ValueError):
@@ -103,6 +104,9 @@ class Results:
     git_commit: str
     args: Dict[str, Any]
     results_version: int = RESULTS_VERSION
+    # the weights this run started from (--initial-checkpoint) and the epochs and hours behind them all;
+    # None: trained from scratch (and in files written before the field existed)
+    lineage: Optional[Dict[str, Any]] = None
 
     @property
     def hub_tag(self) -> str:
@@ -132,7 +136,7 @@ class Results:
             raise RunError(f'{source} has results version {version!r}; this timm-spa reads version '
                            f'{RESULTS_VERSION}: {fix}')
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(data))
+        missing = sorted(names - set(data) - set(OPTIONAL_RESULTS))
         if missing:
             raise RunError(f'{source} is incomplete (missing {", ".join(missing)}): the run did not finish, or the '
                            'file was edited. Finish it with `python -m train --resume RUN_DIR`.')

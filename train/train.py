@@ -45,6 +45,7 @@ from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_mo
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import barrier, cleanup, from_main, init_distributed
 from .engine import TrainingDiverged, evaluate, train_one_epoch
+from .lineage import describe_parent, lineage_record, load_initial_checkpoint
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
 from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
 from .run_dir import LAST, DatasetRecord, Results, RunDir, comparable, new_run_id
@@ -71,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('model')
     g.add_argument('--model', default='resnet18_spa')
     g.add_argument('--pretrained', action='store_true')
+    g.add_argument('--initial-checkpoint', default=None, metavar='WEIGHTS',
+                   help='start from these weights with a fresh optimizer and schedule (timm\'s flag): a weights file, '
+                        'a finished run directory, a repository folder, hf-hub:ORG/NAME or a published arch.tag; '
+                        'its lineage (run or repo id, epochs, hours) goes into results.json and the card')
     g.add_argument('--num-classes', type=int, default=None, help='default: the data set class count')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs,
                    help='e.g. attn_stages=(1,) "attn_kwargs={\'k\': 8}"')
@@ -140,6 +145,9 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f'--{key.replace("_", "-")} {getattr(args, key)} is not allowed: it must be {allowed}.')
     if args.warmup_epochs >= args.epochs:
         raise UsageError(f'--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}.')
+    if args.pretrained and args.initial_checkpoint:
+        raise UsageError('--pretrained and --initial-checkpoint both choose the initial weights; give one of them '
+                         '(a published name works as --initial-checkpoint arch.tag).')
     check_device(args.device)
     check_model_name(args.model)
 
@@ -304,7 +312,12 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
 
         _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
         arch = _arch(args, num_classes)
-        model = _create_model(args, num_classes).to(env.device)
+        model = _create_model(args, num_classes)
+        parent = None
+        if state is None and args.initial_checkpoint:  # a resumed run has its weights, and its parent's record
+            parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
+            log(f'initial weights: {args.initial_checkpoint} ({describe_parent(parent)})')
+        model = model.to(env.device)
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
@@ -328,7 +341,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 ema.module.load_state_dict(state['state_dict_ema'])
             if scaler is not None and state.get('amp_scaler') is not None:
                 scaler.load_state_dict(state['amp_scaler'])
-            start_epoch, best = state['epoch'] + 1, state['best']
+            start_epoch, best, parent = state['epoch'] + 1, state['best'], state.get('parent')
             if state['run_id']:
                 run_id = state['run_id']
             elif env.is_main:  # a run of timm-spa 0.1.0: its checkpoint, upgraded, and its weights get the new id
@@ -394,7 +407,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                     state_dict_ema=ema.module.state_dict() if ema is not None else None,
                     amp_scaler=scaler.state_dict() if scaler is not None else None,
                     epoch=epoch, arch=args.model, version=2, metric=val['top1'], best=best, model_args=arch,
-                    run_id=run_id, args=comparable(recorded), dataset=comparable(asdict(dataset))))
+                    run_id=run_id, args=comparable(recorded), dataset=comparable(asdict(dataset)), parent=parent))
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
@@ -408,6 +421,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         test = evaluate(eval_model, test_loader, env, None, args.channels_last)
         if test['count'] != len(test_set):
             raise RuntimeError(f'evaluated {test["count"]} test images, expected {len(test_set)}')
+        wall_time_s = history[-1]['elapsed_s'] + time.time() - test_start
         results = Results(
             run_id=run_id, model=args.model, tag=splits.tag if num_classes == splits.num_classes else None,
             model_args=arch, param_count=sum(p.numel() for p in model.parameters()), dataset=dataset,
@@ -416,7 +430,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
             checkpoint_selection=f'best validation top-1 on {len(val_set)} images held out of train '
                                  f'(split seed {args.val_split_seed}); test split evaluated once, every image '
                                  'once, in float32',
-            wall_time_s=history[-1]['elapsed_s'] + time.time() - test_start,
+            wall_time_s=wall_time_s, lineage=lineage_record(parent, num_epochs, wall_time_s),
             hardware=hardware(env.device, env.world_size), world_size=env.world_size,
             precision=precision_record([row['precision'] for row in history], env.device),
             software=software(), git_commit=git_commit(), args=comparable(recorded))
