@@ -1,6 +1,7 @@
 """The cost benchmark runs end to end in its tiny configuration and reports every row."""
 import json
 
+import pytest
 import torch
 
 from benchmarks import attention_cost
@@ -15,6 +16,7 @@ def test_peak_memory_is_measured_from_allocations():
     assert 3 << 20 <= peak < 4 << 20
 
 
+@pytest.mark.slow
 def test_tiny_run_has_every_row(tmp_path):
     report = attention_cost.main(['--tiny', '--output', str(tmp_path)])
     saved = json.loads((tmp_path / 'attention_cost_cpu_tiny.json').read_text())
@@ -59,6 +61,7 @@ def test_naive_baseline_computes_the_same_function():
             torch.testing.assert_close(spa(x), naive(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_throughput_runs_the_real_pipeline(folder_data, tmp_path):
     from benchmarks import train_throughput
     rows = train_throughput.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--models',

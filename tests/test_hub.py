@@ -104,6 +104,7 @@ def _probe(python: Path, env: dict, tmp: Path, x: torch.Tensor):
     return done, (json.loads((tmp / 'out.json').read_text()) if done.returncode == 0 else None)
 
 
+@pytest.mark.slow
 def test_export_push_releases_serve_and_load_over_http(trained_run, installed, tmp_path):
     """The release path: export, push into a releases folder (which records the tag), serve it as a Hub,
     load with pretrained=True, hf-hub: and hf_hub_download, then offline from the cache."""
@@ -150,6 +151,7 @@ def test_export_push_releases_serve_and_load_over_http(trained_run, installed, t
     assert 'WeightsDownloadError' in done.stdout and 'corrupt' in done.stdout and 'cache' in done.stdout
 
 
+@pytest.mark.slow
 def test_unreachable_hub_names_the_endpoint_and_offline_options(tmp_path):
     record = tmp_path / 'published.json'
     record.write_text('["resnet18_spa.cifar10"]')
@@ -357,6 +359,7 @@ def test_config_this_version_cannot_build(tmp_path):
         timm.create_model(f'local-dir:{tmp_path}', pretrained=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('editable', [False, True])
 def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, installed):
     python = installed if not editable else _venv_with_install(tmp_path / 'venv', editable=True)
@@ -374,6 +377,7 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
     assert 'Unknown model (resnet18_spa)' in off.stderr
 
 
+@pytest.mark.slow
 def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys):
     from hub import demo
     run = tmp_path / 'demo' / 'run'
@@ -396,6 +400,7 @@ def _second_run(folder_data: Path, out: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('where', ['releases', 'mirror'])
 def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tmp_path, capsys, where):
     """Pushing other weights under a published name is refused; `--replace` replaces them and the history (file
@@ -515,6 +520,7 @@ def served_releases(trained_run, tmp_path_factory):
 
 @pytest.mark.parametrize('signals', [(signal.SIGTERM,), (signal.SIGHUP,), (signal.SIGINT, signal.SIGINT)],
                          ids=['SIGTERM', 'SIGHUP', 'SIGINT-twice'])
+@pytest.mark.slow
 def test_serve_stops_cleanly_on_every_stop_signal(served_releases, tmp_path, signals):
     proc, olah = _start_serving(served_releases, tmp_path)
     work = next(tmp_path.glob('timm-spa-serve-*'))
@@ -533,6 +539,7 @@ def test_serve_stops_cleanly_on_every_stop_signal(served_releases, tmp_path, sig
     assert weights.is_file()
 
 
+@pytest.mark.slow
 def test_serve_killed_hard_takes_its_server_along_and_the_next_start_cleans_up(served_releases, tmp_path):
     from hub.mirror import remove_stale_workdirs
     proc, olah = _start_serving(served_releases, tmp_path)

@@ -116,6 +116,20 @@ def test_spa_model_equals_baseline_at_init():
         assert torch.equal(base(x), spa(x))
 
 
+@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl'])
+def test_init_weights_again_restores_the_identity_blocks(name):
+    """init_weights() on a trained model re-initialises the attention block entirely, its last norm included."""
+    model = timm.create_model(name).eval()
+    block = model.layer3[2]
+    for p in block.parameters():
+        p.data.normal_()  # as if trained: no longer the identity
+    x = torch.randn(2, 256, 8, 8)
+    with torch.no_grad():
+        assert not torch.equal(block(x), x)
+        model.init_weights()
+        assert torch.equal(block(x), x)
+
+
 @pytest.mark.parametrize('size', [(32, 32), (64, 64), (24, 24), (32, 48), (20, 36)])
 def test_any_input_size(size):
     model = timm.create_model('resnet18_spa', attn_stages=(3, 4), attn_kwargs=dict(k=64)).eval()

@@ -94,6 +94,7 @@ def test_readme_table_is_generated_from_the_releases(releases):
     assert release_table(releases) in (ROOT / 'README.md').read_text()
 
 
+@pytest.mark.slow
 def test_served_release_loads_with_pretrained_true(released, tmp_path):
     names = [r.folder.name for r in released]
     mirror = build_mirror(released, tmp_path / 'mirror')
@@ -119,6 +120,7 @@ def test_served_release_loads_with_pretrained_true(released, tmp_path):
             assert torch.equal(torch.tensor(outputs['torch.hub']), expected)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CIFAR10_JPEG.is_dir(), reason=f'{CIFAR10_JPEG} is not here (a clone without the shared data)')
 def test_release_numbers_are_measured_again(released):
     splits = load_dataset('cifar10', str(CIFAR10_JPEG))

@@ -70,6 +70,7 @@ def _table(out: Path) -> list:
     return [(r['cell'], r['test_top1']['n'], r['test_top1']['values']) for r in data['rows']]
 
 
+@pytest.mark.slow
 def test_two_cells_two_seeds_run_and_report(tmp_path, capsys):
     out = tmp_path / 'sweep'
     runs = _sweep(out)
@@ -102,6 +103,7 @@ def test_two_cells_two_seeds_run_and_report(tmp_path, capsys):
     assert capsys.readouterr().out.count(': finished') == 4
 
 
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
     command = [sys.executable, '-m', 'train.sweep', 'custom', '--models', 'resnet18_cifar', 'resnet18_spa', '--seeds',
@@ -123,6 +125,7 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     assert _table(killed) == _table(straight)
 
 
+@pytest.mark.slow
 def test_a_finished_run_with_other_arguments_is_refused(tmp_path, capsys):
     out = tmp_path / 'sweep'
     sweep.main(['custom', '--models', 'resnet18_cifar', '--output', str(out), *TINY])
@@ -155,6 +158,7 @@ def test_bad_sweep_arguments(argv, match, capsys):
     assert exit_info.value.code == 2 and match in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sweep_under_torchrun_uses_ddp_for_each_run(tmp_path):
     """Two processes (gloo), two runs in one sweep, one process group for both (re-creating it raced on stale keys)."""
     out = tmp_path / 'ddp'

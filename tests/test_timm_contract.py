@@ -114,6 +114,7 @@ def test_torchscript(name):
         torch.testing.assert_close(scripted(_images(size=24)), model(_images(size=24)))
 
 
+@pytest.mark.slow
 def test_torch_compile_cpu():
     model = _active(timm.create_model('resnet18_spa', attn_stages=(2, 3))).eval()
     compiled = torch.compile(model)
@@ -122,6 +123,7 @@ def test_torch_compile_cpu():
         torch.testing.assert_close(compiled(x), model(x), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', ONNX_MODELS)
 def test_onnx_export_matches_pytorch(name, tmp_path):
     onnxruntime = pytest.importorskip('onnxruntime')
@@ -140,6 +142,7 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
         assert abs(got - expected).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_torch_compile_training_step_matches_eager():
     # training under torch.compile traces the SPA block's hand-written K K^T backward
     torch.manual_seed(0)

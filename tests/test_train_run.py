@@ -296,6 +296,7 @@ def test_torch_limited_to_avx2_kernels_trains_in_float32():
     assert done.stdout.startswith('False (None, ') and 'no native bfloat16' in done.stdout
 
 
+@pytest.mark.slow
 def test_torchcompile_trains_and_keeps_plain_checkpoint_keys(folder_data, tmp_path):
     # the model's code compiled at another input size first (in this process): --torchcompile must not then
     # fall into dynamic shapes, which inductor fails on for CPU bmm in torch 2.14
@@ -330,6 +331,7 @@ def test_corrupt_checkpoint_and_foreign_weights(folder_data, tmp_path, capsys):
     assert 'does not match resnet18_nl: missing' in err and 'unexpected' in err
 
 
+@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_is_bit_identical(folder_data, tmp_path):
     common = TINY + ['--data-dir', str(folder_data), '--epochs', '3', '-b', '4', '--log-interval', '1',
                      '--model-ema', '--sched-on-updates', '--warmup-epochs', '1']
@@ -362,6 +364,7 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(folder_data, tmp_path):
     assert (straight / 'summary.csv').read_text().count('\n') == (killed / 'summary.csv').read_text().count('\n')
 
 
+@pytest.mark.slow
 def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
     out = tmp_path / 'ddp'
     done = subprocess.run(
@@ -375,6 +378,7 @@ def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
     assert done.stdout.count('test top-1') == 1  # only rank 0 reports and writes
 
 
+@pytest.mark.slow
 def test_ddp_divergence_stops_every_rank(folder_data, tmp_path):
     done = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519', '-m', 'train',
@@ -407,6 +411,7 @@ def test_a_run_destroys_only_the_process_group_it_created(monkeypatch):
     assert not dist.is_initialized()
 
 
+@pytest.mark.slow
 def test_a_run_directory_has_one_owner_and_a_killed_owner_does_not_block_resume(folder_data, tmp_path):
     """A second process on a training run's folder is refused naming the first; SIGKILL frees the folder."""
     run = tmp_path / 'run'
@@ -450,6 +455,7 @@ def test_the_test_split_is_measured_only_on_this_runs_weights(folder_data, tmp_p
             RunDir(run).load_best(model, run_id, epoch, 'resnet18_spa')
 
 
+@pytest.mark.slow
 def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(folder_data, tmp_path, capsys):
     """--initial-checkpoint (timm's flag): a run, a repository folder or a bare file; fresh optimizer and
     schedule; the parent's ids, epochs and hours go into results.json, chained over generations."""
@@ -504,6 +510,7 @@ def test_initial_checkpoint_refuses_what_it_cannot_start_from(folder_data, tmp_p
     assert not (tmp_path / 'c').exists()
 
 
+@pytest.mark.slow
 def test_initial_checkpoint_from_a_served_repository(folder_data, tmp_path):
     """hf-hub:ORG/NAME through HF_ENDPOINT (a mirror served with olah): the parent's repo id is recorded."""
     from hub.export import export_run
@@ -523,3 +530,15 @@ def test_initial_checkpoint_from_a_served_repository(folder_data, tmp_path):
     lineage = json.loads((tmp_path / 'child' / 'results.json').read_text())['lineage']
     assert lineage['parent']['repo_id'] == 'someone/resnet18_spa.folder'
     assert lineage['parent']['run_id'] == parent['run_id'] and lineage['total_epochs'] == 2
+
+
+def test_one_checkpoint_format_key_and_older_checkpoints_still_load(tmp_path):
+    """timm's `version` is the one format key; a later-0.1.0 checkpoint (with `format` beside it) loads."""
+    from train.checkpoint import CHECKPOINT_VERSION, save_training_state
+    state = dict(state_dict={'w': torch.zeros(1)}, epoch=0, model_args={'model': 'm'}, run_id='r')
+    save_training_state(tmp_path / 'new.pth.tar', state)
+    raw = torch.load(tmp_path / 'new.pth.tar', weights_only=True)
+    assert raw['version'] == CHECKPOINT_VERSION == 2 and 'format' not in raw
+    torch.save(dict(state, version=2, format=2), tmp_path / 'older.pth.tar')
+    loaded = load_training_state(tmp_path / 'older.pth.tar')
+    assert loaded['run_id'] == 'r' and 'format' not in loaded

@@ -23,7 +23,10 @@ from torch import nn
 
 from timm_spa.models.published import load_error_reason
 
-CHECKPOINT_FORMAT = 2  # 1: timm-spa 0.1.0's keys (model, ema, scaler, arch as a dict); upgraded on load
+# timm's own `version` key (CheckpointSaver writes 2) is the one format key. The first checkpoints of timm-spa
+# 0.1.0 had no `version` (keys model, ema, scaler, arch as a dict) and are upgraded on load; later 0.1.0 ones
+# carried a `format` key beside `version`, dropped on load (see CHANGELOG.md)
+CHECKPOINT_VERSION = 2
 
 
 class CheckpointError(ValueError):
@@ -54,7 +57,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 
 def save_training_state(path: Union[str, Path], state: Dict[str, Any]) -> None:
-    atomic_write(Path(path), lambda tmp: torch.save(dict(state, format=CHECKPOINT_FORMAT), tmp))
+    atomic_write(Path(path), lambda tmp: torch.save(dict(state, version=CHECKPOINT_VERSION), tmp))
 
 
 def _literal(text: Any) -> Any:
@@ -73,7 +76,7 @@ def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
         state_dict_ema={k[len('module.'):]: v for k, v in ema.items()} if ema else None,
         amp_scaler=state.get('scaler'), epoch=state['epoch'], best=state['best'], arch=state['arch']['model'],
         model_args=state['arch'], args={k: _literal(v) for k, v in state.get('args', {}).items()},
-        run_id=None, dataset=None, format=CHECKPOINT_FORMAT)
+        run_id=None, dataset=None, version=CHECKPOINT_VERSION)
 
 
 def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
@@ -87,8 +90,9 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e)}') from None
     if isinstance(state, dict) and 'model' in state and isinstance(state.get('arch'), dict):
         return _upgrade(state)
-    if not isinstance(state, dict) or state.get('format') != CHECKPOINT_FORMAT or 'model_args' not in state:
-        raise CheckpointError(f'{path} is not a timm-spa training checkpoint (format {CHECKPOINT_FORMAT}).')
+    if not isinstance(state, dict) or state.get('version') != CHECKPOINT_VERSION or 'model_args' not in state:
+        raise CheckpointError(f'{path} is not a timm-spa training checkpoint (version {CHECKPOINT_VERSION}).')
+    state.pop('format', None)  # a later 0.1.0 checkpoint's second key
     return state
 
 

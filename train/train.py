@@ -406,7 +406,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                     scheduler=scheduler.state_dict(),
                     state_dict_ema=ema.module.state_dict() if ema is not None else None,
                     amp_scaler=scaler.state_dict() if scaler is not None else None,
-                    epoch=epoch, arch=args.model, version=2, metric=val['top1'], best=best, model_args=arch,
+                    epoch=epoch, arch=args.model, metric=val['top1'], best=best, model_args=arch,
                     run_id=run_id, args=comparable(recorded), dataset=comparable(asdict(dataset)), parent=parent))
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "

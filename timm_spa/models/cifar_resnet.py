@@ -127,6 +127,18 @@ class CifarResNet(ResNet):
                 channels = self.feature_info[stage]['num_chs']
                 getattr(self, f'layer{stage}').append(attn_cls(channels, **attn_kwargs, **dd))
 
+    def init_weights(self, zero_init_last: bool = True) -> None:
+        """timm's initialisation, then each stage attention block's own `reset_parameters`.
+
+        timm's pass re-initialises every conv it finds, the attention blocks' included, and leaves their
+        norms as they are: called again on a trained model, a block would no longer start as the identity.
+        """
+        super().init_weights(zero_init_last=zero_init_last)
+        attn_classes = tuple(attn_layer_class(name) for name in STAGE_ATTN_LAYERS)
+        for module in self.modules():
+            if isinstance(module, attn_classes):
+                module.reset_parameters()
+
 
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 CIFAR100_CLASSES = (  # the fine labels, in label order
