@@ -21,7 +21,7 @@ from train.checkpoint import CheckpointError, load_weights, non_finite_tensors, 
 from train.run_dir import RESULTS, RUN_FILES, FinishedRun, RunDir, dump_json
 
 from .card import model_card
-from .repository import CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id
+from .repository import CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, current_umask
 
 
 def default_repo_id(finished: FinishedRun) -> str:
@@ -84,8 +84,7 @@ def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwri
     size = data.image_size
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
+    umask = current_umask()
     try:
         save_for_hf(
             model, staging,

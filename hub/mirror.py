@@ -152,18 +152,7 @@ class MirrorServer:
         # its own session: a Ctrl-C in the terminal reaches this process, which then stops olah itself
         self.proc = subprocess.Popen([str(cli), '-c', str(config)], cwd=self.workdir, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent, start_new_session=True)
-        deadline = time.time() + self.start_timeout
-        while time.time() < deadline:
-            try:
-                socket.create_connection(('127.0.0.1', olah_port), timeout=0.2).close()
-                break
-            except OSError:
-                if self.proc.poll() is not None:
-                    deadline = 0
-                time.sleep(0.1)
-        else:
-            deadline = 0
-        if not deadline:
+        if not self._wait_for(olah_port):
             self.__exit__()
             raise ServerError(f'olah did not start on port {olah_port} (config {config}); run `{cli} -c {config}` '
                               'to see why.')
@@ -173,6 +162,17 @@ class MirrorServer:
         self.gate.daemon_threads = True
         threading.Thread(target=self.gate.serve_forever, daemon=True).start()
         return self
+
+    def _wait_for(self, port: int) -> bool:
+        """Whether olah answers on `port` before the start timeout (False at once if it exits)."""
+        deadline = time.time() + self.start_timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            try:
+                socket.create_connection(('127.0.0.1', port), timeout=0.2).close()
+                return True
+            except OSError:
+                time.sleep(0.1)
+        return False
 
     def __exit__(self, *exc) -> None:
         if self.gate is not None:
@@ -250,12 +250,12 @@ def remove_stale_workdirs(root: Optional[Path] = None) -> List[Path]:
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass
+    return True  # it exists (PermissionError: it exists, under another user)
 
 
 def serve(releases: str, port: Optional[int] = None, workdir: Optional[str] = None) -> None:
@@ -279,8 +279,8 @@ def serve(releases: str, port: Optional[int] = None, workdir: Optional[str] = No
                 try:
                     while server.proc.poll() is None:
                         time.sleep(0.5)
-                except (Stop, KeyboardInterrupt) as e:
-                    print(f'stopping ({e or "SIGINT"})', flush=True)
+                except Stop as e:  # SIGINT included: the handler turns it into Stop
+                    print(f'stopping ({e})', flush=True)
                 else:
                     raise ServerError(f'olah exited with status {server.proc.returncode}.')
         except Stop as e:  # a signal while the mirror was built or the server started

@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Dict, Optional, Union
 
 from huggingface_hub import HfApi, get_token
-from huggingface_hub.utils.sha import sha_fileobj
 
 from timm_spa.models import HF_HUB_ORG
 from timm_spa.models.published import record_published
+from train.checkpoint import file_sha256
 
 from .card import with_history
 from .repository import (
@@ -37,16 +37,17 @@ from .repository import (
     RepositoryError,
     check_matches_tag,
     check_repo_id,
+    current_umask,
     read_history,
     read_repository,
     tagged_name,
 )
 
 
-def _git(cwd: Path, *args: str) -> str:
+def _git(cwd: Path, *args: str) -> None:
     env = dict(os.environ, GIT_AUTHOR_NAME='timm-spa', GIT_AUTHOR_EMAIL='timm-spa@localhost',
                GIT_COMMITTER_NAME='timm-spa', GIT_COMMITTER_EMAIL='timm-spa@localhost')
-    return subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True).stdout
+    subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
 
 
 def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
@@ -56,17 +57,12 @@ def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
                               f'files being published. Keep the exported folder outside {place}.')
 
 
-def _sha256(path: Path) -> str:
-    with open(path, 'rb') as f:
-        return sha_fileobj(f).hex()
-
-
-def _entry(repo: Repository) -> dict:
+def _entry(repo: Repository, weights_sha256: str) -> dict:
     """What the history keeps of a release that was replaced: which run, its numbers, which bytes."""
     r = repo.results
     return dict(run_id=r.run_id, test_top1=r.test_top1, test_top5=r.test_top5, val_top1=r.val_top1, epochs=r.epochs,
                 hardware=r.hardware, precision=r.precision['train'], git_commit=r.git_commit,
-                weights_sha256=_sha256(repo.folder / WEIGHTS), replaced_on=time.strftime('%Y-%m-%d'))
+                weights_sha256=weights_sha256, replaced_on=time.strftime('%Y-%m-%d'))
 
 
 def _published(target: Path, repo_id: str, replace: bool) -> Optional[Repository]:
@@ -95,7 +91,8 @@ def planned_files(repo: Repository, target: Path, repo_id: str, replace: bool) -
     files.pop(HISTORY, None)
     old = _published(target, repo_id, replace)
     history = read_history(target) if old is not None else []
-    if old is not None and _sha256(old.folder / WEIGHTS) != _sha256(repo.folder / WEIGHTS):
+    old_sha256 = file_sha256(old.folder / WEIGHTS) if old is not None else None
+    if old is not None and old_sha256 != file_sha256(repo.folder / WEIGHTS):
         if not replace:
             o, n = old.results, repo.results
             raise RepositoryError(
@@ -103,7 +100,7 @@ def planned_files(repo: Repository, target: Path, repo_id: str, replace: bool) -
                 f'{o.test_top1:.2f}); {repo.folder} holds run {n.run_id}, test top-1 {n.test_top1:.2f}. Nothing was '
                 'changed: a published name keeps its weights. Pass --replace to replace them on purpose (the old '
                 'release is kept in its history), or push under another name.')
-        history = history + [_entry(old)]
+        history = history + [_entry(old, old_sha256)]
     files[HISTORY] = json.dumps(history, indent=2) + '\n'
     if CARD in files:
         files[CARD] = with_history(Path(files[CARD]).read_text(), history)
@@ -188,7 +185,7 @@ def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bo
     staging = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
     try:
         _write(files, staging)
-        os.chmod(staging, 0o777 & ~_umask())
+        os.chmod(staging, 0o777 & ~current_umask())
         if target.exists():
             old = target.with_name(f'.{target.name}.replaced')
             shutil.rmtree(old, ignore_errors=True)
@@ -200,12 +197,6 @@ def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bo
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return True
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:

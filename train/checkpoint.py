@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 import torch
+from huggingface_hub.utils.sha import sha_fileobj
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from timm.models import load_state_dict
@@ -94,6 +95,12 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
         raise CheckpointError(f'{path} is not a timm-spa training checkpoint (version {CHECKPOINT_VERSION}).')
     state.pop('format', None)  # a later 0.1.0 checkpoint's second key
     return state
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    """SHA-256 of a file's bytes, hex (huggingface_hub's chunked hasher)."""
+    with open(path, 'rb') as f:
+        return sha_fileobj(f).hex()
 
 
 def weights_state(model: nn.Module) -> Dict[str, torch.Tensor]:

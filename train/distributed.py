@@ -24,10 +24,15 @@ class DistEnv:
         return self.rank == 0
 
 
+def launch_rank() -> int:
+    """This process's rank as torchrun set it (0 when not launched by torchrun)."""
+    return int(os.environ.get('RANK', 0))
+
+
 def init_distributed(device: str) -> DistEnv:
     """Read torchrun's environment; pick the device and the process group backend to match."""
     world_size = int(os.environ.get('WORLD_SIZE', 1))
-    rank, local_rank = int(os.environ.get('RANK', 0)), int(os.environ.get('LOCAL_RANK', 0))
+    rank, local_rank = launch_rank(), int(os.environ.get('LOCAL_RANK', 0))
     dev = torch.device(device)
     if dev.type == 'cuda':
         if not torch.cuda.is_available():

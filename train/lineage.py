@@ -6,7 +6,6 @@ repository folder, `hf-hub:ORG/NAME`, or a published `arch.tag`. The parent's re
 its epochs and hours, and its own parent's totals) goes into the run's `results.json` as `lineage`, so a
 card can state every epoch and hour behind its weights, not only the last run's.
 """
-import hashlib
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -14,18 +13,10 @@ from torch import nn
 
 from timm_spa.models import hub_repo_id, published_names
 
-from .checkpoint import CheckpointError, load_weights, weights_metadata
+from .checkpoint import CheckpointError, file_sha256, load_weights, weights_metadata
 from .run_dir import REPO_WEIGHTS, RESULTS, Results, RunDir, RunError
 
 HF_HUB_PREFIX = 'hf-hub:'
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def totals(results: Results) -> Tuple[int, float]:
@@ -79,7 +70,7 @@ def load_initial_checkpoint(model: nn.Module, spec: str, model_name: str) -> Dic
         load_weights(model, weights, model_name)
     except CheckpointError as e:
         raise CheckpointError(f'--initial-checkpoint {spec}: {e}') from None
-    parent: Dict[str, Any] = dict(source=spec, **where, weights_sha256=_sha256(weights))
+    parent: Dict[str, Any] = dict(source=spec, **where, weights_sha256=file_sha256(weights))
     if results is not None:
         epochs, seconds = totals(results)
         parent.update(run_id=results.run_id, model=results.model, dataset=results.dataset.label,

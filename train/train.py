@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import math
-import os
 import random
 import sys
 import time
@@ -43,7 +42,7 @@ from .checkpoint import (
 )
 from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
-from .distributed import barrier, cleanup, from_main, init_distributed
+from .distributed import barrier, cleanup, from_main, init_distributed, launch_rank
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .lineage import describe_parent, lineage_record, load_initial_checkpoint
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
@@ -264,7 +263,7 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         defaults = build_parser()
         given = {k for k, v in vars(args).items() if v != defaults.get_default(k)}
     run_dir = _output(args)
-    writer = int(os.environ.get('RANK', 0)) == 0  # under torchrun, rank 0 writes the run
+    writer = launch_rank() == 0  # under torchrun, rank 0 writes the run
     with run_dir.lock() if writer else contextlib.nullcontext():
         if writer:
             _check_free(args, run_dir)  # now that no other process can write here
