@@ -271,12 +271,12 @@ def serve(releases: str, port: Optional[int] = None, workdir: Optional[str] = No
                 (work / PID_FILE).write_text(str(os.getpid()))
             mirror = build_mirror(repos, work / 'mirror')
             with MirrorServer(mirror, work / 'olah', port=port) as server:
-                print(f'serving {len(repos)} repositories from {releases}:', flush=True)
-                for repo in repos:
-                    print(f'  {repo.folder.parent.name}/{repo.folder.name}', flush=True)
-                print(f'\nexport HF_ENDPOINT={server.endpoint}\n(Ctrl-C, SIGTERM or SIGHUP stops the server)',
-                      flush=True)
-                try:
+                try:  # from here on the server is up: a signal, even during the prints, stops a serving server
+                    print(f'serving {len(repos)} repositories from {releases}:', flush=True)
+                    for repo in repos:
+                        print(f'  {repo.folder.parent.name}/{repo.folder.name}', flush=True)
+                    print(f'\nexport HF_ENDPOINT={server.endpoint}\n(Ctrl-C, SIGTERM or SIGHUP stops the server)',
+                          flush=True)
                     while server.proc.poll() is None:
                         time.sleep(0.5)
                 except Stop as e:  # SIGINT included: the handler turns it into Stop
