@@ -5,7 +5,10 @@ from unittest import mock
 import pytest
 import torch
 
-from timm_spa.layers import SalientPositionsAttention, attention_kernel, resolve_num_positions, select_salient_positions
+from timm_spa.capture import capture_attention
+from timm_spa.layers import (
+    SalientPositionsAttention, attention_kernel, channel_affinity, resolve_num_positions, select_salient_positions,
+)
 from timm_spa.layers.spa import _scaled_gram
 
 
@@ -54,15 +57,15 @@ def _reference_for(block, x, scale):
         (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps), block.k, scale)
 
 
-# the forward has three evaluation orders: n > C' (W A Wg folded), and n <= C' (Eq. 7 as written)
-# with the fused attention kernel (n < C' / 4) or a materialised C' x C' softmax
-FOLDED, FUSED, MATERIALISED = (2, 8, 5, 6), (2, 64, 3, 3), (2, 16, 3, 4)
-PATH_SHAPES = [FOLDED, FUSED, MATERIALISED, (1, 80, 9, 8)]
+# A V runs in the fused attention kernel (n < C' / 4) or through a materialised C' x C' softmax;
+# MANY has more positions than channels (the early stages, large images)
+MANY, FUSED, MATERIALISED = (2, 8, 5, 6), (2, 64, 3, 3), (2, 16, 3, 4)
+PATH_SHAPES = [MANY, FUSED, MATERIALISED, (1, 80, 9, 8)]
 
 
-def test_path_shapes_cover_every_evaluation_order():
-    paths = [attention_kernel(s[2] * s[3], s[1]) for s in (FOLDED, FUSED, MATERIALISED)]
-    assert paths == ['folded', 'fused', 'materialised']
+def test_path_shapes_cover_every_kernel():
+    paths = [attention_kernel(s[2] * s[3], s[1]) for s in (MANY, FUSED, MATERIALISED)]
+    assert paths == ['materialised', 'fused', 'materialised']
 
 
 @pytest.mark.parametrize('attn_impl', ['fused', 'materialised'])
@@ -75,7 +78,7 @@ def test_forced_attention_kernel_matches_plain_equations(attn_impl, shape):
     x = torch.randn(*shape, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(block(x), _reference_for(block, x, 1.0), rtol=1e-10, atol=1e-10)
-    assert attention_kernel(9, 64, attn_impl) == attn_impl and attention_kernel(65, 64, attn_impl) == 'folded'
+    assert attention_kernel(9, 64, attn_impl) == attention_kernel(65, 64, attn_impl) == attn_impl
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with mock.patch('torch.nn.functional.scaled_dot_product_attention', side_effect=sdpa) as fused:
         block(x)
@@ -169,9 +172,9 @@ def test_k_ratio_is_adaptive():
     block = SalientPositionsAttention(8, k_ratio=4.0).double().eval()
     _randomize_norm(block)
     x = torch.randn(2, 8, 6, 6, dtype=torch.float64)
-    block.k = 9  # the reference reads block.k; 36 // 4 = 9
+    block.select.k = 9  # the reference reads block.k; 36 // 4 = 9
     expected = _reference_for(block, x, 1.0)
-    block.k = 2  # forward must ignore the fixed k when k_ratio is set
+    block.select.k = 2  # forward must ignore the fixed k when k_ratio is set
     with torch.no_grad():
         torch.testing.assert_close(block(x), expected)
 
@@ -214,11 +217,9 @@ def test_autocast_gives_finite_outputs_on_large_inputs(dtype, shape):
     _randomize_norm(block)
     block.train()
     x = torch.randn(*shape) * 1e3
-    with torch.autocast('cpu', dtype=dtype):
-        query, _ = block.project(x)
-        keys, _, _ = select_salient_positions(query, 2)
-        attn = block.affinity(keys)
+    with torch.autocast('cpu', dtype=dtype), capture_attention(block) as captures:
         out = block(x)
+    attn = torch.from_numpy(captures[0].arrays['affinity'])
     assert attn.dtype == torch.float32
     assert torch.isfinite(attn).all() and torch.isfinite(out).all()
     torch.testing.assert_close(attn.sum(-1), torch.ones(shape[0], shape[1]))
@@ -238,7 +239,7 @@ def test_half_precision_affinity_would_overflow():
     # why the affinity runs in float32: the same keys in float16 overflow to inf
     keys = torch.full((1, 4, 2), 300.0)
     assert not torch.isfinite(torch.bmm(keys.half(), keys.half().transpose(1, 2))).all()
-    assert torch.isfinite(SalientPositionsAttention(4).affinity(keys.half())).all()
+    assert torch.isfinite(channel_affinity(keys.half())).all()
 
 
 def test_parameter_layout():

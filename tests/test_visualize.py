@@ -65,7 +65,7 @@ def test_salient_positions_are_the_selection_and_map_to_image_pixels(stage):
     handle.remove()
     (capture,) = captures
     with torch.no_grad():
-        _, indices, saliency = select_salient_positions(block.project(inputs[0])[0], 3)
+        _, indices, saliency = select_salient_positions(block.qv(inputs[0])[:, :block.rd_channels], 3)
     assert sorted(capture.arrays['indices'][0].tolist()) == sorted(indices[0].tolist())
     H, W = capture.feature_size
     assert (H, W) == (32 >> (stage - 1), 32 >> (stage - 1))
@@ -79,6 +79,38 @@ def test_salient_positions_are_the_selection_and_map_to_image_pixels(stage):
             assert tuple(pixels[b, slot]) == ((row + 0.5) * stride, (col + 0.5) * stride)
     np.testing.assert_allclose(capture.arrays['saliency'], saliency.reshape(2, H, W).numpy(), rtol=1e-6)
     assert capture.arrays['affinity'].shape == (2, block.rd_channels, block.rd_channels)
+
+
+def _rebuilt_output(block, kind, x, arrays):
+    """The block's output from the captured attention and the block's own layers, as each paper defines it."""
+    B, C, H, W = x.shape
+    if kind == 'spa':  # X + BN(W (A V))
+        value = block.qv(x)[:, block.rd_channels:].flatten(2)
+        mixed = torch.bmm(torch.from_numpy(arrays['affinity']), value).reshape(B, -1, H, W)
+        return x + block.norm(block.proj(mixed))
+    if kind == 'nl':  # X + BN(Wz (A g(X)))
+        g = block.g(x).flatten(2).transpose(1, 2)
+        mixed = torch.bmm(torch.from_numpy(arrays['affinity']), g).transpose(1, 2).reshape(B, -1, H, W)
+        return x + block.norm(block.z(mixed))
+    context = (x * torch.from_numpy(arrays['mask']).unsqueeze(1)).sum(dim=(2, 3), keepdim=True)  # GC
+    return x + block.mlp_add(context)
+
+
+@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet50_spa'])
+def test_captured_attention_is_what_the_forward_used(name):
+    """Rebuilding each block's output from what was captured gives the output the block computed: if timm (or
+    we) change a block's forward, the hooks read the wrong tensors and this fails."""
+    model = _active(timm.create_model(name, attn_stages=(2, 4)))
+    seen = {}
+    handles = [block.register_forward_hook(lambda m, i, o, name=block_name: seen.__setitem__(name, (i[0], o)))
+               for block_name, block, _ in attention_blocks(model)]
+    with torch.no_grad(), capture_attention(model) as captures:
+        model(torch.randn(2, 3, 32, 32))
+        for capture, (_, block, kind) in zip(captures, attention_blocks(model), strict=True):
+            x, out = seen[capture.name]
+            torch.testing.assert_close(_rebuilt_output(block, kind, x, capture.arrays), out, rtol=1e-4, atol=1e-4)
+    for handle in handles:
+        handle.remove()
 
 
 def test_position_to_image_for_non_square_strides():

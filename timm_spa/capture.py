@@ -5,9 +5,11 @@
     for block in captures:          # one AttentionCapture per attention block, in forward order
         block.kind, block.name, block.stride, block.arrays.keys()
 
-Forward hooks read each block's input and recompute its internals with the block's own functions
-(`SalientPositionsAttention.project`, `select_salient_positions`, `affinity`; NonLocalAttn's theta/phi;
-GlobalContext's mask) without autograd; they return nothing, so the model's outputs are unchanged.
+Forward hooks on the blocks' own submodules record what the forward pass computed: SPA's `select`
+(the keys, positions and saliency it chose), non-local's theta and phi convs (`t`, `p`), global
+context's `conv_attn`. The hooks return nothing, so the model's outputs are unchanged. Only the last
+softmax is formed here from those tensors, since the blocks' fused kernels never store it:
+softmax(K K^T * scale) for SPA, softmax(theta^T phi * scale) for NL, softmax over positions for GC.
 
 - SPA: `indices` (B, k) of the selected salient positions, `positions` (B, k, 2) their (row, col) in
   the feature map, `saliency` (B, H, W) squared norms, `affinity` (B, C', C').
@@ -16,14 +18,14 @@ GlobalContext's mask) without autograd; they return nothing, so the model's outp
 """
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Tuple
+from typing import Any, Dict, Iterator, List, Tuple
 
 import numpy as np
 import torch
 from timm.layers import GlobalContext, NonLocalAttn
 from torch import nn
 
-from .layers import SalientPositionsAttention, select_salient_positions
+from .layers import SalientPositionsAttention, channel_affinity
 
 __all__ = ['AttentionCapture', 'attention_blocks', 'capture_attention', 'position_to_image']
 
@@ -62,37 +64,43 @@ def attention_blocks(model: nn.Module) -> List[Tuple[str, nn.Module, str]]:
     return found
 
 
-@torch.no_grad()
-def _spa(block: SalientPositionsAttention, x: torch.Tensor) -> Dict[str, np.ndarray]:
+# the submodules each kind is read from; a block's own forward hook then turns their outputs into arrays
+TAPS = {'spa': ('select',), 'nl': ('t', 'p'), 'gc': ('conv_attn',)}
+
+
+def _spa(block: SalientPositionsAttention, x: torch.Tensor, taps: Dict[str, Any]) -> Dict[str, np.ndarray]:
     B, _, H, W = x.shape
-    query, _ = block.project(x)
-    keys, indices, saliency = select_salient_positions(query, block.num_positions(H, W))
+    keys, indices, saliency = taps['select']
     rows, cols = indices // W, indices % W
     return dict(indices=indices.cpu().numpy(), positions=torch.stack([rows, cols], -1).cpu().numpy(),
                 saliency=saliency.reshape(B, H, W).float().cpu().numpy(),
-                affinity=block.affinity(keys).float().cpu().numpy())
+                affinity=channel_affinity(keys, block.scale).float().cpu().numpy())
 
 
-@torch.no_grad()
-def _nl(block: NonLocalAttn, x: torch.Tensor) -> Dict[str, np.ndarray]:
-    # timm's NonLocalAttn.forward: softmax(theta(x)^T phi(x) * scale) over the keys
+def _nl(block: NonLocalAttn, x: torch.Tensor, taps: Dict[str, Any]) -> Dict[str, np.ndarray]:
     B = x.shape[0]
-    t = block.t(x).reshape(B, block.t.out_channels, -1).transpose(1, 2).float()
-    p = block.p(x).reshape(B, block.p.out_channels, -1).float()
+    t = taps['t'].reshape(B, block.t.out_channels, -1).transpose(1, 2).float()
+    p = taps['p'].reshape(B, block.p.out_channels, -1).float()
     return dict(affinity=torch.softmax(torch.bmm(t, p) * block.scale, dim=2).cpu().numpy())
 
 
-@torch.no_grad()
-def _gc(block: GlobalContext, x: torch.Tensor) -> Dict[str, np.ndarray]:
+def _gc(block: GlobalContext, x: torch.Tensor, taps: Dict[str, Any]) -> Dict[str, np.ndarray]:
     B, _, H, W = x.shape
-    if block.conv_attn is None:
+    if 'conv_attn' not in taps:
         mask = torch.full((B, H, W), 1.0 / (H * W))  # use_attn=False: plain average pooling
     else:
-        mask = block.conv_attn(x).reshape(B, -1).float().softmax(dim=-1).reshape(B, H, W)
+        mask = taps['conv_attn'].reshape(B, -1).float().softmax(dim=-1).reshape(B, H, W)
     return dict(mask=mask.cpu().numpy())
 
 
-_RECOMPUTE = {'spa': _spa, 'nl': _nl, 'gc': _gc}
+ARRAYS = {'spa': _spa, 'nl': _nl, 'gc': _gc}
+
+
+def _keep_output(taps: Dict[str, Any], tap: str):
+    """A forward hook that stores its module's output (detached) as `taps[tap]`."""
+    def hook(_module, _inputs, output):
+        taps[tap] = tuple(t.detach() for t in output) if isinstance(output, tuple) else output.detach()
+    return hook
 
 
 @contextmanager
@@ -107,14 +115,20 @@ def capture_attention(model: nn.Module) -> Iterator[List[AttentionCapture]]:
             f'{type(model).__name__} has no SPA, non-local or global-context block to show. Models with one: '
             "resnet18_spa, resnet50_spa, resnet18_nl, resnet50_nl, resnet18_gc, resnet50_gc (any attn_stages).")
     captures: List[AttentionCapture] = []
+    handles = []
+    for name, block, kind in blocks:
+        taps: Dict[str, Any] = {}
+        for tap in TAPS[kind]:
+            module = getattr(block, tap, None)
+            if module is not None:  # GlobalContext(use_attn=False) has no conv_attn
+                handles.append(module.register_forward_hook(_keep_output(taps, tap)))
 
-    def hook(name, kind):
-        def record(module, inputs, output):
-            x = inputs[0]
-            captures.append(AttentionCapture(name, kind, tuple(x.shape[-2:]), arrays=_RECOMPUTE[kind](module, x)))
-        return record
-
-    handles = [module.register_forward_hook(hook(name, kind)) for name, module, kind in blocks]
+        def record(module, inputs, _output, name=name, kind=kind, taps=taps):
+            with torch.no_grad():
+                x = inputs[0]
+                captures.append(AttentionCapture(name, kind, tuple(x.shape[-2:]), ARRAYS[kind](module, x, taps)))
+            taps.clear()
+        handles.append(block.register_forward_hook(record))
     try:
         yield captures
     finally:

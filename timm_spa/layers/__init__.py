@@ -1,5 +1,6 @@
 from .spa import (
     ATTN_IMPLS,
+    SalientPositions,
     SalientPositionsAttention,
     attention_kernel,
     channel_affinity,
@@ -9,6 +10,6 @@ from .spa import (
 )
 
 __all__ = [
-    'ATTN_IMPLS', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity', 'channel_attention',
-    'resolve_num_positions', 'select_salient_positions',
+    'ATTN_IMPLS', 'SalientPositions', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity',
+    'channel_attention', 'resolve_num_positions', 'select_salient_positions',
 ]

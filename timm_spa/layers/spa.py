@@ -10,6 +10,9 @@ instead of non-local attention's O(n^2 C').
 Decisions where the paper is silent are taken in the project's SPEC (section 1): C' = C, no phi,
 logit scale 1.0 by default, zero-initialised last BN (identity at init), float32 affinity under
 autocast, no device handling inside the block.
+
+The block calls its own modules (`qv`, `select`, `proj`, `norm`), so forward hooks, timm's
+`AttentionExtract`, quantisation and module swaps (LoRA wrapping `nn.Conv2d`) see every step.
 """
 import math
 from contextlib import nullcontext
@@ -21,8 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
-    'ATTN_IMPLS', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity', 'channel_attention',
-    'resolve_num_positions', 'salient_positions_mix', 'select_keys', 'select_salient_positions',
+    'ATTN_IMPLS', 'SalientPositions', 'SalientPositionsAttention', 'attention_kernel', 'channel_affinity',
+    'channel_attention', 'resolve_num_positions', 'select_salient_positions',
 ]
 
 INV_CHANNELS = 'inv_channels'  # the `scale` value that selects Eq. 6's literal 1 / C'
@@ -115,17 +118,14 @@ ATTN_IMPLS = ('auto', 'fused', 'materialised')
 
 
 def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto') -> str:
-    """How the block computes W softmax(K K^T) V for n positions and C' inner channels.
+    """The kernel that computes softmax(K K^T) V for n positions and C' inner channels.
 
-    'folded' for n > C': (W A Wg) X, V is never formed. Otherwise A V runs either in SDPA's 'fused'
-    kernel, which never stores the C' x C' matrix but does about twice the products (the keys are
-    padded to n dimensions), or through a 'materialised' C' x C' softmax. On CPU the fused kernel
-    wins while n < C' / 4, where the matrix is large next to the products (`python -m
+    SDPA's 'fused' kernel never stores the C' x C' matrix but does about twice the products (the keys
+    are padded to n dimensions); the 'materialised' one forms the C' x C' softmax. On CPU the fused
+    kernel wins while n < C' / 4, where the matrix is large next to the products (`python -m
     benchmarks.attention_cost --tables kernels` measures both); 'auto' applies that rule, and
     `attn_impl` 'fused' or 'materialised' forces one kernel.
     """
-    if num_positions > channels:
-        return 'folded'
     if attn_impl == 'auto':
         return 'fused' if 4 * num_positions < channels else 'materialised'
     return attn_impl
@@ -176,47 +176,9 @@ def channel_attention(keys: torch.Tensor, value: torch.Tensor, scale: float = 1.
     return _outside_autocast(keys, value, scale, attn_impl)
 
 
-def select_keys(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, k: int,
-                k_ratio: float = 0.) -> Tuple[torch.Tensor, torch.Tensor]:
-    """K = theta(X)[:, idx] (Alg. 1, Eq. 5) and idx, with an autograd graph over k positions only.
-
-    `weight` (C', C, 1, 1) and `bias` (C') are theta's. Q over all n positions only ranks them (the
-    indices are constants), so it is computed without autograd; K is then recomputed as
-    theta(X[:, idx]), the same values, so that theta's backward touches k positions instead of n.
-    """
-    rd = weight.shape[0]
-    with torch.no_grad():
-        query = F.conv2d(x, weight, bias)
-    _, indices, _ = select_salient_positions(query, resolve_num_positions(x.shape[2] * x.shape[3], k, k_ratio))
-    picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, x.shape[1], -1))
-    keys = torch.matmul(weight.reshape(rd, -1), picked) + bias.unsqueeze(-1)
-    return keys, indices
-
-
-def salient_positions_mix(x: torch.Tensor, qv_weight: torch.Tensor, qv_bias: torch.Tensor,
-                          proj_weight: torch.Tensor, k: int, k_ratio: float = 0., scale: float = 1.0,
-                          attn_impl: str = 'auto') -> torch.Tensor:
-    """W softmax(K K^T * scale) V for input X (B, C, H, W): the SPA block's branch before its norm.
-
-    `qv_weight` (2C', C, 1, 1) and `qv_bias` (2C') are theta and g stacked; `proj_weight` is W.
-    Its branches depend on the input's shape, so FX tracing keeps it as one call (`torch.fx.wrap`).
-    """
-    B, C, H, W = x.shape
-    rd = proj_weight.shape[1]
-    keys, _ = select_keys(x, qv_weight[:rd], qv_bias[:rd], k, k_ratio)
-    g_weight, g_bias = qv_weight[rd:], qv_bias[rd:]
-    if H * W <= rd:
-        # few positions: Eq. 7 as written, then W
-        value = F.conv2d(x, g_weight, g_bias).flatten(2)
-        mixed = channel_attention(keys, value, scale, attn_impl).to(value.dtype).reshape(B, rd, H, W)
-        return F.conv2d(mixed, proj_weight)
-    # many positions: W A V = (W A Wg) X + W A bg, so V is never computed over the n positions
-    # and one C x C GEMM replaces three (g, A V, W)
-    attn = channel_affinity(keys, scale).to(keys.dtype)
-    mix = torch.matmul(proj_weight.reshape(C, rd).to(attn.dtype), attn)  # W A: (B, C, C')
-    g_weight, g_bias = g_weight.reshape(rd, C).to(attn.dtype), g_bias.to(attn.dtype)
-    out = torch.baddbmm(torch.matmul(mix, g_bias).unsqueeze(-1), torch.matmul(mix, g_weight), x.flatten(2))
-    return out.reshape(B, C, H, W)
+def _select_in(query: torch.Tensor, k: int, k_ratio: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # the count depends on the input's size: one opaque call in FX graphs (torch.fx.wrap below)
+    return select_salient_positions(query, resolve_num_positions(query.shape[-2] * query.shape[-1], k, k_ratio))
 
 
 def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -235,7 +197,27 @@ def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
 # shape checks and shape-dependent branches: one opaque call each in FX graphs (torchvision's
 # create_feature_extractor, timm's FX features), so the block traces and still checks its input
 torch.fx.wrap('check_spa_input')
-torch.fx.wrap('salient_positions_mix')
+torch.fx.wrap('_select_in')
+torch.fx.wrap('channel_attention')
+
+
+class SalientPositions(nn.Module):
+    """Salient Positions Selection (Alg. 1) as a module, so that forward hooks see what a block selected.
+
+    Returns (keys, indices, saliency) as `select_salient_positions` does, for the k positions (or
+    max(1, N // k_ratio) when `k_ratio` > 0) of the (B, C', H, W) queries with the largest squared norm.
+    """
+
+    def __init__(self, k: int = 2, k_ratio: float = 0.):
+        super().__init__()
+        self.k = k
+        self.k_ratio = float(k_ratio)  # 0 = fixed k; a float attribute keeps TorchScript happy
+
+    def extra_repr(self) -> str:
+        return f'k_ratio={self.k_ratio}' if self.k_ratio > 0 else f'k={self.k}'
+
+    def forward(self, query: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return _select_in(query, self.k, self.k_ratio)
 
 
 class SalientPositionsAttention(nn.Module):
@@ -250,9 +232,8 @@ class SalientPositionsAttention(nn.Module):
         rd_divisor: C' is rounded to a multiple of this.
         scale: affinity logit scale; a float (1.0 as in the authors' code) or 'inv_channels' for 1 / C'.
         norm_layer: normalisation after the output projection; its weight starts at zero.
-        attn_impl: kernel for softmax(K K^T) V when the input has at most C' positions: 'auto' (the
-            faster one as measured on CPU), 'fused' (SDPA's kernel: never stores the C' x C' matrix) or
-            'materialised'. With more positions the block always uses the folded order (W A Wg) X.
+        attn_impl: kernel for softmax(K K^T) V: 'auto' (the faster one for the input's size, as
+            measured on CPU), 'fused' (SDPA's kernel: never stores the C' x C' matrix) or 'materialised'.
     """
 
     def __init__(
@@ -292,12 +273,11 @@ class SalientPositionsAttention(nn.Module):
 
         self.in_channels = in_channels
         self.rd_channels = rd_channels
-        self.k = k
-        self.k_ratio = float(k_ratio or 0.)  # 0 = fixed k; a float attribute keeps TorchScript happy
         self.scale = float(scale)
         self.attn_impl = attn_impl
         # theta (Eq. 3) and g (Eq. 4) as one conv: output channels [0, C') are Q, [C', 2C') are V
         self.qv = nn.Conv2d(in_channels, 2 * rd_channels, kernel_size=1, bias=True, **dd)
+        self.select = SalientPositions(k, k_ratio or 0.)
         self.proj = nn.Conv2d(rd_channels, in_channels, kernel_size=1, bias=False, **dd)
         self.norm = norm_layer(in_channels, **dd)
         self.reset_parameters()
@@ -312,29 +292,27 @@ class SalientPositionsAttention(nn.Module):
         nn.init.zeros_(self.norm.bias)
 
     def extra_repr(self) -> str:
-        k = f'k_ratio={self.k_ratio}' if self.k_ratio > 0 else f'k={self.k}'
-        return f'{self.in_channels}, rd_channels={self.rd_channels}, {k}, scale={self.scale:g}'
+        return f'{self.in_channels}, rd_channels={self.rd_channels}, scale={self.scale:g}, attn_impl={self.attn_impl}'
+
+    __jit_unused_properties__ = ['k', 'k_ratio']
+
+    @property
+    def k(self) -> int:
+        """Salient positions per image (the selection module's)."""
+        return self.select.k
+
+    @property
+    def k_ratio(self) -> float:
+        """0 for a fixed k, else k = max(1, H * W // k_ratio)."""
+        return self.select.k_ratio
 
     def num_positions(self, height: int, width: int) -> int:
         """Salient positions selected for an input of this spatial size."""
         return resolve_num_positions(height * width, self.k, self.k_ratio)
 
-    def project(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Q = theta(X) and V = g(X) (Eq. 3, 4) as (B, C', N), from one fused 1x1 convolution."""
-        query, value = self.qv(x).flatten(2).split(self.rd_channels, dim=1)
-        return query, value
-
-    def affinity(self, keys: torch.Tensor) -> torch.Tensor:
-        """A = softmax(K K^T * scale) (Eq. 6), (B, C', C') in float32, autocast or not."""
-        return channel_affinity(keys, self.scale)
-
-    def _qv_bias(self) -> torch.Tensor:
-        bias = self.qv.bias
-        assert bias is not None  # built with bias=True; the assert narrows Optional for TorchScript
-        return bias
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_spa_input(x, self.in_channels)
-        out = salient_positions_mix(x, self.qv.weight, self._qv_bias(), self.proj.weight, self.k, self.k_ratio,
-                                    self.scale, self.attn_impl)
-        return x + self.norm(out)
+        query, value = self.qv(x).chunk(2, dim=1)  # Q = theta(X), V = g(X): (B, C', H, W) each
+        keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
+        mixed = channel_attention(keys, value.flatten(2), self.scale, self.attn_impl)  # A V in float32
+        return x + self.norm(self.proj(mixed.to(value.dtype).view_as(value)))
