@@ -33,6 +33,7 @@ from torch import nn
 
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
+from train.engine import train_step
 from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype
 from train.report import hardware, software
 
@@ -184,20 +185,16 @@ def _model_rates(names: List[str], size: int, args, device: torch.device) -> Dic
     x = torch.randn(args.model_batch, 3, size, size, device=device)
     target = torch.randint(0, 10, (args.model_batch,), device=device)
 
-    def train_step(name):
-        model, opt = models[name].train(), optimizers[name]
-        opt.zero_grad(set_to_none=True)
-        with autocast_context(device, args.amp_dtype):
-            loss = nn.functional.cross_entropy(model(x), target)
-        loss.backward()
-        opt.step()
+    def step(name):
+        train_step(models[name].train(), x, target, optimizers[name], nn.functional.cross_entropy, device,
+                   args.amp_dtype)
 
     @torch.no_grad()
     def infer(name):
         with autocast_context(device, args.amp_dtype):
             models[name].eval()(x)
 
-    train = median_times({n: partial(train_step, n) for n in names}, args.repeats, args.warmup, device)
+    train = median_times({n: partial(step, n) for n in names}, args.repeats, args.warmup, device)
     test = median_times({n: partial(infer, n) for n in names}, args.repeats, args.warmup, device)
     return {n: dict(train_img_s=args.model_batch / train[n], infer_img_s=args.model_batch / test[n]) for n in names}
 

@@ -16,6 +16,23 @@ def test_peak_memory_is_measured_from_allocations():
     assert 3 << 20 <= peak < 4 << 20
 
 
+def test_times_are_medians_of_interleaved_rounds(monkeypatch):
+    """Every candidate runs `warmup` untimed calls, then one timed call per round, in turn; the median of the
+    timed calls is reported. A fake clock that each call advances by a known amount checks exactly that."""
+    clock, calls = [0.0], []
+    durations = {'a': iter([9.0, 9.0, 3.0, 1.0, 2.0]), 'b': iter([9.0, 9.0, 10.0, 30.0, 20.0])}
+
+    def fn(name):
+        calls.append(name)
+        clock[0] += next(durations[name])
+
+    monkeypatch.setattr(attention_cost.time, 'perf_counter', lambda: clock[0])
+    times = attention_cost.median_times({'a': lambda: fn('a'), 'b': lambda: fn('b')}, repeats=3, warmup=2,
+                                        device=torch.device('cpu'))
+    assert times == {'a': 2.0, 'b': 20.0}
+    assert calls == ['a', 'b'] * 5
+
+
 @pytest.mark.slow
 def test_tiny_run_has_every_row(tmp_path):
     report = attention_cost.main(['--tiny', '--output', str(tmp_path)])
@@ -28,17 +45,25 @@ def test_tiny_run_has_every_row(tmp_path):
     assert set(block) == {(c, h, b) for c, h, _ in attention_cost.BLOCK_SHAPES for b in attention_cost.BLOCKS}
     for row in block.values():
         assert row['time_ms'] > 0 and row['peak_extra_mib'] > 0
-    for c, h, _ in attention_cost.BLOCK_SHAPES:
-        spa = block[(c, h, 'spa')]
-        assert {'time_vs_spa_naive', 'time_vs_nl', 'memory_vs_nl'} <= set(spa)
+    for c, h, _ in attention_cost.BLOCK_SHAPES:  # each ratio is the quotient of the rows measured beside it
+        spa, naive, nl = block[(c, h, 'spa')], block[(c, h, 'spa_naive')], block[(c, h, 'nl')]
+        assert spa['time_vs_spa_naive'] == pytest.approx(spa['time_ms'] / naive['time_ms'])
+        assert spa['time_vs_nl'] == pytest.approx(spa['time_ms'] / nl['time_ms'])
+        assert spa['memory_vs_nl'] == pytest.approx(spa['peak_extra_mib'] / nl['peak_extra_mib'])
+    table = (tmp_path / 'attention_cost_cpu_tiny.md').read_text()
+    assert all(f"| {r['channels']}x{r['height']}x{r['width']} | {r['block']} | {r['time_ms']:.2f} |" in table
+               for r in saved['block'])
 
     scaling = {(r['height'], r['block']) for r in saved['scaling']}
     assert scaling == {(s, b) for s in (8, 16, 32) for b in ('spa', 'nl')}
 
     models = {(r['model'], r['size']) for r in saved['models']}
     assert models == {(m, s) for m in attention_cost.MODELS for s in attention_cost.MODEL_SIZES}
-    for row in saved['models']:
-        assert row['train_img_s'] > 0 and row['infer_img_s'] > 0 and row['train_time_vs_baseline'] > 0
+    rates = {(r['model'], r['size']): r for r in saved['models']}
+    for (model, size), row in rates.items():
+        base = rates[(model.split('_')[0] + '_cifar', size)]
+        assert row['train_time_vs_baseline'] == pytest.approx(base['train_img_s'] / row['train_img_s'])
+        assert row['infer_time_vs_baseline'] == pytest.approx(base['infer_img_s'] / row['infer_img_s'])
     assert saved['meta']['torch'] == torch.__version__
 
     kernels = {(r['channels'], r['positions']): r for r in saved['kernels']}

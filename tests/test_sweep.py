@@ -143,6 +143,12 @@ def test_dry_run_lists_and_estimates_without_training(tmp_path, capsys):
     runs = _sweep(out, '--dry-run')
     printed = capsys.readouterr().out
     assert len(runs) == 4 and printed.count(' new  ~') == 4 and 'estimated time for the 4 runs' in printed
+    costs = {}  # a cell is timed once: its seeds cost the same, and the total is their sum
+    for line in printed.splitlines():
+        if ' new  ~' in line:
+            folder, cost = line.split(' new  ~')
+            costs.setdefault(Path(folder.strip()).parent.name, set()).add(cost)
+    assert len(costs) == 2 and all(len(c) == 1 for c in costs.values())
     assert not out.exists()
 
 

@@ -2,7 +2,7 @@
 import math
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 from torch import nn
@@ -20,6 +20,35 @@ def _progress(loader, desc: str, enabled: bool):
         return loader
     from tqdm import tqdm
     return tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, file=sys.stderr)
+
+
+def train_step(
+        model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer, loss_fn: Callable,
+        device: torch.device, amp_dtype: Optional[str] = None, scaler: Optional[torch.amp.GradScaler] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step (forward under autocast, backward, optimizer step; a GradScaler for CUDA
+    float16): the step that training, the sweep's cost estimate and the benchmarks all time. Returns
+    (logits, loss)."""
+    with autocast_context(device, amp_dtype):
+        try:
+            logits = model(images)
+        except ValueError as e:
+            if 'Expected more than 1 value per channel' not in str(e):
+                raise
+            raise ValueError(
+                f'a training batch of {images.shape[0]} image(s) of {images.shape[-2]}x{images.shape[-1]} reaches '
+                'a 1x1 feature map, where BatchNorm sees one value per channel and cannot train. Use a larger '
+                '-b (at least 2 images per process) or a larger --img-size.') from None
+        loss = loss_fn(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return logits, loss
 
 
 def train_one_epoch(
@@ -44,25 +73,7 @@ def train_one_epoch(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         data_time += time.perf_counter() - end
-        with autocast_context(env.device, amp_dtype):
-            try:
-                logits = model(images)
-            except ValueError as e:
-                if 'Expected more than 1 value per channel' not in str(e):
-                    raise
-                raise ValueError(
-                    f'a training batch of {images.shape[0]} image(s) of {images.shape[-2]}x{images.shape[-1]} reaches '
-                    'a 1x1 feature map, where BatchNorm sees one value per channel and cannot train. Use a larger '
-                    '-b (at least 2 images per process) or a larger --img-size.') from None
-            loss = loss_fn(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            loss.backward()
-            optimizer.step()
+        logits, loss = train_step(model, images, targets, optimizer, loss_fn, env.device, amp_dtype, scaler)
         if ema is not None:
             ema.update(model)
         if scheduler is not None:

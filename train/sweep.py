@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -35,7 +35,8 @@ from . import train as train_cli
 from .cli import UsageError, add_debug_flag, message, run_cli
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
-from .precision import autocast_context, resolve_amp_dtype
+from .engine import train_step
+from .precision import resolve_amp_dtype
 from .run_dir import ARGS, RESULTS, RunDir, RunError, comparable, dump_json
 
 PROG = 'python -m train.sweep'
@@ -178,10 +179,11 @@ def status(run: dict) -> str:
     return 'interrupted' if folder.last.is_file() else 'new'
 
 
-def estimate_seconds(runs: List[dict], steps: int = 3) -> Dict[str, float]:
-    """Seconds per run of each cell, from `steps` training steps timed here (after one warm-up step) and the
-    data set's size: epochs x (train + validation images), plus the test split once."""
-    per_cell, timed = {}, {}
+def estimate_seconds(runs: List[dict], steps: int = 2) -> Iterator[Tuple[dict, float]]:
+    """(run, seconds) for each run as soon as its cell is timed: `steps` training steps of the run's own
+    batch, precision and memory format (after one warm-up step), scaled by the data set's size: epochs x
+    (train + validation images), plus the test split once."""
+    timed = {}
     splits = None  # every run of a sweep trains on the same data
     for run in runs:
         a, cell = run['args'], run['cell']
@@ -191,24 +193,38 @@ def estimate_seconds(runs: List[dict], steps: int = 3) -> Dict[str, float]:
             size = a.img_size or splits.image_size
             device = torch.device(a.device)
             amp_dtype, _ = resolve_amp_dtype(a.amp, a.amp_dtype, device)
-            model = timm.create_model(a.model, num_classes=splits.num_classes, **a.model_kwargs).to(device)
+            model = timm.create_model(a.model, num_classes=splits.num_classes, **a.model_kwargs).to(device).train()
             optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
             x = torch.randn(a.batch_size, 3, size, size, device=device)
+            if a.channels_last:
+                model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
             y = torch.randint(0, splits.num_classes, (a.batch_size,), device=device)
             for i in range(steps + 1):
                 if i == 1:
                     start = time.perf_counter()
-                with autocast_context(device, amp_dtype):
-                    loss = torch.nn.functional.cross_entropy(model(x), y)
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
+                train_step(model, x, y, optimizer, torch.nn.functional.cross_entropy, device, amp_dtype)
             per_image = (time.perf_counter() - start) / (steps * a.batch_size)
             counts = len(splits.train_indices), len(splits.val_indices), len(splits.test)
             # evaluation costs about a third of a training step per image
             timed[key] = per_image * (a.epochs * (counts[0] + counts[1] / 3) + counts[2] / 3)
-        per_cell[str(run['folder'])] = timed[key]
-    return per_cell
+        yield run, timed[key]
+
+
+def dry_run(runs: List[dict], states: List[str], header: str) -> None:
+    """List the runs, each with its estimated cost as soon as it is timed (a slow CPU takes minutes a cell)."""
+    print(header, flush=True)
+    todo = [r for r, s in zip(runs, states, strict=True) if s != 'finished']
+    costs = estimate_seconds(todo)
+    total = 0.0
+    for run, state in zip(runs, states, strict=True):
+        cost = ''
+        if state != 'finished':
+            seconds = next(costs)[1]
+            total += seconds
+            cost = f'  ~{seconds / 3600:.2f} h'
+        print(f"  {run['folder']}  {state}{cost}", flush=True)
+    print(f'estimated time for the {len(todo)} runs not finished: {total / 3600:.1f} h on this machine '
+          '(timed training steps, random data; loading and logging not included)', flush=True)
 
 
 def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
@@ -216,14 +232,7 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
     runs = plan(cells, args, train_argv)
     states = [status(run) for run in runs]
     if args.dry_run:
-        seconds = estimate_seconds([r for r, s in zip(runs, states, strict=True) if s != 'finished'])
-        print(f'{len(runs)} runs ({len(cells)} cells x {args.seeds} seeds) in {args.output}:')
-        for run, state in zip(runs, states, strict=True):
-            cost = seconds.get(str(run['folder']))
-            print(f"  {run['folder']}  {state}" + (f'  ~{cost / 3600:.2f} h' if cost is not None else ''))
-        total = sum(seconds.values())
-        print(f'estimated time for the {len(seconds)} runs not finished: {total / 3600:.1f} h on this machine '
-              '(timed training steps, random data; loading and logging not included)')
+        dry_run(runs, states, f'{len(runs)} runs ({len(cells)} cells x {args.seeds} seeds) in {args.output}:')
         return runs
     out = Path(args.output)
     env = init_distributed(runs[0]['args'].device)  # under torchrun: one process group for every run
