@@ -97,3 +97,22 @@ def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 6, val: i
 @pytest.fixture
 def folder_data(tmp_path):
     return write_image_folders(tmp_path / 'data')
+
+
+# the recipe the training tests share: 16x16 images of `write_image_folders`, batch 8, no loader workers
+TINY_TRAIN = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8', '--workers', '0',
+              '--lr', '0.05', '--log-interval', '0', '--no-progress', '--model', 'resnet18_spa']
+
+
+def train_tiny(data: Path, out: Path, *extra: str) -> Path:
+    """`python -m train` with the tiny recipe on `data` into `out` (`extra` flags win); returns `out`."""
+    from train import train as train_script
+    assert train_script.main([*TINY_TRAIN, '--data-dir', str(data), '--output', str(out), *extra]) is not None
+    return out
+
+
+@pytest.fixture(scope='session')
+def tiny_run(tmp_path_factory) -> Path:
+    """One finished 1-epoch resnet18_spa run for the tests that only need a run: read it, copy it to change it."""
+    root = tmp_path_factory.mktemp('tiny-run')
+    return train_tiny(write_image_folders(root / 'data'), root / 'run', '--epochs', '1')

@@ -26,10 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'tests'))
+from conftest import TINY_TRAIN as TINY  # noqa: E402
 from conftest import write_image_folders  # noqa: E402
-
-TINY = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8', '--workers', '0', '--lr', '0.05',
-        '--log-interval', '0', '--no-progress', '--model', 'resnet18_spa']
 
 
 @dataclass

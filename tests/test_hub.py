@@ -18,7 +18,7 @@ from typing import Tuple
 import pytest
 import timm
 import torch
-from conftest import write_cifar
+from conftest import train_tiny, write_cifar
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -212,10 +212,8 @@ def test_profile_counts_macs_and_activations_of_a_plain_network():
 
 
 def test_export_keeps_attention_placement(folder_data, tmp_path):
-    run = tmp_path / 'run'
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_nl', '--output', str(run), '--model-kwargs', 'attn_stages=(1, 2)'])
+    run = train_tiny(folder_data, tmp_path / 'run', '--epochs', '1', '--model', 'resnet18_nl', '--model-kwargs',
+                     'attn_stages=(1, 2)')
     folder = export_run(str(run), str(tmp_path / 'repo'))
     assert json.loads((folder / 'config.json').read_text())['model_args']['attn_stages'] == [1, 2]
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
@@ -275,13 +273,9 @@ def test_export_overwrite_replaces_only_an_exported_repository(trained_run, tmp_
     assert (holder / 'a-run' / 'results.json').is_file()
 
 
-def test_push_refuses_a_run_under_another_tag(folder_data, tmp_path):
+def test_push_refuses_a_run_under_another_tag(tiny_run, tmp_path):
     """A 4-class 16x16 folder run cannot be published as resnet18_spa.cifar10 (or any tag it is not)."""
-    run = tmp_path / 'run'
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_spa', '--output', str(run)])
-    folder = export_run(str(run), str(tmp_path / 'repo'))
+    folder = export_run(str(tiny_run), str(tmp_path / 'repo'))
     record = tmp_path / 'published.json'
     for repo_id in (REPO_ID, 'someone/resnet18_spa.cifar100', 'timm-spa/resnet18_nl.cifar10'):
         with pytest.raises(RepositoryError, match=f'cannot be published as {repo_id}'):
@@ -380,10 +374,7 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
 @pytest.mark.slow
 def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys):
     from hub import demo
-    run = tmp_path / 'demo' / 'run'
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_gc', '--output', str(run), '--amp'])
+    run = train_tiny(folder_data, tmp_path / 'demo' / 'run', '--epochs', '1', '--model', 'resnet18_gc', '--amp')
     report = demo.publish_and_reload(str(run), tmp_path / 'demo')
     results = json.loads((run / 'results.json').read_text())
     assert (report['top1'], report['top5']) == (results['test_top1'], results['test_top5'])
@@ -394,22 +385,17 @@ def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys
 
 
 def _second_run(folder_data: Path, out: Path) -> Path:
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_spa', '--output', str(out), '--seed', '7'])
-    return out
+    return train_tiny(folder_data, out, '--epochs', '1', '--seed', '7')
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('where', ['releases', 'mirror'])
-def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tmp_path, capsys, where):
+def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tiny_run, tmp_path, capsys,
+                                                                      where):
     """Pushing other weights under a published name is refused; `--replace` replaces them and the history (file
     and card) keeps the replaced release; pushing the same content again changes nothing."""
     first = export_run(str(_second_run(folder_data, tmp_path / 'run1')), str(tmp_path / 'repo1'))
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_spa', '--output', str(tmp_path / 'run2')])
-    second = export_run(str(tmp_path / 'run2'), str(tmp_path / 'repo2'))
+    second = export_run(str(tiny_run), str(tmp_path / 'repo2'))
     dest = tmp_path / where
     target = dest / ('models' if where == 'mirror' else '') / 'timm-spa' / 'resnet18_spa.folder'
     push = ['push', '--' + where, str(dest)]

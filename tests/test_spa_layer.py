@@ -7,7 +7,11 @@ import torch
 
 from timm_spa.capture import capture_attention
 from timm_spa.layers import (
-    SalientPositionsAttention, attention_kernel, channel_affinity, resolve_num_positions, select_salient_positions,
+    SalientPositionsAttention,
+    attention_kernel,
+    channel_affinity,
+    resolve_num_positions,
+    select_salient_positions,
 )
 from timm_spa.layers.spa import _scaled_gram
 

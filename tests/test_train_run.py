@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_TRAIN as TINY
+from conftest import train_tiny
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -24,14 +26,10 @@ from train.checkpoint import load_training_state
 from train.run_dir import BEST, LAST, RunDir, RunError
 
 ROOT = Path(__file__).resolve().parent.parent
-TINY = ['--dataset', 'folder', '--img-size', '16', '-b', '8', '--val-size', '8', '--workers', '0',
-        '--lr', '0.05', '--log-interval', '0', '--no-progress', '--model', 'resnet18_spa']
 
 
 def _run(data, out, *extra):
-    result = train_script.main(TINY + ['--data-dir', str(data), '--output', str(out), *extra])
-    assert result is not None
-    return json.loads((out / 'results.json').read_text())
+    return json.loads((train_tiny(data, out, *extra) / 'results.json').read_text())
 
 
 def _fails(capsys, argv, code=2):

@@ -193,13 +193,8 @@ def test_number_of_images_must_be_positive(tmp_path, capsys):
     assert '--num-images 0 must be at least 1' in err
 
 
-def test_run_directory_gives_model_weights_and_data(folder_data, tmp_path):
-    from train import train as train_script
-    run = tmp_path / 'run'
-    train_script.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--img-size', '16', '-b', '8',
-                       '--val-size', '8', '--epochs', '1', '--workers', '0', '--log-interval', '0', '--no-progress',
-                       '--model', 'resnet18_spa', '--output', str(run)])
-    result = visualize(parse_args(['--run', str(run), '--num-images', '2', '--output', str(tmp_path / 'f.png')]))
+def test_run_directory_gives_model_weights_and_data(tiny_run, tmp_path):
+    result = visualize(parse_args(['--run', str(tiny_run), '--num-images', '2', '--output', str(tmp_path / 'f.png')]))
     assert result['images'].shape == (2, 16, 16, 3) and len(result['class_names']) == 4
     assert all(label in range(4) for label in result['labels'])
 

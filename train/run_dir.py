@@ -333,6 +333,20 @@ class FinishedRun:
     run_dir: RunDir
     results: Results
 
+    def fill_unset(self, target: Any, data: bool = True) -> None:
+        """Set each field of `target` that is unset (None or {}) to what this run recorded: its model and
+        model kwargs, its chosen weights as `checkpoint`, its image size and, with `data`, its data set and
+        validation split (for tools that evaluate or draw a run; explicit values are left alone)."""
+        results = self.results
+        recorded = dict(model=results.model, model_kwargs=dict(results.model_args['model_kwargs']),
+                        checkpoint=str(self.run_dir.best), img_size=results.dataset.image_size)
+        if data:
+            recorded.update(dataset=results.dataset.name, data_dir=results.args.get('data_dir'),
+                            val_size=results.dataset.val_images, val_split_seed=results.dataset.val_split_seed)
+        for key, value in recorded.items():
+            if getattr(target, key) in (None, {}):
+                setattr(target, key, value)
+
 
 def _refuse_constant(name: str) -> None:
     raise ValueError(f'{name} is not a JSON number')

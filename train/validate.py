@@ -54,23 +54,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _from_run(args: argparse.Namespace) -> None:
-    """Fill model, data and weights from a finished run's results, leaving explicit flags alone."""
-    finished = RunDir(args.run).read_finished(check_checkpoint=False)
-    results, trained = finished.results, finished.results.args
-    args.model = args.model or results.model
-    args.model_kwargs = args.model_kwargs or results.model_args['model_kwargs']
-    args.checkpoint = args.checkpoint or str(finished.run_dir.best)
-    args.dataset = args.dataset or results.dataset.name
-    args.data_dir = args.data_dir or trained.get('data_dir')
-    args.val_size = args.val_size or results.dataset.val_images
-    args.val_split_seed = results.dataset.val_split_seed if args.val_split_seed is None else args.val_split_seed
-    args.img_size = args.img_size or results.dataset.image_size
-
-
 def validate(args: argparse.Namespace) -> dict:
     if args.run:
-        _from_run(args)
+        RunDir(args.run).read_finished(check_checkpoint=False).fill_unset(args)
     if not args.model or not args.dataset:
         raise UsageError('name a --model and a --dataset (or a --run directory that records both).')
     if args.batch_size < 1 or args.workers < 0 or (args.img_size is not None and args.img_size < 1):

@@ -40,6 +40,7 @@ class Request:
     data_dir: Optional[str] = None
     split: str = 'test'
     val_size: Optional[int] = None
+    val_split_seed: Optional[int] = None
     num_images: int = 4
     seed: int = 0
     img_size: Optional[int] = None
@@ -53,19 +54,6 @@ def parse_query(text: str) -> Tuple[int, int]:
     except ValueError:
         raise UsageError(f'--query {text!r} must be ROW,COL in feature-map cells, e.g. 3,4.') from None
     return row, col
-
-
-def _from_run(req: Request) -> None:
-    finished = RunDir(req.run).read_finished(check_checkpoint=False)
-    results = finished.results
-    req.model = req.model or results.model
-    req.model_kwargs = req.model_kwargs or dict(results.model_args['model_kwargs'])
-    req.checkpoint = req.checkpoint or str(finished.run_dir.best)
-    if not req.images:
-        req.dataset = req.dataset or results.dataset.name
-        req.data_dir = req.data_dir or results.args.get('data_dir')
-        req.val_size = req.val_size or results.dataset.val_images
-    req.img_size = req.img_size or results.dataset.image_size
 
 
 def _unnormalise(batch: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
@@ -103,14 +91,16 @@ def _file_images(req: Request, model):
 def draw_attention(req: Request) -> dict:
     """Run the model on the images with its attention captured; write the PNG and the .npz beside it."""
     if req.run:
-        _from_run(req)
+        RunDir(req.run).read_finished(check_checkpoint=False).fill_unset(req, data=not req.images)
     if not req.model:
         raise UsageError('name a --model, or a finished --run directory.')
     if not req.images and not req.dataset:
         raise UsageError('give --images FILE ... or --dataset NAME (with --data-dir) to draw images from.')
     if req.num_images < 1:
         raise UsageError(f'--num-images {req.num_images} must be at least 1.')
-    splits = load_dataset(req.dataset, req.data_dir, req.val_size) if req.dataset and not req.images else None
+    splits = None
+    if req.dataset and not req.images:
+        splits = load_dataset(req.dataset, req.data_dir, req.val_size, req.val_split_seed or 0)
     kwargs = dict(req.model_kwargs, **({'num_classes': splits.num_classes} if splits else {}))
     model = timm.create_model(req.model, pretrained=req.pretrained, **kwargs).eval()
     if req.checkpoint:
