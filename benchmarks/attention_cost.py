@@ -35,7 +35,7 @@ from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
 from train.engine import train_step
 from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype
-from train.report import hardware, software
+from train.report import hardware, pyplot, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
 BLOCKS = ('spa', 'spa_naive', 'nl', 'gc')
@@ -307,9 +307,7 @@ def markdown_tables(report: dict) -> str:
 def plot_scaling(report: dict, path: Path) -> None:
     if not report['scaling']:
         return
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for kind, style in (('spa', 'o-'), ('nl', 's--')):
         rows = [r for r in report['scaling'] if r['block'] == kind and 'time_ms' in r]

@@ -1,5 +1,6 @@
 """Capturing attention internals, and the pictures made from them."""
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,9 @@ from timm_spa.layers import SalientPositionsAttention, select_salient_positions
 from visualize.__main__ import main as visualize_main
 from visualize.__main__ import parse_args, request
 from visualize.figure import draw_attention
+from visualize.render import figure, top_columns
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def visualize(args):
@@ -201,3 +205,30 @@ def test_run_directory_gives_model_weights_and_data(tiny_run, tmp_path):
 
 def test_spa_block_type_is_captured_for_any_subclass():
     assert [k for _, _, k in attention_blocks(SalientPositionsAttention(8))] == ['spa']
+
+
+def test_affinity_panels_show_the_columns_that_carry_the_attention():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 64))
+    logits[:, [5, 9]] += 4  # two columns every row attends to
+    matrix = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    top, share = top_columns(matrix, count=8)
+    means = matrix.mean(axis=0)
+    assert set(top[:2]) == {5, 9} and list(top) == sorted(range(64), key=lambda c: -means[c])[:8]
+    assert share == pytest.approx(sum(means[c] for c in top) / means.sum())
+
+
+def test_figure_title_panel_titles_and_colour_bars_do_not_overlap(tmp_path):
+    """The demo's ten images: with tight_layout the figure title ran into the first row's panel titles."""
+    images = sorted(str(p) for p in (ROOT / 'docs' / 'demo-images').glob('*.png'))
+    result = visualize(parse_args(['--model', 'resnet18_spa', '--images', *images, '--output',
+                                   str(tmp_path / 'f.png')]))
+    fig = figure(result)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    boxes = [ax.title.get_window_extent(renderer) for ax in fig.axes if ax.get_title()]
+    assert len(images) == 10 and boxes and not any(title.overlaps(box) for box in boxes)
+    panels_and_bars = [ax.get_window_extent(renderer) for ax in fig.axes]
+    assert len(panels_and_bars) == 10 * 3 + 10  # image, saliency, affinity per row, and a colour bar per affinity
+    assert not any(a.overlaps(b) for i, a in enumerate(panels_and_bars) for b in panels_and_bars[i + 1:])

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from .cli import UsageError, add_debug_flag, run_cli
-from .report import read_summary
+from .report import pyplot, read_summary
 from .run_dir import RunDir, RunError
 
 PROG = 'python -m train.compare'
@@ -53,9 +53,7 @@ def compare(paths: List[str], output: Optional[str] = None) -> str:
 
 
 def _plot(runs: List[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for r in runs:
         ax.plot([row['elapsed_s'] / 3600 for row in r['rows']], [row['val_top1'] for row in r['rows']], 'o-',

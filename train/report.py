@@ -72,10 +72,17 @@ def read_summary(path: Path) -> List[Dict[str, Any]]:
         return [{k: _summary_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
 
 
-def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed), imported on first use: the
+    figures are an optional extra, and importing matplotlib costs about a second."""
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(path: Path, rows: List[Dict[str, Any]], title: str) -> None:
+    plt = pyplot()
     epochs = [r['epoch'] for r in rows]
     hours = [r['elapsed_s'] / 3600 for r in rows]
     fig, (loss_ax, acc_ax, time_ax) = plt.subplots(1, 3, figsize=(14, 3.8))

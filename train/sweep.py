@@ -37,6 +37,7 @@ from .data import load_dataset
 from .distributed import cleanup, init_distributed
 from .engine import train_step
 from .precision import resolve_amp_dtype
+from .report import pyplot
 from .run_dir import ARGS, RESULTS, RunDir, RunError, comparable, dump_json
 
 PROG = 'python -m train.sweep'
@@ -407,9 +408,7 @@ def _num(value: Optional[float], signed: bool = False) -> str:
 
 
 def _plot(data: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     rows = data['rows']
     labels = [f"{r['row']}\n{r['col']}" if r['col'] != 'top-1' else r['row'] for r in rows]
     means = [r['test_top1']['mean'] if r['test_top1']['mean'] is not None else math.nan for r in rows]

@@ -4,7 +4,11 @@ from typing import List, Tuple
 
 import numpy as np
 
+from train.report import pyplot
+
 MARKER_COLOURS = ('red', 'cyan', 'yellow', 'lime')
+MATRIX_COLUMNS = 32  # an affinity panel shows the columns that receive the most attention, at most this many
+MATRIX_FLOOR = 1e-4  # the colour scale's bottom: weights below it are drawn as it (dark)
 
 
 def default_queries(size: Tuple[int, int]) -> List[Tuple[int, int]]:
@@ -21,6 +25,25 @@ def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
     return grid[rows][:, cols]
 
 
+def top_columns(matrix: np.ndarray, count: int = MATRIX_COLUMNS) -> Tuple[np.ndarray, float]:
+    """The `count` columns of a row-stochastic affinity that receive the most attention (mean over rows), most
+    first, and their share of the whole: a 256 x 256 softmax drawn whole is a dark square at panel size."""
+    mass = matrix.mean(axis=0)
+    top = np.argsort(-mass, kind='stable')[:count]
+    return top, float(mass[top].sum() / mass.sum())
+
+
+def _matrix_panel(title: str, matrix: np.ndarray) -> dict:
+    top, share = top_columns(matrix)
+    shown = matrix[:, top]
+    # rows grouped by the column they attend to most, strongest first: similar rows (one shared mix) read as
+    # one band, rows that differ (attention that depends on the query) as several
+    order = np.lexsort((-shown.max(axis=1), shown.argmax(axis=1)))
+    return dict(kind='matrix', matrix=shown[order], columns=top,
+                title=f'{title}: top {len(top)} of {matrix.shape[1]} cols\n'
+                      f'({share:.0%} of the attention), rows by top col')
+
+
 def panels(result: dict, index: int) -> List[dict]:
     """The panels of one image's row: what to draw, in order."""
     image = result['images'][index]
@@ -31,7 +54,7 @@ def panels(result: dict, index: int) -> List[dict]:
         out[0]['markers'].append((block.salient_pixels(size)[index], block.stride(size), colour, block.name))
         out.append(dict(kind='overlay', title=f'{block.name} saliency', image=image,
                         heat=block.arrays['saliency'][index]))
-        out.append(dict(kind='matrix', title=f"{block.name} C'xC' affinity", matrix=block.arrays['affinity'][index]))
+        out.append(_matrix_panel(f"{block.name} C'xC' A", block.arrays['affinity'][index]))
     for block in (c for c in result['captures'] if c.kind == 'nl'):
         H, W = block.feature_size
         for row, col in result['queries'] or default_queries((H, W)):
@@ -40,7 +63,7 @@ def panels(result: dict, index: int) -> List[dict]:
             box = (col * stride[1], row * stride[0], stride[1], stride[0])
             out.append(dict(kind='overlay', title=f'{block.name} query ({row},{col})', image=image, heat=heat,
                             box=box))
-        out.append(dict(kind='matrix', title=f'{block.name} nxn affinity', matrix=block.arrays['affinity'][index]))
+        out.append(_matrix_panel(f'{block.name} nxn A', block.arrays['affinity'][index]))
     for block in (c for c in result['captures'] if c.kind == 'gc'):
         out.append(dict(kind='overlay', title=f'{block.name} context mask', image=image,
                         heat=block.arrays['mask'][index]))
@@ -57,15 +80,17 @@ def caption(result: dict, index: int) -> str:
     return text
 
 
-def render(result: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+def figure(result: dict):
+    """The matplotlib figure: a row per image, its panels left to right, a colour bar beside each matrix."""
+    plt = pyplot()
+    from matplotlib.colors import LogNorm
     from matplotlib.patches import Rectangle
 
     rows = [panels(result, i) for i in range(len(result['images']))]
     cols = max(len(r) for r in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(2.3 * cols, 2.5 * len(rows)), squeeze=False)
+    # constrained layout keeps the figure title, the panel titles and the colour bars apart
+    fig, axes = plt.subplots(len(rows), cols, figsize=(2.5 * cols, 2.7 * len(rows) + 0.4), squeeze=False,
+                             layout='constrained')
     for i, row in enumerate(rows):
         for j, ax in enumerate(axes[i]):
             ax.axis('off')
@@ -73,7 +98,10 @@ def render(result: dict, path: Path) -> None:
                 continue
             panel = row[j]
             if panel['kind'] == 'matrix':
-                ax.imshow(panel['matrix'], cmap='viridis', interpolation='nearest')
+                matrix = panel['matrix']
+                shown = ax.imshow(np.maximum(matrix, MATRIX_FLOOR), cmap='viridis', interpolation='nearest',
+                                  aspect='auto', norm=LogNorm(vmin=MATRIX_FLOOR, vmax=1.0))
+                fig.colorbar(shown, ax=ax, fraction=0.08, pad=0.02, extend='min').ax.tick_params(labelsize=5)
             else:
                 ax.imshow(panel['image'], interpolation='nearest')
             if panel['kind'] == 'overlay':
@@ -90,8 +118,12 @@ def render(result: dict, path: Path) -> None:
             if panel.get('markers'):
                 ax.legend(loc='lower left', fontsize=6, framealpha=0.6)
             title = panel['title'] if j else f"{caption(result, i)}\n{panel['title']}"
-            ax.set_title(title, fontsize=7)
+            ax.set_title(title, fontsize=6.5)
     fig.suptitle(f"{result['model']}: what the attention blocks see", fontsize=9)
-    fig.tight_layout()
+    return fig
+
+
+def render(result: dict, path: Path) -> None:
+    fig = figure(result)
     fig.savefig(path, dpi=130)
-    plt.close(fig)
+    pyplot().close(fig)
