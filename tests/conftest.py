@@ -3,6 +3,7 @@ import os
 import pickle
 import tarfile
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -75,9 +76,12 @@ def write_image_folders(root: Path, classes: int = 4, n_train: int = 48, n_test:
     return root
 
 
-def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 6, val: int = 6) -> Path:
+def write_tiny_imagenet(root: Path, classes: int = 3, per_class: int = 6, val: int = 6,
+                        wnids: Optional[List[str]] = None) -> Path:
+    """The archive's layout with `classes` made-up WordNet ids (or `wnids`, in that wnids.txt order)."""
     folder = root / 'tiny-imagenet-200'
-    wnids = [f'n{idx:08d}' for idx in range(classes)]
+    wnids = wnids or [f'n{idx:08d}' for idx in range(classes)]
+    classes = len(wnids)
     (folder / 'val' / 'images').mkdir(parents=True)
     (folder / 'wnids.txt').write_text('\n'.join(wnids) + '\n')
     images, labels = _images(classes * per_class, 64, 5, classes)

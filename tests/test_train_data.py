@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import timm
 import torch
 from conftest import _images, write_cifar, write_image_folders, write_tiny_imagenet
 
+from timm_spa.models.datasets import TINY_IMAGENET_CLASSES
 from train.data import DataError, ShardSampler, TransformedSamples, build_loader, build_transforms, load_dataset
 
 
@@ -79,7 +81,10 @@ def test_tiny_imagenet_loader_on_the_real_archive():
     """The official layout as built from the CS231n archive: counts, label order, the val split as test."""
     splits = load_dataset('tinyimagenet', str(TINY_IMAGENET.parent))
     wnids = (TINY_IMAGENET / 'wnids.txt').read_text().split()
-    assert splits.class_names == wnids and len(wnids) == 200  # wnids.txt order is label order
+    words = dict(line.split('\t', 1) for line in (TINY_IMAGENET / 'words.txt').read_text().splitlines())
+    assert list(TINY_IMAGENET_CLASSES) == [(w, words[w]) for w in wnids] and len(wnids) == 200  # the package's copy
+    assert splits.class_names == [words[w].split(',')[0] for w in wnids]  # wnids.txt order is label order
+    assert splits.class_names == list(timm.create_model('resnet18_spa.tinyimagenet').pretrained_cfg['label_names'])
     assert (len(splits.train), len(splits.test)) == (100000, 10000) and not splits.notes
     assert (len(splits.train_indices), len(splits.val_indices)) == (90000, 10000)
     assert sorted(Counter(splits.train.labels).values()) == [500] * 200
@@ -92,6 +97,21 @@ def test_tiny_imagenet_loader_on_the_real_archive():
         assert splits.test.labels[i] == wnids.index(wnid)
     image, label = splits.test.load(0)
     assert image.size == (64, 64) and image.mode == 'RGB' and wnids[label] == annotations[0].split('\t')[1]
+
+
+def test_tiny_imagenet_labels_follow_the_archive_whatever_the_wnids_order(tmp_path):
+    """Released weights number the classes in the archive's wnids.txt order: a copy listing the same 200 classes
+    in another order gets the same labels (and readable names); any other class list keeps its own order."""
+    canonical = [wnid for wnid, _ in TINY_IMAGENET_CLASSES]
+    shuffled = list(reversed(canonical))
+    write_tiny_imagenet(tmp_path, wnids=shuffled, per_class=1, val=2)
+    splits = load_dataset('tinyimagenet', str(tmp_path), val_size=20)
+    for i in range(len(splits.train)):
+        wnid = Path(splits.train.name_fn(i)).parent.parent.name
+        assert splits.train.labels[i] == canonical.index(wnid)
+    assert splits.class_names[0] == 'Egyptian cat' == TINY_IMAGENET_CLASSES[0][1]
+    other = write_tiny_imagenet(tmp_path / 'other', classes=3)
+    assert load_dataset('tinyimagenet', str(other), val_size=3).class_names == ['n00000000', 'n00000001', 'n00000002']
 
 
 def test_digits_ship_with_the_package():

@@ -22,7 +22,7 @@ from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 from torchvision import transforms
 
-from timm_spa.models.cifar_resnet import CIFAR10_MEAN, CIFAR10_STD, CIFAR100_MEAN, CIFAR100_STD
+from timm_spa.models.datasets import DATASET_CFGS, TINY_IMAGENET_CLASSES
 
 DATASETS = ('cifar10', 'cifar100', 'tinyimagenet', 'folder', 'digits')
 CIFAR_URLS = {
@@ -263,6 +263,10 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
             f'{root} is not the Tiny-ImageNet archive layout: expected wnids.txt, train/<wnid>/images/*.JPEG, '
             f'val/images/*.JPEG and val/val_annotations.txt (from {TINY_IMAGENET_URL}, unzipped).')
     wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+    names = wnids
+    if sorted(wnids) == sorted(wnid for wnid, _ in TINY_IMAGENET_CLASSES):  # the real archive, in any order:
+        wnids = [wnid for wnid, _ in TINY_IMAGENET_CLASSES]  # the archive's label order, which releases use
+        names = list(DATASET_CFGS['tinyimagenet']['label_names'])
     index = {w: i for i, w in enumerate(wnids)}
     train_files, train_labels, empty = [], [], []
     for wnid in wnids:
@@ -293,7 +297,7 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
         return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels)
 
     # the official val split (labelled) is our test split; its test split has no labels
-    return samples(train_files, train_labels), samples(val_files, val_labels), wnids
+    return samples(train_files, train_labels), samples(val_files, val_labels), names
 
 
 def _digits() -> Tuple[Samples, Samples, List[str]]:
@@ -338,7 +342,8 @@ def load_dataset(
             raise DataError(f'Tiny-ImageNet not found ({root}); download {TINY_IMAGENET_URL}, unzip it, and pass '
                             'the folder (or its tiny-imagenet-200/ parent) as --data-dir.')
         train, test, names = _tiny_imagenet(root)
-        name, tag, size, native, hflip = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', 64, 64, True
+        name, tag, hflip = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', True
+        size = native = DATASET_CFGS[tag]['input_size'][-1]
         default_val = 10000
     elif dataset in CIFAR_URLS:
         if root is None:
@@ -358,8 +363,9 @@ def load_dataset(
             name = f'{pretty} (image-file copy at {root.name}/, not the official binary batches)'
             notes.append('Images were read from image files, not the official binary batches: '
                          'numbers are not the same measurement as on the official test batch.')
-        tag, size, native, hflip, default_val = dataset, 32, 32, True, 5000
-        expected = 10 if dataset == 'cifar10' else 100
+        tag, hflip, default_val = dataset, True, 5000
+        size = native = DATASET_CFGS[tag]['input_size'][-1]
+        expected = DATASET_CFGS[tag]['num_classes']
         if len(names) != expected:
             raise DataError(f'{root} has {len(names)} classes, but {pretty} has {expected}.')
     else:  # folder
@@ -381,8 +387,8 @@ def load_dataset(
                         f'{len(train)} images).')
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(val_split_seed)).tolist()
     val_indices, train_indices = sorted(order[:val_size]), sorted(order[val_size:])
-    mean, std = {'cifar10': (CIFAR10_MEAN, CIFAR10_STD), 'cifar100': (CIFAR100_MEAN, CIFAR100_STD)}.get(
-        tag, (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
+    cfg = DATASET_CFGS.get(tag, {})
+    mean, std = cfg.get('mean', IMAGENET_DEFAULT_MEAN), cfg.get('std', IMAGENET_DEFAULT_STD)
     return DataSplits(
         train=train, train_indices=train_indices, val_indices=val_indices, test=test, class_names=names,
         label=label or name, tag=tag, mean=tuple(mean), std=tuple(std), image_size=size, native_size=native,

@@ -9,7 +9,6 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
 from safetensors import SafetensorError
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import get_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
@@ -17,6 +16,7 @@ from torch import nn
 
 from .. import paper
 from ..layers import SalientPositionsAttention
+from .datasets import DATASET_CFGS
 from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, published_names, raise_download_error
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
@@ -29,8 +29,6 @@ STAGE_ATTN_LAYERS: Dict[str, Dict[str, Any]] = {
 }
 NUM_STAGES = 4
 
-CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 
 
 def _check_attn_stages(attn_stages: Union[int, Sequence[int]]) -> Tuple[int, ...]:
@@ -140,36 +138,14 @@ class CifarResNet(ResNet):
                 module.reset_parameters()
 
 
-CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
-CIFAR100_CLASSES = (  # the fine labels, in label order
-    'apple', 'aquarium_fish', 'baby', 'bear', 'beaver', 'bed', 'bee', 'beetle', 'bicycle', 'bottle', 'bowl', 'boy',
-    'bridge', 'bus', 'butterfly', 'camel', 'can', 'castle', 'caterpillar', 'cattle', 'chair', 'chimpanzee', 'clock',
-    'cloud', 'cockroach', 'couch', 'crab', 'crocodile', 'cup', 'dinosaur', 'dolphin', 'elephant', 'flatfish', 'forest',
-    'fox', 'girl', 'hamster', 'house', 'kangaroo', 'keyboard', 'lamp', 'lawn_mower', 'leopard', 'lion', 'lizard',
-    'lobster', 'man', 'maple_tree', 'motorcycle', 'mountain', 'mouse', 'mushroom', 'oak_tree', 'orange', 'orchid',
-    'otter', 'palm_tree', 'pear', 'pickup_truck', 'pine_tree', 'plain', 'plate', 'poppy', 'porcupine', 'possum',
-    'rabbit', 'raccoon', 'ray', 'road', 'rocket', 'rose', 'sea', 'seal', 'shark', 'shrew', 'skunk', 'skyscraper',
-    'snail', 'snake', 'spider', 'squirrel', 'streetcar', 'sunflower', 'sweet_pepper', 'table', 'tank', 'telephone',
-    'television', 'tiger', 'tractor', 'train', 'trout', 'tulip', 'turtle', 'wardrobe', 'whale', 'willow_tree', 'wolf',
-    'woman', 'worm')
-
-_DATASET_CFGS = {
-    'cifar10': dict(num_classes=10, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR10_MEAN, std=CIFAR10_STD,
-                    label_names=CIFAR10_CLASSES),
-    'cifar100': dict(num_classes=100, input_size=(3, 32, 32), pool_size=(4, 4), mean=CIFAR100_MEAN, std=CIFAR100_STD,
-                     label_names=CIFAR100_CLASSES),
-    'tinyimagenet': dict(
-        num_classes=200, input_size=(3, 64, 64), pool_size=(8, 8),
-        mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
-}
-PRETRAINED_TAGS = tuple(_DATASET_CFGS)
+PRETRAINED_TAGS = tuple(DATASET_CFGS)
 
 
 def _cfg(name: str, tag: str, published: Sequence[str], **kwargs) -> Dict[str, Any]:
     """Pretrained config of `name.tag`; `hf_hub_id` only where weights are published."""
     return {
         'hf_hub_id': hub_repo_id(f'{name}.{tag}') if f'{name}.{tag}' in published else None,
-        **_DATASET_CFGS[tag],
+        **DATASET_CFGS[tag],
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'fixed_input_size': False,
         'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
         'paper_name': paper.TITLE,
