@@ -1,6 +1,6 @@
 """Turn a finished training run into a Hub repository folder.
 
-The folder holds `model.safetensors` and `config.json` written by timm's own `save_for_hf` (so
+The folder holds `model.safetensors` and `config.json` written by timm's own `save_config_for_hf` (so
 `create_model("hf-hub:...")` and `local-dir:` rebuild the exact architecture, `attn_stages` and
 `attn_kwargs` included), `README.md` (the model card, every number read from the run's results),
 `results.json` itself and the training curves. The architecture comes from the weights' own
@@ -14,14 +14,14 @@ from typing import Optional
 
 import timm
 from safetensors.torch import save_file
-from timm.models import save_for_hf
+from timm.models._hub import save_config_for_hf  # not re-exported by timm.models, unlike save_for_hf
 
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, load_weights, non_finite_tensors, weights_state
 from train.run_dir import RESULTS, RUN_FILES, FinishedRun, RunDir, dump_json
 
 from .card import model_card
-from .repository import CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, current_umask
+from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, current_umask
 
 
 def default_repo_id(finished: FinishedRun) -> str:
@@ -86,15 +86,16 @@ def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwri
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     umask = current_umask()
     try:
-        save_for_hf(
-            model, staging,
+        # timm's config.json (architecture arguments, pretrained config); one weights file, with what ties it to
+        # the run and its numbers (timm's save_for_hf would write the same tensors once more, without them)
+        save_config_for_hf(
+            model, str(staging / CONFIG),
             model_config=dict(
                 label_names=data.class_names,
                 pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
                                     crop_pct=1.0, pool_size=(-(-size // 8), -(-size // 8)), hf_hub_id=repo_id,
                                     tag=results.hub_tag)),
-            model_args=dict(arch['model_kwargs']), safe_serialization=True)
-        # the same tensors as timm writes them, plus what ties them to the run and its numbers
+            model_args=dict(arch['model_kwargs']))
         save_file(state, str(staging / WEIGHTS), metadata=dict(
             format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
         (staging / RESULTS).write_text(dump_json(results.to_dict()))

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import math
-import random
 import sys
 import time
 from dataclasses import asdict
@@ -22,12 +21,11 @@ from functools import partial
 from pathlib import Path
 from typing import List, Optional, Set
 
-import numpy as np
 import timm
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3
+from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -215,10 +213,7 @@ def _check_free(args: argparse.Namespace, run: RunDir) -> None:
 def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     """The random stream of an epoch is a function of (seed, epoch, rank) alone, so a resumed run
     draws exactly what the uninterrupted run drew, for any number of ranks and loader workers."""
-    value = (seed * 1_000_003 + epoch * 9_973 + rank) % 2**31
-    torch.manual_seed(value)
-    random.seed(value)
-    np.random.seed(value)
+    random_seed((seed * 1_000_003 + epoch * 9_973) % 2**31, rank)  # timm's: torch, random and numpy
 
 
 def _arch(args: argparse.Namespace, num_classes: int) -> dict:
