@@ -16,10 +16,10 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import List, Optional, Set
+from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import timm
 import torch
@@ -28,6 +28,7 @@ from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
 
 import timm_spa  # noqa: F401  registers the models
 
@@ -39,8 +40,8 @@ from .checkpoint import (
     save_weights,
 )
 from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
-from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
-from .distributed import barrier, cleanup, from_main, init_distributed, launch_rank
+from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
+from .distributed import DistEnv, barrier, cleanup, from_main, init_distributed, launch_rank
 from .engine import TrainingDiverged, evaluate, train_one_epoch
 from .lineage import describe_parent, lineage_record, load_initial_checkpoint
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
@@ -220,13 +221,6 @@ def _arch(args: argparse.Namespace, num_classes: int) -> dict:
     return dict(model=args.model, num_classes=num_classes, model_kwargs=dict(args.model_kwargs))
 
 
-def _dataset_record(args: argparse.Namespace, splits, num_classes: int, image_size: int, sizes) -> DatasetRecord:
-    return DatasetRecord(
-        name=args.dataset, label=splits.label, notes=list(splits.notes), num_classes=num_classes,
-        class_names=list(splits.class_names), train_images=sizes[0], val_images=sizes[1], test_images=sizes[2],
-        val_split_seed=args.val_split_seed, image_size=image_size, mean=list(splits.mean), std=list(splits.std))
-
-
 def _check_same_data(saved: Optional[dict], now: DatasetRecord, run: RunDir) -> None:
     """A resumed run must see the data it was trained on, wherever --data-dir points now."""
     if saved is None:
@@ -270,6 +264,132 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
             raise KeyboardInterrupt(f'interrupted: {resume}.') from None
 
 
+@dataclass
+class _Data:
+    """The three splits as loaders, and what results.json records about them."""
+    splits: DataSplits
+    record: DatasetRecord
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+
+
+def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None]) -> _Data:
+    """Read the data set, decode every image once (a corrupt file stops the run before epoch 0), build loaders."""
+    splits = load_dataset(args.dataset, args.data_dir, args.val_size, args.val_split_seed, args.download,
+                          args.dataset_label)
+    num_classes = args.num_classes or splits.num_classes
+    if num_classes != splits.num_classes:
+        raise DataError(f'--num-classes {num_classes} disagrees with the data set: {splits.label} has '
+                        f'{splits.num_classes} classes. Drop --num-classes or point --data-dir at the right data.')
+    for note in splits.notes:
+        log(f'note: {note}')
+    for samples, indices in (splits.split('train'), splits.split('val'), splits.split('test')):
+        samples.check_readable(indices[env.rank::env.world_size])  # before epoch 0, not after the last
+    image_size = args.img_size or splits.image_size
+    eval_tf = build_transforms(splits, image_size, False)
+    sets = (TransformedSamples(splits.train, splits.train_indices, build_transforms(splits, image_size, True)),
+            TransformedSamples(splits.train, splits.val_indices, eval_tf),
+            TransformedSamples(splits.test, None, eval_tf))
+    record = DatasetRecord(
+        name=args.dataset, label=splits.label, notes=list(splits.notes), num_classes=num_classes,
+        class_names=list(splits.class_names), train_images=len(sets[0]), val_images=len(sets[1]),
+        test_images=len(sets[2]), val_split_seed=args.val_split_seed, image_size=image_size, mean=list(splits.mean),
+        std=list(splits.std))
+    loader_args = dict(workers=args.workers, seed=args.seed, rank=env.rank, world_size=env.world_size,
+                       pin_memory=env.device.type == 'cuda')
+    return _Data(splits, record, *(build_loader(s, args.batch_size, i == 0, **loader_args) for i, s in enumerate(sets)))
+
+
+@dataclass
+class _Training:
+    """The model and everything that steps with it: all of it goes into the checkpoint."""
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    num_epochs: int
+    ema: Optional[ModelEmaV3]
+    scaler: Optional[torch.amp.GradScaler]
+
+    def state(self) -> Dict[str, Any]:
+        return dict(state_dict=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scheduler=self.scheduler.state_dict(),
+                    state_dict_ema=self.ema.module.state_dict() if self.ema is not None else None,
+                    amp_scaler=self.scaler.state_dict() if self.scaler is not None else None)
+
+    def load(self, state: Dict[str, Any]) -> None:
+        self.model.load_state_dict(state['state_dict'])
+        self.optimizer.load_state_dict(state['optimizer'])
+        self.scheduler.load_state_dict(state['scheduler'])
+        if self.ema is not None and state.get('state_dict_ema') is not None:
+            self.ema.module.load_state_dict(state['state_dict_ema'])
+        if self.scaler is not None and state.get('amp_scaler') is not None:
+            self.scaler.load_state_dict(state['amp_scaler'])
+
+
+def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, updates_per_epoch: int,
+                    amp_dtype: Optional[str]) -> _Training:
+    """timm's optimizer, scheduler and EMA for the model, as timm's train.py builds them."""
+    model = model.to(env.device)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
+    scheduler, num_epochs = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
+        warmup_lr=args.warmup_lr, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+    ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+    scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
+    return _Training(model, optimizer, scheduler, num_epochs, ema, scaler)
+
+
+@dataclass
+class _Progress:
+    """Where the run stands: what a resumed run reads back from its checkpoint and summary."""
+    run_id: str
+    parent: Optional[dict]
+    start_epoch: int = 0
+    best: Dict[str, Any] = field(default_factory=lambda: dict(top1=-1.0, epoch=-1))
+    history: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, data: _Data, run_dir: RunDir,
+            env: DistEnv, log: Callable[[str], None]) -> None:
+    """Continue from the checkpoint after checking it belongs to these arguments and this data; a timm-spa
+    0.1.0 checkpoint (no run id) is upgraded in place and its weights get the new id."""
+    if comparable(state['model_args']) != comparable(arch):
+        raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
+                              f'{arch}: the checkpoint was edited or belongs to another run.')
+    _check_same_data(state.get('dataset'), data.record, run_dir)
+    training.load(state)
+    progress.start_epoch, progress.best, progress.parent = state['epoch'] + 1, state['best'], state.get('parent')
+    if state['run_id']:
+        progress.run_id = state['run_id']
+    elif env.is_main:
+        save_training_state(run_dir.last, dict(state, run_id=progress.run_id))
+        if run_dir.best.is_file():
+            restamp_weights(run_dir.best, run_id=progress.run_id)
+    progress.history = [row for row in read_summary(run_dir.summary) if row['epoch'] < progress.start_epoch]
+    log(f'resumed {run_dir} at epoch {progress.start_epoch} of {training.num_epochs} (best val top-1 '
+        f'{progress.best["top1"]:.2f} at epoch {progress.best["epoch"]})')
+
+
+def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tuple[nn.Module, nn.Module, nn.Module]:
+    """The module to train (DDP, then torch.compile, as timm's train.py), the one whose weights are evaluated
+    and saved (the EMA when there is one), and the forward that evaluates it (compiled or not)."""
+    train_model = DistributedDataParallel(
+        training.model, device_ids=[env.device] if env.device.type == 'cuda' else None) if env.distributed \
+        else training.model
+    eval_model = training.ema.module if training.ema is not None else training.model
+    if not args.torchcompile:
+        return train_model, eval_model, eval_model
+    # static shapes: a second input shape would recompile with dynamic shapes, which torch 2.14's inductor fails
+    # on for CPU bmm (timm's NonLocalAttn as well as SPA); a last smaller batch recompiles. Checkpoints keep
+    # the plain keys: they are saved from the modules, never from the compiled wrappers.
+    return (torch.compile(train_model, backend=args.torchcompile, dynamic=False), eval_model,
+            torch.compile(eval_model, backend=args.torchcompile, dynamic=False))
+
+
 def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     state = None
     if args.resume:
@@ -282,161 +402,108 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     if precision_warning:
         log(f'warning: {precision_warning}')
     try:
-        splits = load_dataset(args.dataset, args.data_dir, args.val_size, args.val_split_seed, args.download,
-                              args.dataset_label)
-        num_classes = args.num_classes or splits.num_classes
-        if num_classes != splits.num_classes:
-            raise DataError(f'--num-classes {num_classes} disagrees with the data set: {splits.label} has '
-                            f'{splits.num_classes} classes. Drop --num-classes or point --data-dir at the right data.')
-        for note in splits.notes:
-            log(f'note: {note}')
-        for samples, indices in (splits.split('train'), splits.split('val'), splits.split('test')):
-            samples.check_readable(indices[env.rank::env.world_size])  # before epoch 0, not after the last
-        image_size = args.img_size or splits.image_size
-        train_set = TransformedSamples(splits.train, splits.train_indices, build_transforms(splits, image_size, True))
-        eval_tf = build_transforms(splits, image_size, False)
-        val_set = TransformedSamples(splits.train, splits.val_indices, eval_tf)
-        test_set = TransformedSamples(splits.test, None, eval_tf)
-        dataset = _dataset_record(args, splits, num_classes, image_size, (len(train_set), len(val_set), len(test_set)))
-        loader_args = dict(workers=args.workers, seed=args.seed, rank=env.rank, world_size=env.world_size,
-                           pin_memory=env.device.type == 'cuda')
-        train_loader = build_loader(train_set, args.batch_size, True, **loader_args)
-        val_loader = build_loader(val_set, args.batch_size, False, **loader_args)
-        test_loader = build_loader(test_set, args.batch_size, False, **loader_args)
-
+        data = _load_data(args, env, log)
+        num_classes = data.record.num_classes
         _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
         arch = _arch(args, num_classes)
         model = _create_model(args, num_classes)
-        parent = None
+        progress = _Progress(run_id=from_main(new_run_id(), env), parent=None)
         if state is None and args.initial_checkpoint:  # a resumed run has its weights, and its parent's record
-            parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
-            log(f'initial weights: {args.initial_checkpoint} ({describe_parent(parent)})')
-        model = model.to(env.device)
-        if args.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
-                                        momentum=args.momentum)
-        scheduler, num_epochs = create_scheduler_v2(
-            optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
-            warmup_lr=args.warmup_lr, step_on_epochs=not args.sched_on_updates, updates_per_epoch=len(train_loader))
-        ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-        scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
-
-        start_epoch, best, history, run_id = 0, dict(top1=-1.0, epoch=-1), [], from_main(new_run_id(), env)
+            progress.parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
+            log(f'initial weights: {args.initial_checkpoint} ({describe_parent(progress.parent)})')
+        training = _build_training(args, model, env, len(data.train), amp_dtype)
         if state is not None:
-            if comparable(state['model_args']) != comparable(arch):
-                raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
-                                      f'{arch}: the checkpoint was edited or belongs to another run.')
-            _check_same_data(state.get('dataset'), dataset, run_dir)
-            model.load_state_dict(state['state_dict'])
-            optimizer.load_state_dict(state['optimizer'])
-            scheduler.load_state_dict(state['scheduler'])
-            if ema is not None and state.get('state_dict_ema') is not None:
-                ema.module.load_state_dict(state['state_dict_ema'])
-            if scaler is not None and state.get('amp_scaler') is not None:
-                scaler.load_state_dict(state['amp_scaler'])
-            start_epoch, best, parent = state['epoch'] + 1, state['best'], state.get('parent')
-            if state['run_id']:
-                run_id = state['run_id']
-            elif env.is_main:  # a run of timm-spa 0.1.0: its checkpoint, upgraded, and its weights get the new id
-                save_training_state(run_dir.last, dict(state, run_id=run_id))
-                if run_dir.best.is_file():
-                    restamp_weights(run_dir.best, run_id=run_id)
-            history = [row for row in read_summary(run_dir.summary) if row['epoch'] < start_epoch]
-            log(f'resumed {run_dir} at epoch {start_epoch} of {num_epochs} (best val top-1 {best["top1"]:.2f} '
-                f'at epoch {best["epoch"]})')
-        train_model = DistributedDataParallel(model, device_ids=[env.device] if env.device.type == 'cuda' else None) \
-            if env.distributed else model
-        eval_model = ema.module if ema is not None else model
-        if args.torchcompile:  # as timm's train.py: compile after the DDP wrap; checkpoints keep plain keys
-            # static shapes: a second input shape would recompile with dynamic shapes, which torch 2.14's
-            # inductor fails on for CPU bmm (timm's NonLocalAttn as well as SPA); a last smaller batch recompiles
-            train_model = torch.compile(train_model, backend=args.torchcompile, dynamic=False)
-            eval_forward = torch.compile(eval_model, backend=args.torchcompile, dynamic=False)
-        else:
-            eval_forward = eval_model
+            _resume(state, training, progress, arch, data, run_dir, env, log)
+        train_model, eval_model, eval_forward = _wrapped(args, training, env)
 
         recorded = {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
         if env.is_main:
             if state is None and args.overwrite:
                 run_dir.remove_run_files()  # only now: a typo above must not cost the old run
-            run_dir.write_args(dict(recorded, run_id=run_id))
-            log(f'{args.model} on {splits.label}: {len(train_set)} train / {len(val_set)} val / {len(test_set)} test '
-                f'images, {num_classes} classes, {num_epochs} epochs, {env.world_size} process(es) on '
-                f'{env.device.type} in {describe_precision(amp_dtype)}; run directory {run_dir}')
+            run_dir.write_args(dict(recorded, run_id=progress.run_id))
+            log(f'{args.model} on {data.splits.label}: {data.record.train_images} train / {data.record.val_images} '
+                f'val / {data.record.test_images} test images, {num_classes} classes, {training.num_epochs} '
+                f'epochs, {env.world_size} process(es) on {env.device.type} in {describe_precision(amp_dtype)}; '
+                f'run directory {run_dir}')
         barrier(env)  # the old run's files are gone before any rank goes on
         loss_fn = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
-        for epoch in range(start_epoch, num_epochs):
+        for epoch in range(progress.start_epoch, training.num_epochs):
             epoch_start = time.time()
             _seed_epoch(args.seed, epoch, env.rank)
-            train_loader.sampler.set_epoch(epoch)
+            data.train.sampler.set_epoch(epoch)
             try:
                 stats = train_one_epoch(
-                    train_model, train_loader, optimizer, loss_fn, env, amp_dtype, scaler, ema,
-                    args.channels_last, epoch, args.log_interval, args.progress, log, scheduler)
+                    train_model, data.train, training.optimizer, loss_fn, env, amp_dtype, training.scaler,
+                    training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler)
             except TrainingDiverged as e:
                 kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
                 raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
                                        f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
                                        'a new run.') from None
-            scheduler.step(epoch + 1)
-            val = evaluate(eval_forward, val_loader, env, amp_dtype, args.channels_last)
+            training.scheduler.step(epoch + 1)
+            val = evaluate(eval_forward, data.val, env, amp_dtype, args.channels_last)
             epoch_s = time.time() - epoch_start
-            row = dict(epoch=epoch, lr=optimizer.param_groups[0]['lr'], **stats,
-                       val_loss=val['loss'], val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s,
-                       elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
-                       precision=describe_precision(amp_dtype))
-            history.append(row)
-            improved = val['top1'] > best['top1']
+            history = progress.history
+            history.append(dict(
+                epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
+                val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s,
+                elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
+                precision=describe_precision(amp_dtype)))
+            improved = val['top1'] > progress.best['top1']
             if improved:
-                best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
+                progress.best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
             if env.is_main:
                 if improved:
                     save_weights(run_dir.best, eval_model,
-                                 metadata=dict(arch=json.dumps(arch), epoch=str(epoch), run_id=run_id))
+                                 metadata=dict(arch=json.dumps(arch), epoch=str(epoch), run_id=progress.run_id))
                 write_summary(run_dir.summary, history)
                 save_training_state(run_dir.last, dict(
-                    state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
-                    scheduler=scheduler.state_dict(),
-                    state_dict_ema=ema.module.state_dict() if ema is not None else None,
-                    amp_scaler=scaler.state_dict() if scaler is not None else None,
-                    epoch=epoch, arch=args.model, metric=val['top1'], best=best, model_args=arch,
-                    run_id=run_id, args=comparable(recorded), dataset=comparable(asdict(dataset)), parent=parent))
+                    training.state(), epoch=epoch, arch=args.model, metric=val['top1'], best=progress.best,
+                    model_args=arch, run_id=progress.run_id, args=comparable(recorded),
+                    dataset=comparable(asdict(data.record)), parent=progress.parent))
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
                 f"{' *best*' if improved else ''}")
-
-        # the checkpoint chosen on the validation split, evaluated once on the test split
-        barrier(env)  # rank 0 wrote it
-        run_dir.load_best(eval_model, run_id, best['epoch'], args.model)
-        # in float32 whatever the training precision: the number anyone reloading the weights reproduces
-        test_start = time.time()
-        test = evaluate(eval_model, test_loader, env, None, args.channels_last)
-        if test['count'] != len(test_set):
-            raise RuntimeError(f'evaluated {test["count"]} test images, expected {len(test_set)}')
-        wall_time_s = history[-1]['elapsed_s'] + time.time() - test_start
-        results = Results(
-            run_id=run_id, model=args.model, tag=splits.tag if num_classes == splits.num_classes else None,
-            model_args=arch, param_count=sum(p.numel() for p in model.parameters()), dataset=dataset,
-            epochs=num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
-            val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
-            checkpoint_selection=f'best validation top-1 on {len(val_set)} images held out of train '
-                                 f'(split seed {args.val_split_seed}); test split evaluated once, every image '
-                                 'once, in float32',
-            wall_time_s=wall_time_s, lineage=lineage_record(parent, num_epochs, wall_time_s),
-            hardware=hardware(env.device, env.world_size), world_size=env.world_size,
-            precision=precision_record([row['precision'] for row in history], env.device),
-            software=software(), git_commit=git_commit(), args=comparable(recorded))
-        if env.is_main:
-            plot_curves(run_dir.curves, history, f'{args.model} on {splits.label}')
-            run_dir.write_results(results)
-            log(f"test top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} ({test['count']} images) for the "
-                f"epoch-{best['epoch']} checkpoint chosen on validation top-1 {best['top1']:.2f}")
-            log(f'wrote {run_dir.results}, {run_dir.best}, {run_dir.summary}, {run_dir.curves}')
-        return results
+        return _test_once(args, data, training, progress, eval_model, arch, recorded, run_dir, env, log)
     finally:
         cleanup(env)
+
+
+def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progress: _Progress,
+               eval_model: nn.Module, arch: dict, recorded: dict, run_dir: RunDir, env: DistEnv,
+               log: Callable[[str], None]) -> Results:
+    """The checkpoint chosen on the validation split, evaluated once on the test split, and the results file."""
+    best, record = progress.best, data.record
+    barrier(env)  # rank 0 wrote it
+    run_dir.load_best(eval_model, progress.run_id, best['epoch'], args.model)
+    # in float32 whatever the training precision: the number anyone reloading the weights reproduces
+    test_start = time.time()
+    test = evaluate(eval_model, data.test, env, None, args.channels_last)
+    if test['count'] != record.test_images:
+        raise RuntimeError(f'evaluated {test["count"]} test images, expected {record.test_images}')
+    wall_time_s = progress.history[-1]['elapsed_s'] + time.time() - test_start
+    splits = data.splits
+    results = Results(
+        run_id=progress.run_id, model=args.model,
+        tag=splits.tag if record.num_classes == splits.num_classes else None, model_args=arch,
+        param_count=sum(p.numel() for p in training.model.parameters()), dataset=record,
+        epochs=training.num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
+        val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
+        checkpoint_selection=f'best validation top-1 on {record.val_images} images held out of train '
+                             f'(split seed {args.val_split_seed}); test split evaluated once, every image '
+                             'once, in float32',
+        wall_time_s=wall_time_s, lineage=lineage_record(progress.parent, training.num_epochs, wall_time_s),
+        hardware=hardware(env.device, env.world_size), world_size=env.world_size,
+        precision=precision_record([row['precision'] for row in progress.history], env.device),
+        software=software(), git_commit=git_commit(), args=comparable(recorded))
+    if env.is_main:
+        plot_curves(run_dir.curves, progress.history, f'{args.model} on {splits.label}')
+        run_dir.write_results(results)
+        log(f"test top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} ({test['count']} images) for the "
+            f"epoch-{best['epoch']} checkpoint chosen on validation top-1 {best['top1']:.2f}")
+        log(f'wrote {run_dir.results}, {run_dir.best}, {run_dir.summary}, {run_dir.curves}')
+    return results
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Results]:
