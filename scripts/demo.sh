@@ -14,14 +14,15 @@ start=$SECONDS
 EXTRAS=train,hub bash scripts/setup.sh
 OUT=${OUT:-runs/demo}
 mkdir -p "$OUT"
-echo "set up in $((SECONDS - start)) s; training (one line per epoch)"
+setup=$((SECONDS - start))
+echo "set up in $setup s; training (one line per epoch)"
 .venv/bin/python -m train --dataset digits --model resnet18_spa --img-size 16 --epochs "${EPOCHS:-6}" -b 32 \
     --opt sgd --lr 0.1 --sched-on-updates --smoothing 0.1 --amp \
     --log-interval 0 --no-progress --output "$OUT/run" --overwrite
 .venv/bin/python -m hub.demo publish "$OUT/run" --workdir "$OUT"
 .venv/bin/python -m hub.demo release --workdir "$OUT"
 echo
-echo "done in $((SECONDS - start)) s. Everything is under $OUT/:"
+echo "done in $((SECONDS - start)) s: set-up $setup s, the demo itself $((SECONDS - start - setup)) s. Everything is under $OUT/:"
 echo "  run/results.json, run/model_best.safetensors  the numbers and the weights chosen on the validation split"
 echo "  run/summary.csv, run/curves.png               per-epoch metrics, wall time, curves against epochs and hours"
 echo "  run/last.pth.tar                              resumable training state (python -m train --resume $OUT/run)"

@@ -1,10 +1,21 @@
 """The cost benchmark runs end to end in its tiny configuration and reports every row."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
 from benchmarks import attention_cost
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_readme_shows_the_measured_tables():
+    """The README's cost tables are the last full run's, as the benchmark wrote them (no number typed by hand)."""
+    tables = (ROOT / 'benchmarks' / 'results' / 'attention_cost_cpu.md').read_text().strip()
+    saved = json.loads((ROOT / 'benchmarks' / 'results' / 'attention_cost_cpu.json').read_text())
+    assert tables == attention_cost.markdown_tables(saved).strip()
+    assert tables in (ROOT / 'README.md').read_text(), 'paste benchmarks/results/attention_cost_cpu.md into README.md'
 
 
 def test_peak_memory_is_measured_from_allocations():

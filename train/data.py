@@ -24,6 +24,8 @@ from torchvision import transforms
 
 from timm_spa.models.datasets import DATASET_CFGS, TINY_IMAGENET_CLASSES
 
+from .decode_cache import decoded
+
 DATASETS = ('cifar10', 'cifar100', 'tinyimagenet', 'folder', 'digits')
 CIFAR_URLS = {
     'cifar10': 'https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz',
@@ -44,6 +46,8 @@ class Samples:
     load_fn: Callable[[int], Tuple[Image.Image, int]]
     name_fn: Callable[[int], str]
     labels: List[int]
+    read_bytes: Optional[Callable[[int], bytes]] = None  # the encoded file of image i, where images are files
+    pixels: Optional[np.ndarray] = None  # every image decoded (train.decode_cache): nothing left to check
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -56,6 +60,8 @@ class Samples:
 
     def check_readable(self, indices: Optional[Sequence[int]] = None) -> None:
         """Decode every image once, so that a corrupt file stops the run before epoch 0, not after it."""
+        if self.pixels is not None:
+            return  # decoded into the cache already
         for index in range(len(self)) if indices is None else indices:
             image, _ = self.load(index)
             try:
@@ -235,7 +241,7 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
     def load(i):
         return Image.open(io.BytesIO(read(i))).convert('RGB'), labels[i]
 
-    return Samples(load, lambda i: f'{path}:{reader.filename(i)}', labels), found
+    return Samples(load, lambda i: f'{path}:{reader.filename(i)}', labels, read_bytes=read), found
 
 
 def _split_path(root: Path, split: str) -> Optional[Path]:
@@ -294,7 +300,8 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
                         'Unzip it again.')
 
     def samples(files, labels):
-        return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels)
+        return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels,
+                       read_bytes=lambda i: files[i].read_bytes())
 
     # the official val split (labelled) is our test split; its test split has no labels
     return samples(train_files, train_labels), samples(val_files, val_labels), names
@@ -327,8 +334,12 @@ def _missing(dataset: str, root: Optional[Path]) -> DataError:
 
 def load_dataset(
         dataset: str, data_dir: Optional[str], val_size: Optional[int] = None, val_split_seed: int = 0,
-        download: bool = False, label: Optional[str] = None) -> DataSplits:
-    """Read a data set and split off the validation set. Raises `DataError` with the fix in its message."""
+        download: bool = False, label: Optional[str] = None, decode_cache: Optional[str] = None,
+        log: Callable[[str], None] = print) -> DataSplits:
+    """Read a data set and split off the validation set. Raises `DataError` with the fix in its message.
+
+    `decode_cache`: a folder where image files are decoded once and read back as arrays (`train.decode_cache`).
+    """
     if dataset not in DATASETS:
         raise DataError(f'unknown --dataset {dataset!r}; choose one of {", ".join(DATASETS)}.')
     root = Path(data_dir).expanduser() if data_dir else None
@@ -389,6 +400,8 @@ def load_dataset(
     val_indices, train_indices = sorted(order[:val_size]), sorted(order[val_size:])
     cfg = DATASET_CFGS.get(tag, {})
     mean, std = cfg.get('mean', IMAGENET_DEFAULT_MEAN), cfg.get('std', IMAGENET_DEFAULT_STD)
+    if decode_cache:
+        train, test = (decoded(samples, Path(decode_cache).expanduser(), log) for samples in (train, test))
     return DataSplits(
         train=train, train_indices=train_indices, val_indices=val_indices, test=test, class_names=names,
         label=label or name, tag=tag, mean=tuple(mean), std=tuple(std), image_size=size, native_size=native,

@@ -1,0 +1,117 @@
+"""--decode-cache: every image decoded once into an array file, read back instead of the image files."""
+import errno
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import train_tiny, write_image_folders, write_tiny_imagenet
+
+from train import decode_cache
+from train import train as train_script
+from train.data import DataError, load_dataset
+
+
+def _pixels(samples):
+    return [np.asarray(samples.load(i)[0]) for i in range(len(samples))]
+
+
+@pytest.mark.parametrize('layout', ['tinyimagenet', 'folder', 'tar'])
+def test_cached_pixels_and_labels_are_the_files(tmp_path, layout):
+    if layout == 'tinyimagenet':
+        args = ('tinyimagenet', str(write_tiny_imagenet(tmp_path / 'data')), 4)
+    else:
+        args = ('folder', str(write_image_folders(tmp_path / 'data', as_tar=layout == 'tar')), 8)
+    plain = load_dataset(*args)
+    cached = load_dataset(*args, decode_cache=str(tmp_path / 'cache'), log=lambda _: None)
+    for split in ('train', 'test'):
+        a, b = getattr(plain, split), getattr(cached, split)
+        assert b.pixels is not None and a.pixels is None and b.labels == a.labels
+        assert b.name_fn(0) == a.name_fn(0)
+        for x, y in zip(_pixels(a), _pixels(b), strict=True):
+            np.testing.assert_array_equal(x, y)
+    assert len(list((tmp_path / 'cache').glob('decoded-*.npy'))) == 2  # train and test
+    assert not list((tmp_path / 'cache').glob('.*.tmp'))
+
+
+def test_a_second_run_reads_the_array_and_decodes_nothing(tmp_path, monkeypatch):
+    data = write_tiny_imagenet(tmp_path / 'data')
+    cache = tmp_path / 'cache'
+    load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lambda _: None)
+    stamps = {p: p.stat().st_mtime_ns for p in cache.glob('*.npy')}
+
+    def no_decoding(*_args, **_kwargs):
+        raise AssertionError('an image file was decoded')
+
+    monkeypatch.setattr('train.data.Image.open', no_decoding)
+    lines = []
+    splits = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lines.append)
+    splits.train.check_readable()  # nothing left to check: the cache holds every decoded image
+    assert splits.train.load(3)[0].size == (64, 64) and not lines
+    assert {p: p.stat().st_mtime_ns for p in cache.glob('*.npy')} == stamps
+
+
+def test_a_changed_file_gets_a_new_array_and_a_truncated_one_is_rebuilt(tmp_path):
+    data = write_tiny_imagenet(tmp_path / 'data')
+    cache = tmp_path / 'cache'
+    first = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lambda _: None)
+    before = set(cache.glob('*.npy'))
+    image = next((data / 'tiny-imagenet-200' / 'val' / 'images').glob('*.JPEG'))
+    from PIL import Image
+    Image.new('RGB', (64, 64), (255, 0, 0)).save(image, format='JPEG')
+    second = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lambda _: None)
+    after = set(cache.glob('*.npy'))
+    assert len(after - before) == 1  # the test split's key changed; the train split's array is reused
+    index = [second.test.name_fn(i) for i in range(len(second.test))].index(str(image))
+    assert tuple(second.test.pixels[index, 0, 0]) != tuple(first.test.pixels[index, 0, 0])
+    assert tuple(np.asarray(second.test.load(index)[0])[0, 0]) == tuple(np.asarray(Image.open(image))[0, 0])
+
+    newest = max(after - before, key=os.path.getmtime)
+    cut = newest.read_bytes()[:200]
+    newest.unlink()  # a new file: the arrays mapped above keep the old one (truncating it in place would not)
+    newest.write_bytes(cut)  # truncated, as a copy cut short
+    lines = []
+    third = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lines.append)
+    assert any('decoding' in line for line in lines)
+    np.testing.assert_array_equal(third.test.pixels, second.test.pixels)
+
+
+def test_a_corrupt_image_is_named_and_a_full_disk_falls_back_to_the_files(tmp_path, monkeypatch):
+    data = write_tiny_imagenet(tmp_path / 'data')
+    bad = next((data / 'tiny-imagenet-200' / 'train').rglob('*.JPEG'))
+    good = bad.read_bytes()
+    bad.write_bytes(good[:40])
+    with pytest.raises(DataError, match=f'cannot read image {bad}'):
+        load_dataset('tinyimagenet', str(data), 4, decode_cache=str(tmp_path / 'cache'), log=lambda _: None)
+    assert not list((tmp_path / 'cache').glob('*.npy')) and not list((tmp_path / 'cache').glob('.*.tmp'))
+    bad.write_bytes(good)
+
+    def full(*_args, **_kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+
+    monkeypatch.setattr(decode_cache.np.lib.format, 'open_memmap', full)
+    lines = []
+    splits = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(tmp_path / 'cache'), log=lines.append)
+    assert splits.train.pixels is None and len(splits.train) == 18
+    assert any('could not write the decode cache' in line and 'No space left' in line for line in lines)
+
+
+def test_images_of_different_sizes_are_read_from_their_files(tmp_path):
+    data = write_image_folders(tmp_path / 'data')
+    from PIL import Image
+    odd = next(Path(data, 'test').rglob('*.png'))
+    Image.new('RGB', (20, 16)).save(odd)
+    lines = []
+    splits = load_dataset('folder', str(data), 8, decode_cache=str(tmp_path / 'cache'), log=lines.append)
+    assert splits.train.pixels is not None and splits.test.pixels is None
+    assert any('different sizes' in line for line in lines)
+
+
+def test_training_with_the_cache_learns_from_the_same_pixels(folder_data, tmp_path):
+    run = train_tiny(folder_data, tmp_path / 'run', '--epochs', '1', '--decode-cache', str(tmp_path / 'cache'))
+    assert len(list((tmp_path / 'cache').glob('decoded-*.npy'))) == 2
+    plain = train_tiny(folder_data, tmp_path / 'plain', '--epochs', '1')
+    first, second = (json.loads((r / 'results.json').read_text()) for r in (run, plain))
+    assert first['test_loss'] == second['test_loss'] and first['val_top1'] == second['val_top1']  # same pixels
+    assert 'decode_cache' in train_script.RESUME_SAFE  # where the cache lies may change when a run resumes

@@ -1,0 +1,86 @@
+"""Decode a file-based data set once: every image into one uint8 array file, memory-mapped by later runs.
+
+An epoch of Tiny-ImageNet decodes 100,000 JPEGs, and every start decodes them all once more to find a corrupt
+file before epoch 0. With `--decode-cache DIR` the first run decodes each image once into
+`DIR/decoded-KEY.npy` ((N, H, W, 3) uint8, written to a temporary name and renamed when complete); later runs,
+every rank and every loader worker read pixels from it. KEY is the SHA-256 of every image file's bytes with
+its label, in order, so a changed, added or removed file (or another split) gets another file, never stale
+pixels. A file that does not read back as the array it should be is rebuilt; a data set whose images differ
+in size, or a disk too full to hold the array, is read from its files as before (with a note).
+"""
+import hashlib
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image
+
+CACHE_FORMAT = 1  # part of the key: a new layout never reads an old file
+
+
+def fingerprint(read_bytes: Callable[[int], bytes], labels) -> str:
+    """SHA-256 over every image's encoded bytes and label, in order."""
+    digest = hashlib.sha256(f'timm-spa decoded images v{CACHE_FORMAT}\n'.encode())
+    for index, label in enumerate(labels):
+        digest.update(hashlib.sha256(read_bytes(index)).digest())
+        digest.update(int(label).to_bytes(8, 'little', signed=True))
+    return digest.hexdigest()
+
+
+def _open(path: Path, count: int) -> Optional[np.ndarray]:
+    """The array in `path` if it is a complete (count, H, W, 3) uint8 array, else None."""
+    try:
+        array = np.load(path, mmap_mode='r')
+    except (OSError, ValueError):
+        return None
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != count or array.shape[3] != 3:
+        return None
+    return array
+
+
+def _build(samples, path: Path, log: Callable[[str], None]) -> Optional[np.ndarray]:
+    """Decode every image into `path` (via a temporary file); None where the images differ in size or the disk
+    cannot hold them."""
+    first = np.asarray(samples.load(0)[0])
+    tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    try:
+        array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(samples), *first.shape))
+        for index in range(len(samples)):
+            pixels = np.asarray(samples.load(index)[0])  # a corrupt file raises DataError naming it
+            if pixels.shape != first.shape:
+                log(f'note: {samples.name_fn(index)} is {pixels.shape[1]}x{pixels.shape[0]}, '
+                    f'{samples.name_fn(0)} {first.shape[1]}x{first.shape[0]}: images of different sizes are '
+                    'read from their files, not cached.')
+                return None
+            array[index] = pixels
+        array.flush()
+        del array
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk, most likely: training still works, from the files
+        log(f'note: could not write the decode cache {path} ({e}); reading the image files instead. Free space '
+            'there or choose another --decode-cache folder.')
+        return None
+    finally:
+        tmp.unlink(missing_ok=True)
+    return _open(path, len(samples))
+
+
+def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
+    """`samples` with its pixels read from the decode cache in `cache_dir` (built on first use); the samples
+    themselves where they have no files to fingerprint (array-backed data) or cannot be cached."""
+    if samples.read_bytes is None or len(samples) == 0:
+        return samples
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f'decoded-{fingerprint(samples.read_bytes, samples.labels)[:40]}.npy'
+    with FileLock(str(path) + '.lock'):  # two runs (or ranks) on one data set: one decodes, the other waits
+        array = _open(path, len(samples))
+        if array is None:
+            log(f'decoding {len(samples):,} images once into {path}')
+            array = _build(samples, path, log)
+    if array is None:
+        return samples
+    labels = samples.labels
+    return type(samples)(lambda i: (Image.fromarray(array[i]), labels[i]), samples.name_fn, labels,
+                         read_bytes=samples.read_bytes, pixels=array)
