@@ -115,3 +115,19 @@ def test_training_with_the_cache_learns_from_the_same_pixels(folder_data, tmp_pa
     first, second = (json.loads((r / 'results.json').read_text()) for r in (run, plain))
     assert first['test_loss'] == second['test_loss'] and first['val_top1'] == second['val_top1']  # same pixels
     assert 'decode_cache' in train_script.RESUME_SAFE  # where the cache lies may change when a run resumes
+
+
+def test_an_unwritable_cache_folder_is_named_and_a_killed_build_leaves_nothing_behind(tmp_path):
+    data = write_tiny_imagenet(tmp_path / 'data')
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('not a folder')
+    with pytest.raises(decode_cache.DecodeCacheError, match=f'--decode-cache {blocker}/cache: cannot write there'):
+        load_dataset('tinyimagenet', str(data), 4, decode_cache=str(blocker / 'cache'), log=lambda _: None)
+    cache = tmp_path / 'cache'
+    load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lambda _: None)
+    for array in cache.glob('decoded-*.npy'):  # as if a build had been killed (SIGKILL) before its rename
+        stale = cache / f'.{array.name}.4242.tmp'
+        stale.write_bytes(b'partial')
+        array.unlink()
+    load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lambda _: None)
+    assert len(list(cache.glob('decoded-*.npy'))) == 2 and not list(cache.glob('.*.tmp'))

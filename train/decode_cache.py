@@ -20,6 +20,10 @@ from PIL import Image
 CACHE_FORMAT = 1  # part of the key: a new layout never reads an old file
 
 
+class DecodeCacheError(ValueError):
+    """The cache folder cannot be written."""
+
+
 def fingerprint(read_bytes: Callable[[int], bytes], labels) -> str:
     """SHA-256 over every image's encoded bytes and label, in order."""
     digest = hashlib.sha256(f'timm-spa decoded images v{CACHE_FORMAT}\n'.encode())
@@ -72,13 +76,23 @@ def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
     themselves where they have no files to fingerprint (array-backed data) or cannot be cached."""
     if samples.read_bytes is None or len(samples) == 0:
         return samples
-    cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f'decoded-{fingerprint(samples.read_bytes, samples.labels)[:40]}.npy'
-    with FileLock(str(path) + '.lock'):  # two runs (or ranks) on one data set: one decodes, the other waits
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(path) + '.lock')
+        lock.acquire()  # two runs (or ranks) on one data set: one decodes, the other waits
+    except OSError as e:
+        raise DecodeCacheError(f'--decode-cache {cache_dir}: cannot write there ({e.strerror or e}). Choose a '
+                               'folder you can write, or drop --decode-cache.') from None
+    try:
         array = _open(path, len(samples))
         if array is None:
+            for stale in cache_dir.glob(f'.{path.name}.*.tmp'):  # left by a killed build: we hold the lock
+                stale.unlink(missing_ok=True)
             log(f'decoding {len(samples):,} images once into {path}')
             array = _build(samples, path, log)
+    finally:
+        lock.release()
     if array is None:
         return samples
     labels = samples.labels
