@@ -238,10 +238,13 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
         raise DataError(f'{path} has classes {found[:5]}... but the train split has {class_names[:5]}...: '
                         'both splits need the same class sub-folders.')
 
-    def load(i):
-        return Image.open(io.BytesIO(read(i))).convert('RGB'), labels[i]
+    return _encoded_samples(read, lambda i: f'{path}:{reader.filename(i)}', labels), found
 
-    return Samples(load, lambda i: f'{path}:{reader.filename(i)}', labels, read_bytes=read), found
+
+def _encoded_samples(read: Callable[[int], bytes], name_fn: Callable[[int], str], labels: List[int]) -> Samples:
+    """Images stored encoded (files, tar members): decoded when loaded, their bytes what the decode cache hashes."""
+    return Samples(lambda i: (Image.open(io.BytesIO(read(i))).convert('RGB'), labels[i]), name_fn, labels,
+                   read_bytes=read)
 
 
 def _split_path(root: Path, split: str) -> Optional[Path]:
@@ -300,8 +303,7 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
                         'Unzip it again.')
 
     def samples(files, labels):
-        return Samples(lambda i: (Image.open(files[i]).convert('RGB'), labels[i]), lambda i: str(files[i]), labels,
-                       read_bytes=lambda i: files[i].read_bytes())
+        return _encoded_samples(lambda i: files[i].read_bytes(), lambda i: str(files[i]), labels)
 
     # the official val split (labelled) is our test split; its test split has no labels
     return samples(train_files, train_labels), samples(val_files, val_labels), names

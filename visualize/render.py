@@ -39,7 +39,7 @@ def _matrix_panel(title: str, matrix: np.ndarray) -> dict:
     # rows grouped by the column they attend to most, strongest first: similar rows (one shared mix) read as
     # one band, rows that differ (attention that depends on the query) as several
     order = np.lexsort((-shown.max(axis=1), shown.argmax(axis=1)))
-    return dict(kind='matrix', matrix=shown[order], columns=top,
+    return dict(kind='matrix', matrix=shown[order],
                 title=f'{title}: top {len(top)} of {matrix.shape[1]} cols\n'
                       f'({share:.0%} of the attention), rows by top col')
 
