@@ -7,6 +7,7 @@
    server, classify the demo images (real CIFAR-10 test images kept in docs/demo-images/) and draw
    what its SPA block attends to.
 
+    python -m hub.demo all RUN_DIR --workdir DIR       # both, in one interpreter (what scripts/demo.sh runs)
     python -m hub.demo publish RUN_DIR --workdir DIR
     python -m hub.demo release --workdir DIR
 """
@@ -113,6 +114,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m hub.demo', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest='step', required=True)
+    step = steps.add_parser('all', help='step 1 then step 2 in one interpreter (imports paid once)')
+    step.add_argument('run_dir')
+    step.add_argument('--workdir', required=True)
     step = steps.add_parser('publish', help='step 1: publish the demo run, reload it, check it against its card')
     step.add_argument('run_dir')
     step.add_argument('--workdir', required=True)
@@ -125,11 +129,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     def body():
-        if args.step == 'publish':
-            return publish_and_reload(args.run_dir, Path(args.workdir))
-        if args.step == 'release':
-            return serve_release_and_classify(Path(args.workdir))
-        return classify(args.images, args.output)
+        if args.step in ('all', 'publish'):
+            publish_and_reload(args.run_dir, Path(args.workdir))
+        if args.step in ('all', 'release'):
+            serve_release_and_classify(Path(args.workdir))
+        if args.step == 'classify':
+            classify(args.images, args.output)
 
     run_cli('python -m hub.demo', body, args.debug,
             (ServerError, PretrainedWeightsUnavailable, WeightsDownloadError, subprocess.CalledProcessError))

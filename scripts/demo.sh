@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a fresh, offline machine, in a few minutes on 2 CPU cores:
 #  1. set up .venv;
-#  2. train resnet18_spa on scikit-learn's digits (shipped inside the package) with the budget recipe,
-#     the checkpoint chosen on a validation split held out of train, the test split evaluated once;
+#  2. train resnet18_spa on scikit-learn's digits (shipped inside the package) for 4 epochs, the checkpoint
+#     chosen on a validation split held out of train, the test split evaluated once (AdamW, not the
+#     paper's SGD: on 1,257 images it reaches ~90% in 4 epochs where SGD needs 6, which keeps the demo
+#     under 3 minutes on an AVX2-only 2-core CPU);
 #  3. export the run as a Hub repository, publish it into a local mirror, serve the mirror over the Hub's
 #     HTTP API (olah), reload it with pretrained=True and check it scores exactly what its card says;
 #  4. serve the released weights (releases/), load resnet18_spa with pretrained=True through that server,
@@ -16,11 +18,10 @@ OUT=${OUT:-runs/demo}
 mkdir -p "$OUT"
 setup=$((SECONDS - start))
 echo "set up in $setup s; training (one line per epoch)"
-.venv/bin/python -m train --dataset digits --model resnet18_spa --img-size 16 --epochs "${EPOCHS:-6}" -b 32 \
-    --opt sgd --lr 0.1 --sched-on-updates --smoothing 0.1 --amp \
+.venv/bin/python -m train --dataset digits --model resnet18_spa --img-size 16 --epochs "${EPOCHS:-4}" -b 32 \
+    --opt adamw --lr 0.003 --weight-decay 0.05 --sched-on-updates --smoothing 0.1 --amp \
     --log-interval 0 --no-progress --output "$OUT/run" --overwrite
-.venv/bin/python -m hub.demo publish "$OUT/run" --workdir "$OUT"
-.venv/bin/python -m hub.demo release --workdir "$OUT"
+.venv/bin/python -m hub.demo all "$OUT/run" --workdir "$OUT"
 echo
 echo "done in $((SECONDS - start)) s: set-up $setup s, the demo itself $((SECONDS - start - setup)) s. Everything is under $OUT/:"
 echo "  run/results.json, run/model_best.safetensors  the numbers and the weights chosen on the validation split"

@@ -372,16 +372,22 @@ def test_registered_without_import_in_fresh_interpreters(tmp_path, editable, ins
 
 
 @pytest.mark.slow
-def test_main_job_publish_step_reproduces_the_card(folder_data, tmp_path, capsys):
+def test_main_job_publishes_reloads_and_serves_the_releases(folder_data, tmp_path, capfd):
+    """`python -m hub.demo all` (what scripts/demo.sh runs): the run reloads over HTTP equal to its card, then
+    the released resnet18_spa, served from releases/, classifies the demo images and draws its attention."""
     from hub import demo
     run = train_tiny(folder_data, tmp_path / 'demo' / 'run', '--epochs', '1', '--model', 'resnet18_gc', '--amp')
-    report = demo.publish_and_reload(str(run), tmp_path / 'demo')
+    demo.main(['all', str(run), '--workdir', str(tmp_path / 'demo')])
     results = json.loads((run / 'results.json').read_text())
+    report = json.loads((tmp_path / 'demo' / 'reloaded.json').read_text())
     assert (report['top1'], report['top5']) == (results['test_top1'], results['test_top5'])
     assert report['model'] == 'hf-hub:timm-spa/resnet18_gc.folder' and report['pretrained']
-    assert 'equal.' in capsys.readouterr().out
     mirrored = tmp_path / 'demo' / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder'
     assert (mirrored / 'model.safetensors').is_file()
+    out = capfd.readouterr().out  # the children's lines too: the reload, the classification
+    assert 'equal.' in out and 'serving 4 released repositories' in out and ' of 10 right.' in out
+    assert "`timm.create_model('resnet18_spa', pretrained=True)` (timm-spa/resnet18_spa.cifar10)" in out
+    assert (tmp_path / 'demo' / 'release-attention.png').stat().st_size > 0
 
 
 def _second_run(folder_data: Path, out: Path) -> Path:
