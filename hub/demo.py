@@ -7,7 +7,7 @@
    server, classify the demo images (real CIFAR-10 test images kept in docs/demo-images/) and draw
    what its SPA block attends to.
 
-    python -m hub.demo all RUN_DIR --workdir DIR       # both, in one interpreter (what scripts/demo.sh runs)
+    python -m hub.demo all RUN_DIR --workdir DIR       # both at once (what scripts/demo.sh runs)
     python -m hub.demo publish RUN_DIR --workdir DIR
     python -m hub.demo release --workdir DIR
 """
@@ -16,8 +16,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import timm
 import torch
@@ -74,16 +75,36 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     return report
 
 
-def serve_release_and_classify(workdir: Path, images: Optional[List[str]] = None) -> None:
-    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images."""
+def serve_release_and_classify(workdir: Path, alongside: Optional[Callable[[], object]] = None) -> None:
+    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images. With `alongside` (step 1),
+    the classifying interpreter starts first and `alongside` runs while it imports and classifies (two
+    interpreters on two cores); its lines are printed after those of `alongside`."""
     repos = released_repositories(RELEASES)
     mirror = build_mirror(repos, workdir / 'releases-mirror')
-    images = images or [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
-    figure = workdir / 'release-attention.png'
+    images = [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
+    command = [sys.executable, '-m', 'hub.demo', 'classify', '--output', str(workdir / 'release-attention.png'),
+               *images]
     with MirrorServer(mirror, workdir / 'olah-releases') as server:
-        print(f'\nserving {len(repos)} released repositories from {RELEASES} at {server.endpoint}', flush=True)
-        subprocess.run([sys.executable, '-m', 'hub.demo', 'classify', '--output', str(figure), *images],
-                       env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
+        serving = f'\nserving {len(repos)} released repositories from {RELEASES} at {server.endpoint}'
+        if alongside is None:
+            print(serving, flush=True)
+            subprocess.run(command, env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
+            return
+        with tempfile.TemporaryFile('w+') as lines:
+            child = subprocess.Popen(command, env=_env(workdir, server.endpoint), stdout=lines,
+                                     stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+            try:
+                alongside()
+            except BaseException:
+                child.kill()
+                child.wait()
+                raise
+            child.wait()
+            lines.seek(0)
+            print(serving, flush=True)
+            print(lines.read(), end='', flush=True)
+    if child.returncode:
+        raise subprocess.CalledProcessError(child.returncode, command)
 
 
 def classify(images: List[str], output: str) -> List[dict]:
@@ -114,7 +135,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m hub.demo', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest='step', required=True)
-    step = steps.add_parser('all', help='step 1 then step 2 in one interpreter (imports paid once)')
+    step = steps.add_parser('all', help='steps 1 and 2 from one interpreter, step 2 classifying while step 1 runs')
     step.add_argument('run_dir')
     step.add_argument('--workdir', required=True)
     step = steps.add_parser('publish', help='step 1: publish the demo run, reload it, check it against its card')
@@ -129,11 +150,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
 
     def body():
-        if args.step in ('all', 'publish'):
+        if args.step == 'all':
+            serve_release_and_classify(Path(args.workdir),
+                                       alongside=lambda: publish_and_reload(args.run_dir, Path(args.workdir)))
+        elif args.step == 'publish':
             publish_and_reload(args.run_dir, Path(args.workdir))
-        if args.step in ('all', 'release'):
+        elif args.step == 'release':
             serve_release_and_classify(Path(args.workdir))
-        if args.step == 'classify':
+        else:
             classify(args.images, args.output)
 
     run_cli('python -m hub.demo', body, args.debug,
