@@ -38,14 +38,15 @@ class Probe:
     kept: str  # what must survive
     code: Union[int, str]  # the exit status of a command, or the exception a library call raises
     run: Callable
+    slow: bool = False  # serves or exports for real: skipped by the fast loop (`-m "not slow"`)
 
 
 PROBES: List[Probe] = []
 
 
-def probe(given: str, expect: str, kept: str = '-', code: Union[int, str] = 1, name: str = ''):
+def probe(given: str, expect: str, kept: str = '-', code: Union[int, str] = 1, name: str = '', slow: bool = False):
     def register(fn):
-        PROBES.append(Probe(name or fn.__name__, given, expect, kept, code, fn))
+        PROBES.append(Probe(name or fn.__name__, given, expect, kept, code, fn, slow))
         return fn
     return register
 
@@ -375,7 +376,7 @@ def two_trainings_one_folder(ws):
 
 @probe('`python -m hub push REPO --releases DIR` for a name DIR already publishes with other weights',
        'already publishes other weights as timm-spa/resnet18_spa.folder (run', 'the release; `--replace` replaces '
-       'it on purpose, keeping the old one in history.json and on the card', code=1)
+       'it on purpose, keeping the old one in history.json and on the card', code=1, slow=True)
 def push_over_a_release(ws):
     from hub.__main__ import main as hub_main
     releases = ws.releases('push-over')
@@ -528,7 +529,7 @@ def overlay_other_architecture(ws):
 
 
 @probe('`hf-hub:timm-spa/does-not-exist` through `python -m hub serve`', 'does-not-exist is not served here; this '
-       'server serves timm-spa/resnet18_spa.folder', code='RepositoryNotFoundError')
+       'server serves timm-spa/resnet18_spa.folder', code='RepositoryNotFoundError', slow=True)
 def hub_serve_unknown_repository(ws):
     from huggingface_hub import hf_hub_download
 
@@ -561,7 +562,7 @@ def tiny_imagenet_half_extracted(ws):
 
 
 @probe('`python -m hub serve releases/` stopped with SIGTERM (as kill, timeout, systemd and docker stop it)',
-       'stopping (SIGTERM)', 'the releases; olah and the temporary mirror are gone', code=0)
+       'stopping (SIGTERM)', 'the releases; olah and the temporary mirror are gone', code=0, slow=True)
 def hub_serve_sigterm(ws):
     import signal
     releases = ws.releases('serve-sigterm')
@@ -589,7 +590,8 @@ def workspace(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp('bad-input'))
 
 
-@pytest.mark.parametrize('case', PROBES, ids=[p.name for p in PROBES])
+@pytest.mark.parametrize('case', [pytest.param(p, id=p.name, marks=[pytest.mark.slow] if p.slow else [])
+                                  for p in PROBES])
 def test_bad_input_gets_one_clear_line(workspace, case):
     code, err = case.run(workspace)
     assert code == case.code, err

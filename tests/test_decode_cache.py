@@ -108,6 +108,7 @@ def test_images_of_different_sizes_are_read_from_their_files(tmp_path):
     assert any('different sizes' in line for line in lines)
 
 
+@pytest.mark.slow
 def test_training_with_the_cache_learns_from_the_same_pixels(folder_data, tmp_path):
     run = train_tiny(folder_data, tmp_path / 'run', '--epochs', '1', '--decode-cache', str(tmp_path / 'cache'))
     assert len(list((tmp_path / 'cache').glob('decoded-*.npy'))) == 2

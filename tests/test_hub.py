@@ -211,6 +211,7 @@ def test_profile_counts_macs_and_activations_of_a_plain_network():
     assert activations * 1e6 == pytest.approx(8 * 16 * 16 + 4 * 8 * 8 + 5)
 
 
+@pytest.mark.slow
 def test_export_keeps_attention_placement(folder_data, tmp_path):
     run = train_tiny(folder_data, tmp_path / 'run', '--epochs', '1', '--model', 'resnet18_nl', '--model-kwargs',
                      'attn_stages=(1, 2)')

@@ -138,6 +138,7 @@ def test_a_finished_run_with_other_arguments_is_refused(tmp_path, capsys):
         sweep.status(sweep.plan(sweep.custom(['resnet18_cifar']), args, train_argv)[0])
 
 
+@pytest.mark.slow
 def test_dry_run_lists_and_estimates_without_training(tmp_path, capsys):
     out = tmp_path / 'sweep'
     runs = _sweep(out, '--dry-run')

@@ -1,8 +1,9 @@
 """Every registered model behaves like a first-class timm model.
 
-Cheap checks run on all ten models at 32x32 (batch 2). The expensive ones run on a representative
-subset: `torch.compile` on resnet18_spa only (its first call costs ~40 s on CPU), ONNX export on
-one model per attention type (SPA also at depth 50); the others share the same code paths.
+Cheap checks run on all ten models at 32x32 (batch 2); the fast loop (`-m "not slow"`) checks the five
+depth-18 ones, CI all ten. The expensive ones run on a representative subset: `torch.compile` on
+resnet18_spa only (its first call costs ~40 s on CPU), ONNX export on one model per attention type (SPA
+also at depth 50); the others share the same code paths.
 """
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from timm_spa.models import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
+ALL_MODELS = [pytest.param(name, marks=pytest.mark.slow) if name.startswith('resnet50') else name
+              for name in MODEL_NAMES]
 ONNX_MODELS = ['resnet18_spa', 'resnet50_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet18_cifar']
 
 
@@ -34,7 +37,7 @@ def _images(batch=2, chans=3, size=32):
     return torch.randn(batch, chans, size, size, generator=torch.Generator().manual_seed(1))
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_forward_backward_with_overrides(name):
     model = timm.create_model(name, num_classes=5, in_chans=1)
     out = model(_images(chans=1))
@@ -44,7 +47,7 @@ def test_forward_backward_with_overrides(name):
     assert not missing
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_features_and_intermediates(name):
     model = _active(timm.create_model(name)).eval()
     x = _images()
@@ -59,7 +62,7 @@ def test_features_and_intermediates(name):
         torch.testing.assert_close(only[1], feats)
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True).eval()
     expected_chs = [64, 64, 128, 256, 512] if '18' in name else [64, 256, 512, 1024, 2048]
@@ -73,7 +76,7 @@ def test_features_only(name):
     assert subset.feature_info.channels() == [expected_chs[3]]
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_reset_classifier_and_unpooled(name):
     model = timm.create_model(name).eval()
     x = _images()
@@ -91,7 +94,7 @@ def test_reset_classifier_and_unpooled(name):
         assert unpooled(x).shape == (2, unpooled.num_features, 4, 4)
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_grad_checkpointing_gives_same_output(name):
     model = _active(timm.create_model(name)).eval()
     x = _images()
@@ -104,7 +107,7 @@ def test_grad_checkpointing_gives_same_output(name):
     assert x_ckpt.grad is not None and torch.isfinite(x_ckpt.grad).all()
 
 
-@pytest.mark.parametrize('name', MODEL_NAMES)
+@pytest.mark.parametrize('name', ALL_MODELS)
 def test_torchscript(name):
     model = _active(timm.create_model(name)).eval()
     scripted = torch.jit.script(model)
@@ -158,7 +161,8 @@ def test_torch_compile_training_step_matches_eager():
         torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet50_spa'])
+@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se',
+                                  pytest.param('resnet50_spa', marks=pytest.mark.slow)])
 def test_fx_feature_extraction(name):
     """torchvision's create_feature_extractor (plain FX, no leaf list) and timm's FX feature path trace every
     attention type; the traced graph computes what the model computes and still checks its input."""

@@ -234,6 +234,7 @@ def test_error_from_a_loader_worker_is_one_line(tmp_path):
     assert text.startswith('cannot read image ') and bad.name in text and '\n' not in text
 
 
+@pytest.mark.slow
 def test_tar_reads_stay_correct_in_loader_workers_after_the_check(tmp_path):
     """The readability check reads the tar in the main process; forked loader workers must not share its
     file handle (one offset for all: concurrent reads return garbage)."""

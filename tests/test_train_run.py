@@ -101,6 +101,7 @@ def test_refuses_an_output_directory_holding_another_run(folder_data, tmp_path, 
     _run(folder_data, out, '--epochs', '1', '--overwrite')
 
 
+@pytest.mark.slow
 def test_overwrite_killed_after_one_epoch_leaves_no_old_results(folder_data, tmp_path):
     """--overwrite removes the old run's files before training, so an interrupted overwrite never pairs the
     old results with new weights; what is left cannot be exported or validated."""
@@ -266,8 +267,10 @@ def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
         compare_script.compare([str(tmp_path / 'b')])
 
 
-@pytest.mark.parametrize('bf16, kernels, native', [(True, True, True), (False, False, False), (True, False, False)],
-                         ids=['avx512_bf16', 'avx2_only', 'avx512_bf16_with_avx2_kernels'])
+@pytest.mark.parametrize('bf16, kernels, native', [
+    pytest.param(True, True, True, id='avx512_bf16', marks=pytest.mark.slow),  # 16x slower where bf16 is emulated
+    pytest.param(False, False, False, id='avx2_only'),
+    pytest.param(True, False, False, id='avx512_bf16_with_avx2_kernels')])
 def test_amp_uses_bfloat16_only_on_a_cpu_that_has_it(folder_data, tmp_path, monkeypatch, capsys, bf16, kernels,
                                                      native):
     flags = dict(avx2=True, avx512=bf16, avx512_bf16=bf16, amx=False, avx512_kernels=kernels)
@@ -283,6 +286,7 @@ def test_amp_uses_bfloat16_only_on_a_cpu_that_has_it(folder_data, tmp_path, monk
     assert all(torch.isfinite(v).all() for v in load_file(tmp_path / 'run' / BEST).values())
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(platform.machine().lower() not in ('x86_64', 'amd64'), reason='an x86 switch')
 def test_torch_limited_to_avx2_kernels_trains_in_float32():
     # torch's own switch, in a fresh process: an AVX-512 CPU told to compute like an AVX2-only one

@@ -135,9 +135,10 @@ def test_nl_and_gc_arrays_match_their_definitions():
     assert mask.shape == (1, 8, 8) and mask.sum() == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize('name,stages', [('resnet18_spa', '(1,)'), ('resnet18_spa', '(2, 4)'),
-                                         ('resnet18_nl', '(3,)'), ('resnet50_nl', '(4,)'), ('resnet18_gc', '(1, 3)'),
-                                         ('resnet50_gc', '(3,)'), ('resnet50_spa', '(3,)')])
+@pytest.mark.parametrize('name,stages', [
+    ('resnet18_spa', '(1,)'), ('resnet18_spa', '(2, 4)'), ('resnet18_nl', '(3,)'), ('resnet18_gc', '(1, 3)'),
+    *(pytest.param(name, stages, marks=pytest.mark.slow)
+      for name, stages in [('resnet50_nl', '(4,)'), ('resnet50_gc', '(3,)'), ('resnet50_spa', '(3,)')])])
 def test_cli_on_a_data_set_split(tmp_path, name, stages):
     data = write_image_folders(tmp_path / 'data', classes=4, n_train=16, n_test=8)
     out = tmp_path / 'fig.png'
@@ -218,6 +219,7 @@ def test_affinity_panels_show_the_columns_that_carry_the_attention():
     assert share == pytest.approx(sum(means[c] for c in top) / means.sum())
 
 
+@pytest.mark.slow
 def test_figure_title_panel_titles_and_colour_bars_do_not_overlap(tmp_path):
     """The demo's ten images: with tight_layout the figure title ran into the first row's panel titles."""
     images = sorted(str(p) for p in (ROOT / 'docs' / 'demo-images').glob('*.png'))
