@@ -7,9 +7,10 @@
    server, classify the demo images (real CIFAR-10 test images kept in docs/demo-images/) and draw
    what its SPA block attends to.
 
-    python -m hub.demo all RUN_DIR --workdir DIR       # both at once (what scripts/demo.sh runs)
-    python -m hub.demo publish RUN_DIR --workdir DIR
-    python -m hub.demo release --workdir DIR
+    python -m hub.demo all RUN_DIR --workdir DIR
+
+Step 2's interpreter starts first and classifies while step 1 runs (two interpreters on two cores: each
+pays ~8 s of `import timm` on a slow CPU); its lines are printed after step 1's.
 """
 import argparse
 import json
@@ -75,21 +76,15 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     return report
 
 
-def serve_release_and_classify(workdir: Path, alongside: Optional[Callable[[], object]] = None) -> None:
-    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images. With `alongside` (step 1),
-    the classifying interpreter starts first and `alongside` runs while it imports and classifies (two
-    interpreters on two cores); its lines are printed after those of `alongside`."""
+def serve_release_and_classify(workdir: Path, alongside: Callable[[], object]) -> None:
+    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images, classified in a child
+    interpreter while `alongside` (step 1) runs here; the child's lines are printed after those of step 1."""
     repos = released_repositories(RELEASES)
     mirror = build_mirror(repos, workdir / 'releases-mirror')
     images = [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
     command = [sys.executable, '-m', 'hub.demo', 'classify', '--output', str(workdir / 'release-attention.png'),
                *images]
     with MirrorServer(mirror, workdir / 'olah-releases') as server:
-        serving = f'\nserving {len(repos)} released repositories from {RELEASES} at {server.endpoint}'
-        if alongside is None:
-            print(serving, flush=True)
-            subprocess.run(command, env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
-            return
         with tempfile.TemporaryFile('w+') as lines:
             child = subprocess.Popen(command, env=_env(workdir, server.endpoint), stdout=lines,
                                      stderr=subprocess.STDOUT, cwd=ROOT, text=True)
@@ -101,7 +96,7 @@ def serve_release_and_classify(workdir: Path, alongside: Optional[Callable[[], o
                 raise
             child.wait()
             lines.seek(0)
-            print(serving, flush=True)
+            print(f'\nserving {len(repos)} released repositories from {RELEASES} at {server.endpoint}', flush=True)
             print(lines.read(), end='', flush=True)
     if child.returncode:
         raise subprocess.CalledProcessError(child.returncode, command)
@@ -135,13 +130,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog='python -m hub.demo', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     steps = parser.add_subparsers(dest='step', required=True)
-    step = steps.add_parser('all', help='steps 1 and 2 from one interpreter, step 2 classifying while step 1 runs')
+    step = steps.add_parser('all', help='step 1 (publish the demo run, reload it, check it against its card) '
+                                        'and step 2 (serve releases/, classify the demo images) at once')
     step.add_argument('run_dir')
-    step.add_argument('--workdir', required=True)
-    step = steps.add_parser('publish', help='step 1: publish the demo run, reload it, check it against its card')
-    step.add_argument('run_dir')
-    step.add_argument('--workdir', required=True)
-    step = steps.add_parser('release', help='step 2: serve releases/ and classify the demo images')
     step.add_argument('--workdir', required=True)
     step = steps.add_parser('classify', help="(run under HF_ENDPOINT) classify images with the released model")
     step.add_argument('images', nargs='+')
@@ -153,10 +144,6 @@ def main(argv: Optional[List[str]] = None) -> None:
         if args.step == 'all':
             serve_release_and_classify(Path(args.workdir),
                                        alongside=lambda: publish_and_reload(args.run_dir, Path(args.workdir)))
-        elif args.step == 'publish':
-            publish_and_reload(args.run_dir, Path(args.workdir))
-        elif args.step == 'release':
-            serve_release_and_classify(Path(args.workdir))
         else:
             classify(args.images, args.output)
 
