@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
 import timm
 import torch
@@ -76,9 +76,10 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     return report
 
 
-def serve_release_and_classify(workdir: Path, alongside: Callable[[], object]) -> None:
-    """Step 2: the released weights over a local Hub, on real CIFAR-10 test images, classified in a child
-    interpreter while `alongside` (step 1) runs here; the child's lines are printed after those of step 1."""
+def publish_and_release(run_dir: str, workdir: Path) -> None:
+    """Both steps: step 2 (the released weights over a local Hub, classifying real CIFAR-10 test images) in a
+    child interpreter started first, step 1 (`publish_and_reload`) here meanwhile; the child's lines are
+    printed after those of step 1."""
     repos = released_repositories(RELEASES)
     mirror = build_mirror(repos, workdir / 'releases-mirror')
     images = [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
@@ -89,7 +90,7 @@ def serve_release_and_classify(workdir: Path, alongside: Callable[[], object]) -
             child = subprocess.Popen(command, env=_env(workdir, server.endpoint), stdout=lines,
                                      stderr=subprocess.STDOUT, cwd=ROOT, text=True)
             try:
-                alongside()
+                publish_and_reload(run_dir, workdir)
             except BaseException:
                 child.kill()
                 child.wait()
@@ -142,8 +143,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     def body():
         if args.step == 'all':
-            serve_release_and_classify(Path(args.workdir),
-                                       alongside=lambda: publish_and_reload(args.run_dir, Path(args.workdir)))
+            publish_and_release(args.run_dir, Path(args.workdir))
         else:
             classify(args.images, args.output)
 

@@ -18,6 +18,12 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
+def slow_at_depth_50(name: str, *values):
+    """A test parameter for model `name` (and `values`), marked slow for the depth-50 models: the fast loop
+    (`-m "not slow"`) checks the depth-18 model of each attention type, CI all of them."""
+    return pytest.param(name, *values, marks=[pytest.mark.slow] if name.startswith('resnet50') else [])
+
+
 def _images(n, size=32, seed=0, classes=10):
     """Images whose mean colour encodes the class, so a few epochs can learn something."""
     rng = np.random.default_rng(seed)

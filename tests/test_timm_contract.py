@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import slow_at_depth_50
 
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import MODEL_NAMES
 
 ROOT = Path(__file__).resolve().parent.parent
 
-ALL_MODELS = [pytest.param(name, marks=pytest.mark.slow) if name.startswith('resnet50') else name
-              for name in MODEL_NAMES]
+ALL_MODELS = [slow_at_depth_50(name) for name in MODEL_NAMES]
 ONNX_MODELS = ['resnet18_spa', 'resnet50_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet18_cifar']
 
 
@@ -161,8 +161,8 @@ def test_torch_compile_training_step_matches_eager():
         torch.testing.assert_close(traced, eager, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize('name', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se',
-                                  pytest.param('resnet50_spa', marks=pytest.mark.slow)])
+@pytest.mark.parametrize('name', [slow_at_depth_50(name) for name in
+                                  ('resnet18_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet50_spa')])
 def test_fx_feature_extraction(name):
     """torchvision's create_feature_extractor (plain FX, no leaf list) and timm's FX feature path trace every
     attention type; the traced graph computes what the model computes and still checks its input."""

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import write_image_folders
+from conftest import slow_at_depth_50, write_image_folders
 from PIL import Image
 
 from timm_spa.capture import attention_blocks, capture_attention, position_to_image
@@ -135,10 +135,9 @@ def test_nl_and_gc_arrays_match_their_definitions():
     assert mask.shape == (1, 8, 8) and mask.sum() == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize('name,stages', [
-    ('resnet18_spa', '(1,)'), ('resnet18_spa', '(2, 4)'), ('resnet18_nl', '(3,)'), ('resnet18_gc', '(1, 3)'),
-    *(pytest.param(name, stages, marks=pytest.mark.slow)
-      for name, stages in [('resnet50_nl', '(4,)'), ('resnet50_gc', '(3,)'), ('resnet50_spa', '(3,)')])])
+@pytest.mark.parametrize('name,stages', [slow_at_depth_50(name, stages) for name, stages in [
+    ('resnet18_spa', '(1,)'), ('resnet18_spa', '(2, 4)'), ('resnet18_nl', '(3,)'), ('resnet50_nl', '(4,)'),
+    ('resnet18_gc', '(1, 3)'), ('resnet50_gc', '(3,)'), ('resnet50_spa', '(3,)')]])
 def test_cli_on_a_data_set_split(tmp_path, name, stages):
     data = write_image_folders(tmp_path / 'data', classes=4, n_train=16, n_test=8)
     out = tmp_path / 'fig.png'
