@@ -1,6 +1,6 @@
 """python -m hub export RUN_DIR --output DIR
 | push DIR [--repo-id ORG/NAME] [--mirror PATH | --releases DIR] [--replace]
-| serve RELEASES_DIR [--port N] | table RELEASES_DIR"""
+| serve RELEASES_DIR [--port N] | table RELEASES_DIR | remeasure RELEASES_DIR --data NAME=DIR [--check]"""
 import argparse
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +10,7 @@ from train.cli import UsageError, add_debug_flag, run_cli
 from .export import export_run
 from .mirror import ServerError, serve
 from .push import publish
-from .releases import release_table, released_repositories
+from .releases import check_remeasured, parse_data_dirs, release_table, released_repositories, remeasure
 
 PROG = 'python -m hub'
 
@@ -41,6 +41,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     serve_cmd.add_argument('--workdir', default=None, help='keep the served mirror here (default: a temporary one)')
     table = commands.add_parser('table', help="print the README's table of the released weights")
     table.add_argument('releases')
+    measure = commands.add_parser(
+        'remeasure', help='measure every release on its whole test split and record it in RELEASES_DIR/remeasured.json'
+                          '; with --check, measure the fixed subset CI checks and compare it with that record')
+    measure.add_argument('releases')
+    measure.add_argument('--data', action='append', default=[], metavar='NAME=DIR',
+                         help='where a data set of the releases is, e.g. cifar10=../shared/data/cifar10-jpeg '
+                              '(repeat for each data set)')
+    measure.add_argument('--check', action='store_true',
+                         help="CI's check: the first test images only, compared with the record (left unchanged)")
     args = parser.parse_args(argv)
 
     def body():
@@ -54,6 +63,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                                  'commit in its own history. Drop --replace.')
             return publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private, args.releases,
                            replace=args.replace)
+        if args.command == 'remeasure':
+            data_dirs = parse_data_dirs(args.data)
+            return (check_remeasured if args.check else remeasure)(Path(args.releases), data_dirs)
         if args.command == 'table':
             text = release_table(released_repositories(Path(args.releases)))
             print(text)

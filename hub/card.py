@@ -18,6 +18,8 @@ from train.lineage import totals
 from train.precision import describe_flags
 from train.run_dir import Results
 
+from .releases import CHECK_IMAGES
+
 DATASET_IDS = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'tinyimagenet': 'zh-plus/tiny-imagenet'}
 RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'sched_on_updates',
                'min_lr', 'warmup_epochs', 'warmup_lr', 'smoothing', 'model_ema', 'model_ema_decay', 'amp', 'amp_dtype',
@@ -187,7 +189,10 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         '- A single training run (one seed): no mean or seed-to-seed spread was measured, so this card makes no '
         'claim that this model is better or worse than another variant trained the same way.',
         '- The test numbers were measured in float32. Evaluated on another CPU, a borderline image may flip, so a '
-        're-measurement can differ by one image (0.01 points on 10,000 images).', '',
+        're-measurement can differ by one image (0.01 points on 10,000 images).',
+        '- Before a release is published, timm-spa measures it again on the whole test split (`python -m hub '
+        f'remeasure`); every CI run then re-classifies up to {CHECK_IMAGES:,} test images spread over the split '
+        'and compares them with that record.', '',
         '## How the checkpoint was chosen', '',
         f'{results.checkpoint_selection[0].upper()}{results.checkpoint_selection[1:]}. The best epoch was '
         f'{results.best_epoch} of {results.epochs} (counted from 0); the test split was not used for any choice.', '',

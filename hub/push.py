@@ -251,4 +251,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
         print(f'{destination} already holds exactly this; nothing to publish.')
         return summary
     print(f'published {repo_id} to {destination}' + (f'; recorded {name} in {summary["record"]}' if name else ''))
+    if releases:
+        print(f'next: python -m hub remeasure {releases} --data {repo.results.dataset.name}=DIR (the whole test '
+              'split, recorded; CI refuses a release without it)')
     return summary

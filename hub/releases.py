@@ -1,17 +1,40 @@
-"""The released weights: every repository folder under releases/ORG/NAME, checked, and the table of them.
+"""The released weights: every repository folder under releases/ORG/NAME, checked, the table of them, and
+their numbers measured again.
 
 The folders are exactly what `python -m hub push --releases releases/` copied there (and what a push to
 the Hub uploads); `timm_spa/models/published.json` records which `arch.tag` names they are.
+
+`releases/remeasured.json` records each release measured again on its whole test split (`python -m hub
+remeasure`, minutes per release on a CPU), for the weights' SHA-256: the test top-1 and top-5 (which must
+agree with the card) and the top-1 class of `CHECK_IMAGES` test images spread over the split (every k-th, as
+test splits are often stored class by class). CI measures only those images (`--check`), compares them with
+the record, and refuses a release the record does not cover: the full re-measurement is run and recorded
+before a release lands.
 """
+import json
+import math
+import time
 from pathlib import Path
-from typing import List
+from typing import Dict, List, Sequence
 
 import timm
+import torch
 
 from timm_spa import paper
+from train.checkpoint import atomic_write, file_sha256
+from train.cli import UsageError
+from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
+from train.distributed import DistEnv
+from train.engine import evaluate
 from train.lineage import describe, totals
+from train.report import hardware, software
 
-from .repository import Repository, RepositoryError, read_history, read_repository
+from .repository import WEIGHTS, Repository, RepositoryError, read_history, read_repository
+
+REMEASURED = 'remeasured.json'
+CHECK_IMAGES = 1000  # at most this many test images in CI's fixed subset, every k-th of the split
+TOLERANCE = 0.02  # points of top-1/top-5 a whole-split re-measurement may differ from the card by
+MAX_FLIPS = 2  # images whose top-1 class may differ on another CPU (borderline logits): 0.02 points of 10,000
 
 
 def released_repositories(releases: Path) -> List[Repository]:
@@ -50,3 +73,176 @@ def release_table(repos: List[Repository]) -> str:
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {seconds / 3600:.2f} h | {describe(r)} | '
             f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
     return '\n'.join(lines)
+
+
+def parse_data_dirs(pairs: Sequence[str]) -> Dict[str, str]:
+    """`--data NAME=DIR` pairs as {data set name: folder}."""
+    dirs: Dict[str, str] = {}
+    for pair in pairs:
+        name, sep, folder = pair.partition('=')
+        if not sep or not folder or name not in DATASETS:
+            raise UsageError(f'--data {pair!r}: give NAME=DIR with NAME one of {", ".join(DATASETS)}, e.g. '
+                             '--data cifar10=../shared/data/cifar10-jpeg.')
+        if name in dirs:
+            raise UsageError(f'--data {name}= is given twice ({dirs[name]} and {folder}); give each data set once.')
+        dirs[name] = folder
+    return dirs
+
+
+def check_stride(images: int) -> int:
+    """The step between the test images CI checks: at most `CHECK_IMAGES` of them, spread over the whole split."""
+    return max(1, math.ceil(images / CHECK_IMAGES))
+
+
+class DecodedTestImages:
+    """Each release's test split (or every k-th image of it), decoded once per data set, size and step, as the
+    runs evaluated it."""
+
+    def __init__(self, data_dirs: Dict[str, str]):
+        self.data_dirs = data_dirs
+        self.decoded: Dict[tuple, List] = {}
+
+    def batches(self, repo: Repository, stride: int = 1) -> List:
+        card = repo.results
+        data_dir = self.data_dirs[card.dataset.name]
+        key = (card.dataset.name, card.dataset.label, card.dataset.image_size, stride)
+        if key in self.decoded:
+            return self.decoded[key]
+        splits = load_dataset(card.dataset.name, data_dir, card.dataset.val_images, card.dataset.val_split_seed,
+                              label=card.args.get('dataset_label'), log=lambda _: None)
+        if splits.label != card.dataset.label:
+            raise RepositoryError(f'--data {card.dataset.name}={data_dir} is {splits.label}, but {repo.name} was '
+                                  f'measured on {card.dataset.label}: give the data set its card names.')
+        samples, indices = splits.split('test')
+        if len(indices) != card.dataset.test_images:
+            raise RepositoryError(f'--data {card.dataset.name}={data_dir} has {len(indices):,} test images, the card '
+                                  f'of {repo.name} counts {card.dataset.test_images:,}: give the same copy of the '
+                                  'data set.')
+        transform = build_transforms(splits, card.dataset.image_size, False)
+        loader = build_loader(TransformedSamples(samples, indices[::stride], transform), 250, False, workers=2, seed=0)
+        self.decoded[key] = list(loader)
+        return self.decoded[key]
+
+
+def measure(repo: Repository, batches: List) -> dict:
+    """Top-1, top-5 and every image's top-1 class of the released folder, loaded as a user loads it
+    (`local-dir:` with `pretrained=True`), in float32 and the memory format the run measured in."""
+    channels_last = bool(repo.results.args.get('channels_last'))
+    model = timm.create_model(f'local-dir:{repo.folder}', pretrained=True)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    predictions: List[int] = []
+    with torch.no_grad():
+        metrics = evaluate(model, batches, DistEnv(), None, channels_last, predictions)
+    return dict(images=metrics['count'], top1=metrics['top1'], top5=metrics['top5'], predictions=predictions)
+
+
+def read_remeasured(releases: Path) -> Dict[str, dict]:
+    path = Path(releases) / REMEASURED
+    if not path.is_file():
+        return {}
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RepositoryError(f'{path} cannot be read ({e}); restore it from version control or run '
+                              '`python -m hub remeasure` again.') from None
+    if not isinstance(record, dict) or not all(_is_entry(v) for v in record.values()):
+        raise RepositoryError(f'{path} is not a re-measurement record; restore it from version control or run '
+                              '`python -m hub remeasure` again.')
+    return record
+
+
+def _is_entry(entry) -> bool:
+    keys = ('weights_sha256', 'images', 'top1', 'top5', 'check_stride', 'check_predictions')
+    return isinstance(entry, dict) and all(k in entry for k in keys) and \
+        len(entry['check_predictions']) == len(range(0, entry['images'], entry['check_stride']))
+
+
+def _repo_id(repo: Repository) -> str:
+    return f'{repo.folder.parent.name}/{repo.folder.name}'
+
+
+def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
+    """Measure every release whose data set is in `data_dirs` on its whole test split and record it in
+    RELEASES/remeasured.json; refuse (recording nothing) when a card's numbers are not what its weights give."""
+    releases = Path(releases)
+    if not data_dirs:
+        raise UsageError('name the data: --data NAME=DIR for each data set of the releases, e.g. '
+                         '--data cifar10=../shared/data/cifar10-jpeg.')
+    repos = released_repositories(releases)
+    try:
+        old = read_remeasured(releases)
+    except RepositoryError:  # measured afresh; only entries of releases not measured now would have been kept
+        print(f'note: the earlier {REMEASURED} is unreadable; it is replaced by this measurement')
+        old = {}
+    test_images, record, wrong = DecodedTestImages(data_dirs), {}, []
+    for repo in repos:
+        card, started, name = repo.results, time.time(), repo.results.dataset.name
+        if name not in data_dirs:  # kept while it still describes the same weights; CI refuses a missing one
+            entry = old.get(_repo_id(repo))
+            if entry and entry['weights_sha256'] == file_sha256(repo.folder / WEIGHTS):
+                record[_repo_id(repo)] = entry
+            print(f'{repo.name}: not measured (no --data {name}=DIR); '
+                  + ('its earlier record is kept' if _repo_id(repo) in record else 'it has no record'))
+            continue
+        got = measure(repo, test_images.batches(repo))
+        line = (f'{repo.name}: top-1 {got["top1"]:.2f} top-5 {got["top5"]:.2f} on {got["images"]:,} test images '
+                f'(card: {card.test_top1:.2f} / {card.test_top5:.2f}), {time.time() - started:.0f} s')
+        print(line, flush=True)
+        if abs(got['top1'] - card.test_top1) > TOLERANCE or abs(got['top5'] - card.test_top5) > TOLERANCE:
+            wrong.append(line)
+        record[_repo_id(repo)] = dict(
+            weights_sha256=file_sha256(repo.folder / WEIGHTS), run_id=card.run_id, dataset=card.dataset.label,
+            images=got['images'], top1=got['top1'], top5=got['top5'], measured_on=hardware(torch.device('cpu'), 1),
+            software=software(), date=time.strftime('%Y-%m-%d'), check_stride=check_stride(got['images']),
+            check_predictions=got['predictions'][::check_stride(got['images'])])
+    if wrong:
+        raise RepositoryError(f'{len(wrong)} release(s) do not measure what their cards say (more than {TOLERANCE} '
+                              f'points apart): {"; ".join(wrong)}. {REMEASURED} is unchanged; export and push the '
+                              'run again, or check that --data is the data set the card names.')
+    path = releases / REMEASURED
+    text = '{\n' + ',\n'.join(f' {json.dumps(k)}: {json.dumps(v)}' for k, v in sorted(record.items())) + '\n}\n'
+    atomic_write(path, lambda tmp: tmp.write_text(text))  # a line per release: a replaced one is a one-line diff
+    print(f'recorded {len(record)} re-measured release(s) in {path}')
+    return record
+
+
+def check_remeasured(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
+    """CI's check: every release has a whole-split re-measurement of these very weights that agrees with its
+    card, and (where its data is given) its top-1 classes on the `CHECK_IMAGES` test images are still those
+    recorded, give or take `MAX_FLIPS` borderline images."""
+    releases = Path(releases)
+    repos = released_repositories(releases)
+    record = read_remeasured(releases)
+    fix = f'run `python -m hub remeasure {releases} --data NAME=DIR` (minutes per release) and commit {REMEASURED}.'
+    test_images, problems, checked = DecodedTestImages(data_dirs), [], {}
+    for repo in repos:
+        entry, card = record.get(_repo_id(repo)), repo.results
+        if entry is None or entry['weights_sha256'] != file_sha256(repo.folder / WEIGHTS):
+            problems.append(f'{repo.name} has no whole-split re-measurement of its current weights')
+            continue
+        if abs(entry['top1'] - card.test_top1) > TOLERANCE or abs(entry['top5'] - card.test_top5) > TOLERANCE or \
+                entry['images'] != card.dataset.test_images:
+            problems.append(f'{repo.name}: its card says top-1 {card.test_top1:.2f} top-5 {card.test_top5:.2f} on '
+                            f'{card.dataset.test_images:,} images, the record {entry["top1"]:.2f} / '
+                            f'{entry["top5"]:.2f} on {entry["images"]:,}')
+            continue
+        name = card.dataset.name
+        if name not in data_dirs:
+            print(f'{repo.name}: recorded {entry["top1"]:.2f} / {entry["top5"]:.2f} on {entry["images"]:,} images; '
+                  f'the {len(entry["check_predictions"]):,}-image check is skipped (no --data {name}=DIR)')
+            continue
+        got = measure(repo, test_images.batches(repo, entry['check_stride']))
+        flips = [i for i, (a, b) in enumerate(zip(got['predictions'], entry['check_predictions'], strict=True))
+                 if a != b]
+        stride = entry['check_stride']
+        print(f'{repo.name}: {got["images"]:,} test images (every {stride}) top-1 {got["top1"]:.2f}, {len(flips)} '
+              f'prediction(s) differ from the record (at most {MAX_FLIPS})', flush=True)
+        if len(flips) > MAX_FLIPS:
+            problems.append(f'{repo.name}: {len(flips)} of {got["images"]:,} test images (every {stride}) are '
+                            'classified otherwise than recorded (test images '
+                            f'{", ".join(str(i * stride) for i in flips[:10])})')
+        checked[repo.name] = dict(got, flips=flips)
+    if problems:
+        raise RepositoryError(f'{"; ".join(problems)}. {fix}')
+    return checked

@@ -310,6 +310,26 @@ def push_under_another_tag(ws):
                            str(ws.root / 'releases')])
 
 
+@probe('`python -m hub remeasure releases/ --data cifar10` (no folder)', "--data 'cifar10': give NAME=DIR", code=2)
+def remeasure_data_without_folder(ws):
+    from hub.__main__ import main as hub_main
+    return call(hub_main, ['remeasure', str(ws.root / 'releases'), '--data', 'cifar10'])
+
+
+@probe('`python -m hub remeasure releases/ --data folder=DIR` where a card says other numbers than its weights give',
+       'do not measure what their cards say', 'releases/remeasured.json')
+def remeasure_edited_card(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('remeasure-edited')
+    argv = ['remeasure', str(releases), '--data', f'folder={ws.data}']
+    assert call(hub_main, argv)[0] == 0
+    results = releases / 'timm-spa' / 'resnet18_spa.folder' / 'results.json'
+    edited = json.loads(results.read_text())
+    results.write_text(json.dumps(dict(edited, test_top1=edited['test_top1'] + 1)))
+    with unchanged(releases / 'remeasured.json'):
+        return call(hub_main, argv)
+
+
 @probe('`python -m hub push M/models/ORG/NAME --mirror M`', 'overlap: replacing the destination would delete the '
        'files being published', 'the exported folder')
 def push_folder_inside_mirror(ws):

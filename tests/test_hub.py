@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Tuple
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -543,3 +544,77 @@ def test_serve_killed_hard_takes_its_server_along_and_the_next_start_cleans_up(s
     assert len(left) == 1
     assert remove_stale_workdirs(tmp_path) == left and not left[0].exists()
     assert (served_releases / REPO_ID / 'model.safetensors').is_file()
+
+
+def _plain_predictions(folder: Path, data: Path) -> Tuple[list, list]:
+    """Each test image's top-1 class and label, recomputed image by image without the project's transforms or
+    evaluation loop."""
+    from train.data import load_dataset
+    results = json.loads((folder / 'results.json').read_text())
+    model = timm.create_model('resnet18_spa', num_classes=10)
+    model.load_state_dict(load_file(folder / 'model.safetensors'))
+    mean, std = (torch.tensor(results['dataset'][k]).view(3, 1, 1) for k in ('mean', 'std'))
+    samples, indices = load_dataset('cifar10', str(data), val_size=8).split('test')
+    predictions, labels = [], []
+    with torch.no_grad():
+        for i in indices:
+            image, label = samples.load(i)
+            x = torch.from_numpy(np.asarray(image.convert('RGB'), dtype=np.float32)).permute(2, 0, 1)
+            predictions.append(int(model.eval()(((x / 255 - mean) / std)[None]).argmax()))
+            labels.append(label)
+    return predictions, labels
+
+
+def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(trained_run, tmp_path, capsys):
+    """`hub remeasure` records what the released weights measure on the whole test split (refusing a card that
+    says otherwise); `--check` (CI's) measures the first images again and refuses a release without a current
+    record, a record that disagrees with the card, or predictions that moved."""
+    releases = tmp_path / 'releases'
+    publish(str(export_run(str(trained_run), str(tmp_path / 'repo'))), REPO_ID, releases=str(releases),
+            record=tmp_path / 'published.json')
+    folder, record_path = releases / REPO_ID, releases / 'remeasured.json'
+    data = ['--data', f'cifar10={trained_run.parent / "data"}']
+
+    def fails(*argv) -> str:
+        with pytest.raises(SystemExit) as exit_info:
+            hub_main(['remeasure', str(releases), *data, *argv])
+        assert exit_info.value.code == 1
+        return capsys.readouterr().err
+
+    assert 'has no whole-split re-measurement of its current weights' in fails('--check')
+    assert 'python -m hub remeasure' in fails('--check') and not record_path.exists()
+    hub_main(['remeasure', str(releases), *data])
+    record = json.loads(record_path.read_text())
+    entry, results = record[REPO_ID], json.loads((folder / 'results.json').read_text())
+    plain, labels = _plain_predictions(folder, trained_run.parent / 'data')
+    assert entry['images'] == 20 and entry['check_stride'] == 1 and entry['check_predictions'] == plain
+    assert entry['top1'] == pytest.approx(100 * sum(p == t for p, t in zip(plain, labels, strict=True)) / 20)
+    assert entry['top1'] == pytest.approx(results['test_top1']) and entry['top5'] == pytest.approx(results['test_top5'])
+    checked = hub_main(['remeasure', str(releases), *data, '--check'])
+    assert checked['resnet18_spa.cifar10']['flips'] == [] and json.loads(record_path.read_text()) == record
+    assert '0 prediction(s) differ from the record' in capsys.readouterr().out
+
+    def edited(change) -> dict:
+        copy = json.loads(json.dumps(record))
+        change(copy[REPO_ID])
+        record_path.write_text(json.dumps(copy))
+        return copy
+
+    moved = [(p + 1) % 10 for p in plain[:3]] + plain[3:]
+    edited(lambda e: e.update(check_predictions=moved))
+    assert '3 of 20 test images (every 1) are classified otherwise than recorded (test images 0, 1, 2)' \
+        in fails('--check')
+    edited(lambda e: e.update(check_predictions=moved[:1] + plain[1:]))  # one borderline flip is tolerated
+    assert hub_main(['remeasure', str(releases), *data, '--check'])['resnet18_spa.cifar10']['flips'] == [0]
+    edited(lambda e: e.update(top1=e['top1'] + 5))
+    assert f"its card says top-1 {results['test_top1']:.2f}" in fails('--check')
+    edited(lambda e: e.update(weights_sha256='0' * 64))  # other weights were measured
+    assert 'has no whole-split re-measurement of its current weights' in fails('--check')
+    record_path.write_text('{"truncated": ')
+    assert 'cannot be read' in fails('--check')
+    # a card that is not what its weights measure: nothing is recorded
+    record_path.write_text(json.dumps(record))
+    (folder / 'results.json').write_text(json.dumps(dict(results, test_top1=results['test_top1'] + 1)))
+    err = fails()
+    assert 'do not measure what their cards say' in err and 'remeasured.json is unchanged' in err
+    assert json.loads(record_path.read_text()) == record

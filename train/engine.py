@@ -2,7 +2,7 @@
 import math
 import sys
 import time
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -102,8 +102,11 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, env: DistEnv, amp_dtype: Optional[str] = None,
-             channels_last: bool = False) -> Dict[str, float]:
-    """Loss, top-1 and top-5 over every image of the loader's data set, counted once across ranks."""
+             channels_last: bool = False, predictions: Optional[List[int]] = None) -> Dict[str, float]:
+    """Loss, top-1 and top-5 over every image of the loader's data set, counted once across ranks.
+
+    `predictions`, when given, receives this rank's top-1 class of every image, in the loader's order.
+    """
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64)  # loss * n, top1, top5, n
     for images, targets in loader:
@@ -116,6 +119,8 @@ def evaluate(model: nn.Module, loader, env: DistEnv, amp_dtype: Optional[str] = 
         loss = nn.functional.cross_entropy(logits, targets, reduction='sum')
         top = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = top == targets[:, None]
+        if predictions is not None:
+            predictions.extend(top[:, 0].tolist())
         totals += torch.tensor([loss.item(), hits[:, 0].sum().item(), hits.any(1).sum().item(), targets.shape[0]],
                                dtype=torch.float64)
     totals = all_reduce_sum(totals, env)
