@@ -60,8 +60,20 @@ def released_repositories(releases: Path) -> List[Repository]:
     return repos
 
 
+# Other CIFAR-10 model zoos' ResNet-18 (the CIFAR-style one, 11.17M parameters as `resnet18_cifar`), as
+# their own pages publish it: (repository, page, test top-1, budget). Both measure the official test batch and
+# keep the checkpoint best on that same test split.
+PEERS_CIFAR10_RESNET18 = (
+    ('kuangliu/pytorch-cifar', 'https://github.com/kuangliu/pytorch-cifar#accuracy', 93.02,
+     '350 epochs, lr 0.1/0.01/0.001 steps'),
+    ('huyvnphan/PyTorch_CIFAR10', 'https://github.com/huyvnphan/PyTorch_CIFAR10#statistics-of-supported-models',
+     93.07, '100 epochs'),
+)
+
+
 def release_table(repos: List[Repository]) -> str:
-    """The README's table of released weights, every number read from the release folders."""
+    """The README's table of released weights, every number read from the release folders, and what the paper
+    and other model zoos publish for the same architectures."""
     lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | wall time | lineage | '
              'hardware, precision | paper top-1 |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|']
     for repo in repos:
@@ -72,6 +84,12 @@ def release_table(repos: List[Repository]) -> str:
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {seconds / 3600:.2f} h | {describe(r)} | '
             f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
+    if any(r.results.tag == 'cifar10' for r in repos):
+        peers = '; '.join(f'[{name}]({url}) {top1:.2f} ({budget})'
+                          for name, url, top1, budget in PEERS_CIFAR10_RESNET18)
+        lines += ['', f'For comparison on CIFAR-10: the paper\'s Table 1 (last column; single runs on the official '
+                      f'test batch, epochs not stated), and for the plain CIFAR ResNet-18 other model zoos publish: '
+                      f'{peers}; both on the official test batch, each checkpoint chosen on that test split.']
     return '\n'.join(lines)
 
 
