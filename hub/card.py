@@ -87,6 +87,17 @@ def _lineage_lines(results: Results) -> List[str]:
     return lines
 
 
+def _stopped_lines(results: Results) -> List[str]:
+    """What the wall time leaves out: time the process was stopped (SIGSTOP, Ctrl-Z) is not training time."""
+    if results.stopped_s is None:
+        return ['- Time the process spent stopped (SIGSTOP, Ctrl-Z) was not measured for every epoch (some ran '
+                'under an earlier version), so the wall time may include it.']
+    if results.stopped_s >= 1:
+        return [f'- The wall time leaves out {results.stopped_s / 3600:.2f} h ({results.stopped_s:.0f} s) during which '
+                'the process was stopped (SIGSTOP, Ctrl-Z).']
+    return []
+
+
 HISTORY_HEADING = '## Release history'
 
 
@@ -201,6 +212,7 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         *_lineage_lines(results),
         f'- Hardware: {results.hardware}; {results.world_size} process(es); wall time {hours:.2f} h '
         f'({results.wall_time_s:.0f} s, training, validation and the test evaluation).',
+        *_stopped_lines(results),
         f'- Precision: training in {precision["train"]}, test evaluation in {precision["test"]}{flags}.',
         f'- Software: {", ".join(f"{k} {v}" for k, v in results.software.items())}; code at commit '
         f'`{results.git_commit}`; run id `{results.run_id}`.', '',

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -18,11 +19,13 @@ from conftest import train_tiny
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from hub.card import model_card
 from train import compare as compare_script
 from train import precision
 from train import train as train_script
 from train import validate as validate_script
 from train.checkpoint import load_training_state
+from train.report import read_summary, write_summary
 from train.run_dir import BEST, LAST, RunDir, RunError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -544,3 +547,82 @@ def test_one_checkpoint_format_key_and_older_checkpoints_still_load(tmp_path):
     torch.save(dict(state, version=2, format=2), tmp_path / 'older.pth.tar')
     loaded = load_training_state(tmp_path / 'older.pth.tar')
     assert loaded['run_id'] == 'r' and 'format' not in loaded
+
+
+STOPPED_CLOCK = """
+import sys, time
+from train.clock import stopped_seconds
+stopped_seconds()
+print('ticking', flush=True)
+sys.setswitchinterval(30)  # the main thread keeps the GIL: the ticking thread is late, but nothing was stopped
+deadline = time.monotonic() + 4
+while time.monotonic() < deadline:
+    pass
+sys.setswitchinterval(0.005)
+time.sleep(1)
+print('starved', stopped_seconds(), flush=True)
+time.sleep(10)
+print('stopped', stopped_seconds(), flush=True)
+"""
+
+
+def _stop_for(proc: subprocess.Popen, seconds: float) -> None:
+    proc.send_signal(signal.SIGSTOP)
+    time.sleep(seconds)
+    proc.send_signal(signal.SIGCONT)
+
+
+@pytest.mark.slow
+def test_stopped_time_counts_a_sigstop_and_not_a_starved_thread():
+    proc = subprocess.Popen([sys.executable, '-c', STOPPED_CLOCK], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.split())
+        if line.startswith('starved'):
+            time.sleep(1)
+            _stop_for(proc, 4)
+    assert proc.wait(timeout=60) == 0
+    assert lines[1] == ['starved', '0'] and 3 <= float(lines[2][1]) <= 6, lines
+
+
+@pytest.mark.slow
+def test_a_run_stopped_and_continued_leaves_the_stop_out_of_its_hours(folder_data, tmp_path):
+    """SIGSTOP for 5 s in epoch 0: summary.csv, results.json and the card count the time the run ran, and say
+    how long it was stopped."""
+    out = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--epochs', '2',
+                             '-b', '4', '--log-interval', '1', '--output', str(out)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 0 step 2/'):
+            _stop_for(proc, 5)
+    assert proc.wait(timeout=120) == 0
+    rows = read_summary(out / 'summary.csv')
+    results = RunDir(out).read_results()
+    assert 4 <= rows[0]['stopped_s'] <= 7 and rows[1]['stopped_s'] < 1, rows
+    assert rows[1]['elapsed_s'] == pytest.approx(rows[0]['epoch_s'] + rows[1]['epoch_s'])
+    assert rows[0]['stopped_s'] <= results.stopped_s <= rows[0]['stopped_s'] + 1
+    assert results.wall_time_s >= rows[1]['elapsed_s']
+    model = timm.create_model('resnet18_spa', num_classes=4)
+    card = model_card(results, 'timm-spa/resnet18_spa.folder', model)
+    assert f'leaves out {results.stopped_s / 3600:.2f} h ({results.stopped_s:.0f} s)' in card
+
+
+def test_a_summary_from_before_the_stopped_column_resumes_and_says_so(tiny_run, tmp_path, capsys):
+    """A run whose summary.csv has no stopped_s column (an earlier version): the column is blank (NaN) for its
+    epochs, and results and card say the stopped time is not known."""
+    path = tmp_path / 'summary.csv'
+    write_summary(path, [dict(epoch=0, epoch_s=1.5, precision='float32')])
+    write_summary(path, read_summary(path) + [dict(epoch=1, epoch_s=2.0, precision='float32', stopped_s=0.5)])
+    rows = read_summary(path)
+    assert math.isnan(rows[0]['stopped_s']) and rows[1]['stopped_s'] == 0.5 and rows[1]['epoch_s'] == 2.0
+    run = Path(shutil.copytree(tiny_run, tmp_path / 'old'))
+    old = [{k: v for k, v in row.items() if k != 'stopped_s'} for row in read_summary(run / 'summary.csv')]
+    (run / 'summary.csv').unlink()
+    write_summary(run / 'summary.csv', old)
+    assert train_script.main(['--resume', str(run)]) is not None  # a finished run: evaluated again
+    results = RunDir(run).read_results()
+    assert results.stopped_s is None
+    card = model_card(results, 'timm-spa/resnet18_spa.folder', timm.create_model('resnet18_spa', num_classes=4))
+    assert 'was not measured for every epoch' in card

@@ -54,7 +54,8 @@ def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
 
     def write(tmp: Path) -> None:
         with open(tmp, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            columns = list(dict.fromkeys(key for row in rows for key in row))  # a column added later: blank before
+            writer = csv.DictWriter(f, fieldnames=columns, restval='')
             writer.writeheader()
             writer.writerows(rows)
 
@@ -62,7 +63,8 @@ def write_summary(path: Path, rows: List[Dict[str, Any]]) -> None:
 
 
 def _summary_value(key: str, value: str) -> Any:
-    return int(value) if key == 'epoch' else value if key in TEXT_COLUMNS else float(value)
+    """A cell as its type; a blank number (a column an earlier version did not write) is NaN."""
+    return int(value) if key == 'epoch' else value if key in TEXT_COLUMNS else float(value or 'nan')
 
 
 def read_summary(path: Path) -> List[Dict[str, Any]]:

@@ -37,7 +37,7 @@ OWNER = '.owner.json'  # who holds the lock: pid, host, command, since when
 REPO_WEIGHTS = 'model.safetensors'
 REPO_CONFIG = 'config.json'
 RESULTS_VERSION = 2
-OPTIONAL_RESULTS = ('lineage',)  # fields a version-2 results file may lack (added later, with a default)
+OPTIONAL_RESULTS = ('lineage', 'stopped_s')  # fields a version-2 results file may lack (added later, with a default)
 
 
 class RunError(ValueError):
@@ -107,6 +107,9 @@ class Results:
     # the weights this run started from (--initial-checkpoint) and the epochs and hours behind them all;
     # None: trained from scratch (and in files written before the field existed)
     lineage: Optional[Dict[str, Any]] = None
+    # seconds the process was stopped (SIGSTOP, Ctrl-Z), left out of wall_time_s and of summary.csv's epoch_s
+    # and elapsed_s; None: not known for every epoch (some ran before it was measured, or the field is older)
+    stopped_s: Optional[float] = None
 
     @property
     def hub_tag(self) -> str:

@@ -40,6 +40,7 @@ from .checkpoint import (
     save_weights,
 )
 from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
+from .clock import stopped_seconds
 from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv, barrier, cleanup, from_main, init_distributed, launch_rank
 from .engine import TrainingDiverged, evaluate, train_one_epoch
@@ -431,7 +432,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         barrier(env)  # the old run's files are gone before any rank goes on
         loss_fn = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
         for epoch in range(progress.start_epoch, training.num_epochs):
-            epoch_start = time.time()
+            epoch_start, stopped_start = time.time(), stopped_seconds()
             _seed_epoch(args.seed, epoch, env.rank)
             data.train.sampler.set_epoch(epoch)
             try:
@@ -445,11 +446,12 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                                        'a new run.') from None
             training.scheduler.step(epoch + 1)
             val = evaluate(eval_forward, data.val, env, amp_dtype, args.channels_last)
-            epoch_s = time.time() - epoch_start
+            stopped_s = stopped_seconds() - stopped_start  # SIGSTOP/Ctrl-Z: time the run did not run
+            epoch_s = time.time() - epoch_start - stopped_s
             history = progress.history
             history.append(dict(
                 epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
-                val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s,
+                val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s, stopped_s=stopped_s,
                 elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
                 precision=describe_precision(amp_dtype)))
             improved = val['top1'] > progress.best['top1']
@@ -481,11 +483,13 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
     barrier(env)  # rank 0 wrote it
     run_dir.load_best(eval_model, progress.run_id, best['epoch'], args.model)
     # in float32 whatever the training precision: the number anyone reloading the weights reproduces
-    test_start = time.time()
+    test_start, stopped_start = time.time(), stopped_seconds()
     test = evaluate(eval_model, data.test, env, None, args.channels_last)
     if test['count'] != record.test_images:
         raise RuntimeError(f'evaluated {test["count"]} test images, expected {record.test_images}')
-    wall_time_s = progress.history[-1]['elapsed_s'] + time.time() - test_start
+    test_stopped_s = stopped_seconds() - stopped_start
+    wall_time_s = progress.history[-1]['elapsed_s'] + time.time() - test_start - test_stopped_s
+    stopped = [row.get('stopped_s', math.nan) for row in progress.history]  # NaN: not measured (older run)
     splits = data.splits
     results = Results(
         run_id=progress.run_id, model=args.model,
@@ -497,6 +501,7 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
                              f'(split seed {args.val_split_seed}); test split evaluated once, every image '
                              'once, in float32',
         wall_time_s=wall_time_s, lineage=lineage_record(progress.parent, training.num_epochs, wall_time_s),
+        stopped_s=sum(stopped) + test_stopped_s if all(map(math.isfinite, stopped)) else None,
         hardware=hardware(env.device, env.world_size), world_size=env.world_size,
         precision=precision_record([row['precision'] for row in progress.history], env.device),
         software=software(), git_commit=git_commit(), args=comparable(recorded))
