@@ -626,3 +626,30 @@ def test_a_summary_from_before_the_stopped_column_resumes_and_says_so(tiny_run, 
     assert results.stopped_s is None
     card = model_card(results, 'timm-spa/resnet18_spa.folder', timm.create_model('resnet18_spa', num_classes=4))
     assert 'was not measured for every epoch' in card
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('sig, ignored', [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGHUP, True)],
+                         ids=['SIGTERM', 'SIGHUP', 'SIGHUP-under-nohup'])
+def test_sigterm_and_sighup_stop_a_run_with_how_to_resume(folder_data, tmp_path, sig, ignored):
+    """kill, timeout, systemd or a closed terminal: one line saying how to resume, exit 128 + the signal, the
+    folder free and resumable; under nohup (SIGHUP ignored) the run carries on."""
+    run = tmp_path / 'run'
+    proc = subprocess.Popen([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--epochs', '2',
+                             '-b', '4', '--log-interval', '1', '--output', str(run)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+    for line in proc.stdout:
+        if line.startswith('epoch 1 step 2/'):
+            proc.send_signal(sig)
+    err = proc.stderr.read()
+    if ignored:
+        assert proc.wait(timeout=120) == 0 and (run / 'results.json').is_file(), err
+        return
+    assert proc.wait(timeout=120) == 128 + sig, err
+    assert err.strip() == (f'python -m train: interrupted ({signal.Signals(sig).name}): `python -m train --resume '
+                           f'{run}` continues it from last.pth.tar.'), err
+    assert torch.load(run / LAST, weights_only=True)['epoch'] == 0 and not (run / 'results.json').exists()
+    resumed = _cli('train', '--resume', str(run))
+    assert resumed.returncode == 0 and (run / 'results.json').is_file(), resumed.stdout + resumed.stderr

@@ -2,12 +2,17 @@
 
 Exit status 2 for a usage error (a bad flag or value, as argparse does), 1 for anything else the
 user can fix (missing or corrupt data, a run that cannot be resumed or published, a diverged run),
-130 for Ctrl-C (with what to do next, where the command knows it). `--debug` shows the traceback instead.
+128 + the signal's number for Ctrl-C (130), and for SIGTERM (143) and SIGHUP (129) where a command turns
+them into `Interrupted` (with what to do next, where the command knows it). `--debug` shows the traceback
+instead.
 """
 import argparse
+import contextlib
 import difflib
+import signal
 import sys
-from typing import Any, Callable, Sequence, Type
+import threading
+from typing import Any, Callable, Iterator, Sequence, Type
 
 import timm
 import torch
@@ -33,17 +38,48 @@ def add_debug_flag(parser) -> None:
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
 
 
+class Interrupted(KeyboardInterrupt):
+    """A stop asked for from outside (Ctrl-C, SIGTERM, SIGHUP), raised where the main thread was."""
+
+    def __init__(self, message: str = 'interrupted', signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def interrupt_on_termination() -> Iterator[None]:
+    """SIGTERM (kill, timeout, systemd, a scheduler's pre-emption) and SIGHUP (a closed terminal) raise
+    `Interrupted` as Ctrl-C raises KeyboardInterrupt, so the command can say how to go on. A signal ignored
+    on entry (SIGHUP under nohup) stays ignored; outside the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, _frame):
+        raise Interrupted(signal.Signals(signum).name, signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    for sig, handler in previous.items():
+        if handler is not signal.SIG_IGN:
+            signal.signal(sig, interrupt)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             errors: Sequence[Type[BaseException]] = ()) -> Any:
-    """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) and Ctrl-C (130) into one
-    message."""
+    """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) and Ctrl-C or another
+    `Interrupted` (128 + its signal) into one message."""
     try:
         return body()
     except KeyboardInterrupt as e:
         if debug:
             raise
         print(f'{prog}: {e.args[0] if e.args else "interrupted"}', file=sys.stderr)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + getattr(e, 'signum', signal.SIGINT)) from None
     except UsageError as e:
         if debug:
             raise

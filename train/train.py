@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import math
+import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +40,16 @@ from .checkpoint import (
     save_training_state,
     save_weights,
 )
-from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
+from .cli import (
+    Interrupted,
+    ModelKwargs,
+    UsageError,
+    add_debug_flag,
+    check_device,
+    check_model_name,
+    interrupt_on_termination,
+    run_cli,
+)
 from .clock import stopped_seconds
 from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv, barrier, cleanup, from_main, init_distributed, launch_rank
@@ -262,10 +272,12 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
             _check_free(args, run_dir)  # now that no other process can write here
         try:
             return _run(args, given, run_dir)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             resume = (f'`python -m train --resume {run_dir}` continues it from {LAST}' if run_dir.last.is_file()
                       else 'no epoch was saved yet, so start it again')
-            raise KeyboardInterrupt(f'interrupted: {resume}.') from None
+            signum = getattr(e, 'signum', signal.SIGINT)
+            how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
+            raise Interrupted(f'interrupted{how}: {resume}.', signum) from None
 
 
 @dataclass
@@ -516,7 +528,8 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
 
 def main(argv: Optional[List[str]] = None) -> Optional[Results]:
     args = parse_args(argv)
-    return run_cli(PROG, lambda: run(args, given_flags(argv)), args.debug, (TrainingDiverged,))
+    with interrupt_on_termination():
+        return run_cli(PROG, lambda: run(args, given_flags(argv)), args.debug, (TrainingDiverged,))
 
 
 if __name__ == '__main__':
