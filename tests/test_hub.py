@@ -574,6 +574,7 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
             record=tmp_path / 'published.json')
     folder, record_path = releases / REPO_ID, releases / 'remeasured.json'
     data = ['--data', f'cifar10={trained_run.parent / "data"}']
+    assert f'next: python -m hub remeasure {releases} --data cifar10=DIR' in capsys.readouterr().out
 
     def fails(*argv) -> str:
         with pytest.raises(SystemExit) as exit_info:
