@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 from timm.models._hub import save_config_for_hf  # not re-exported by timm.models, unlike save_for_hf
 
 from timm_spa.models import hub_repo_id
-from train.checkpoint import CheckpointError, load_weights, non_finite_tensors, weights_state
+from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
 from train.run_dir import RESULTS, RUN_FILES, FinishedRun, RunDir, dump_json
 
 from .card import model_card
-from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, current_umask
+from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id
 
 
 def default_repo_id(finished: FinishedRun) -> str:

@@ -26,7 +26,7 @@ from huggingface_hub import HfApi, get_token
 
 from timm_spa.models import HF_HUB_ORG
 from timm_spa.models.published import record_published
-from train.checkpoint import file_sha256
+from train.checkpoint import current_umask, file_sha256
 
 from .card import with_history
 from .repository import (
@@ -37,7 +37,6 @@ from .repository import (
     RepositoryError,
     check_matches_tag,
     check_repo_id,
-    current_umask,
     read_history,
     read_repository,
     tagged_name,

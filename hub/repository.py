@@ -3,7 +3,6 @@
 belong together, so that a published number always belongs to the published weights.
 """
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -43,14 +42,6 @@ class Repository:
 
     def files(self) -> List[Path]:
         return sorted(p for p in self.folder.rglob('*') if p.is_file() and '.git' not in p.parts)
-
-
-def current_umask() -> int:
-    """The process umask (reading it means setting it; it is set straight back): written folders get the
-    ordinary permissions, not mkdtemp's private ones."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_repo_id(repo_id: str) -> str:

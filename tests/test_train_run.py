@@ -54,8 +54,11 @@ def _cli(*args, **kwargs):
 def test_run_writes_honest_results(folder_data, tmp_path):
     out = tmp_path / 'run'
     results = _run(folder_data, out, '--epochs', '2', '--model-kwargs', 'attn_stages=(2,)', 'attn_kwargs={"k": 4}')
+    mask = os.umask(0)
+    os.umask(mask)
     for name in (LAST, BEST, 'summary.csv', 'curves.png', 'results.json', 'args.json'):
         assert (out / name).is_file(), name
+        assert (out / name).stat().st_mode & 0o777 == 0o666 & ~mask, name  # safetensors alone writes 0600
     assert results['model'] == 'resnet18_spa' and results['epochs'] == 2 and results['seed'] == 42
     assert results['model_args'] == dict(model='resnet18_spa', num_classes=4,
                                          model_kwargs=dict(attn_stages=[2], attn_kwargs={'k': 4}))

@@ -34,8 +34,17 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or made for another model; or one that cannot be written."""
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it; it is set straight back): written files and folders get
+    the ordinary permissions, not the private ones of mkdtemp or of safetensors' writer."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write(tmp)` on a temporary file beside `path`, then move it into place in one step.
+    """Call `write(tmp)` on a temporary file beside `path`, then move it into place in one step, readable as
+    any file the user creates (safetensors writes 0600: a shared run folder's weights would be unreadable).
 
     A failed write (full disk, read-only folder) removes the temporary file, leaves the previous
     `path` as it was, and says what happened.
@@ -44,6 +53,7 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
     tmp = path.with_name(path.name + '.tmp')
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         tmp.unlink(missing_ok=True)
