@@ -49,7 +49,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                          help='where a data set of the releases is, e.g. cifar10=../shared/data/cifar10-jpeg '
                               '(repeat for each data set)')
     measure.add_argument('--check', action='store_true',
-                         help="CI's check: the first test images only, compared with the record (left unchanged)")
+                         help="CI's check: only the recorded subset (every k-th test image), compared with the "
+                              'record (left unchanged)')
     args = parser.parse_args(argv)
 
     def body():

@@ -150,8 +150,7 @@ def measure(repo: Repository, batches: List) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     predictions: List[int] = []
-    with torch.no_grad():
-        metrics = evaluate(model, batches, DistEnv(), None, channels_last, predictions)
+    metrics = evaluate(model, batches, DistEnv(), None, channels_last, predictions)
     return dict(images=metrics['count'], top1=metrics['top1'], top5=metrics['top5'], predictions=predictions)
 
 
@@ -174,6 +173,12 @@ def _is_entry(entry) -> bool:
     keys = ('weights_sha256', 'images', 'top1', 'top5', 'check_stride', 'check_predictions')
     return isinstance(entry, dict) and all(k in entry for k in keys) and \
         len(entry['check_predictions']) == len(range(0, entry['images'], entry['check_stride']))
+
+
+def _agrees_with_card(measured: dict, repo: Repository) -> bool:
+    """Whether a whole-split top-1 and top-5 are the card's, within `TOLERANCE` points."""
+    card = repo.results
+    return abs(measured['top1'] - card.test_top1) <= TOLERANCE and abs(measured['top5'] - card.test_top5) <= TOLERANCE
 
 
 def _repo_id(repo: Repository) -> str:
@@ -207,13 +212,14 @@ def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
         line = (f'{repo.name}: top-1 {got["top1"]:.2f} top-5 {got["top5"]:.2f} on {got["images"]:,} test images '
                 f'(card: {card.test_top1:.2f} / {card.test_top5:.2f}), {time.time() - started:.0f} s')
         print(line, flush=True)
-        if abs(got['top1'] - card.test_top1) > TOLERANCE or abs(got['top5'] - card.test_top5) > TOLERANCE:
+        if not _agrees_with_card(got, repo):
             wrong.append(line)
+        stride = check_stride(got['images'])
         record[_repo_id(repo)] = dict(
             weights_sha256=file_sha256(repo.folder / WEIGHTS), run_id=card.run_id, dataset=card.dataset.label,
             images=got['images'], top1=got['top1'], top5=got['top5'], measured_on=hardware(torch.device('cpu'), 1),
-            software=software(), date=time.strftime('%Y-%m-%d'), check_stride=check_stride(got['images']),
-            check_predictions=got['predictions'][::check_stride(got['images'])])
+            software=software(), date=time.strftime('%Y-%m-%d'), check_stride=stride,
+            check_predictions=got['predictions'][::stride])
     if wrong:
         raise RepositoryError(f'{len(wrong)} release(s) do not measure what their cards say (more than {TOLERANCE} '
                               f'points apart): {"; ".join(wrong)}. {REMEASURED} is unchanged; export and push the '
@@ -239,8 +245,7 @@ def check_remeasured(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dic
         if entry is None or entry['weights_sha256'] != file_sha256(repo.folder / WEIGHTS):
             problems.append(f'{repo.name} has no whole-split re-measurement of its current weights')
             continue
-        if abs(entry['top1'] - card.test_top1) > TOLERANCE or abs(entry['top5'] - card.test_top5) > TOLERANCE or \
-                entry['images'] != card.dataset.test_images:
+        if not _agrees_with_card(entry, repo) or entry['images'] != card.dataset.test_images:
             problems.append(f'{repo.name}: its card says top-1 {card.test_top1:.2f} top-5 {card.test_top5:.2f} on '
                             f'{card.dataset.test_images:,} images, the record {entry["top1"]:.2f} / '
                             f'{entry["top5"]:.2f} on {entry["images"]:,}')
