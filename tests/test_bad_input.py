@@ -175,6 +175,36 @@ def resume_with_other_recipe(ws):
     return code, err.replace(str(run), 'RUN')
 
 
+def _with_recovery(ws, name: str, world_size: int) -> Path:
+    """A copy of the run with a recovery checkpoint inside its next epoch, as `--recovery-interval` writes."""
+    run = ws.copy_run(name)
+    state = torch.load(run / 'last.pth.tar', weights_only=True)
+    tally = dict(tally=dict(steps=2), rng=None)
+    torch.save(dict(state, epoch=state['epoch'] + 1, recovery=dict(
+        step=2, world_size=world_size, ranks=[tally] * world_size, epoch_s=1.0, stopped_s=0.0)),
+        run / 'recovery.pth.tar')
+    return run
+
+
+@probe('`python -m train --resume RUN` (one process) where torchrun with 2 processes wrote `recovery.pth.tar`',
+       'by 2 process(es), and this is 1: the rest of that epoch is divided among the processes that began it. '
+       'Resume with as many processes', 'both checkpoints')
+def recovery_of_another_world_size(ws):
+    run = _with_recovery(ws, 'recovery-2-ranks', 2)
+    with unchanged(run):
+        return ws.train('--resume', str(run))
+
+
+@probe('`python -m train --resume RUN` where `recovery.pth.tar` was cut short', 'Delete it to resume from '
+       'last.pth.tar (the end of epoch 0)', 'both checkpoints')
+def truncated_recovery(ws):
+    run = _with_recovery(ws, 'recovery-cut', 1)
+    recovery = run / 'recovery.pth.tar'
+    recovery.write_bytes(recovery.read_bytes()[:5000])
+    with unchanged(run):
+        return ws.train('--resume', str(run))
+
+
 @probe('`python -m train --lr 1e12` (diverges)', 'training diverged, so the run stops here. Kept the last good state',
        'the last finite checkpoint; no results, no NaN weights')
 def diverged(ws):

@@ -26,7 +26,7 @@ from train import train as train_script
 from train import validate as validate_script
 from train.checkpoint import load_training_state
 from train.report import read_summary, write_summary
-from train.run_dir import BEST, LAST, RunDir, RunError
+from train.run_dir import BEST, LAST, RECOVERY, RunDir, RunError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -370,6 +370,63 @@ def test_sigkill_mid_epoch_then_resume_is_bit_identical(folder_data, tmp_path):
     assert first['test_top1'] == second['test_top1'] and first['best_epoch'] == second['best_epoch']
     assert first['run_id'] != second['run_id'] and second['run_id'] == b['run_id']
     assert (straight / 'summary.csv').read_text().count('\n') == (killed / 'summary.csv').read_text().count('\n')
+
+
+def _train_until(argv, line_start: str, sig=signal.SIGKILL) -> str:
+    """Start `python -m train argv`, send `sig` when it prints a line starting with `line_start`; its output."""
+    proc = subprocess.Popen([sys.executable, '-m', 'train', *argv], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:
+        out.append(line)
+        if line.startswith(line_start):
+            proc.send_signal(sig)
+            break
+    out.append(proc.stdout.read())
+    proc.wait(timeout=60)
+    assert proc.returncode in (-sig, 128 + sig), ''.join(out)
+    return ''.join(out)
+
+
+@pytest.mark.slow
+def test_recovery_interval_resumes_inside_an_epoch_as_if_never_stopped(folder_data, tmp_path):
+    """--recovery-interval: a run SIGKILLed in the middle of epoch 0 (nothing but the recovery file saved), and
+    SIGTERMed in the middle of epoch 1, ends with the weights, EMA and per-epoch numbers of the run never stopped:
+    batches, augmentation (two loader workers) and dropout draw exactly what they drew there."""
+    common = TINY + ['--data-dir', str(folder_data), '--epochs', '2', '-b', '4', '--log-interval', '1',
+                     '--model-ema', '--sched-on-updates', '--warmup-epochs', '1', '--workers', '2',
+                     '--model-kwargs', 'drop_rate=0.5']
+    straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+    assert _cli('train', *common, '--output', str(straight)).returncode == 0
+
+    argv = [*common, '--output', str(killed), '--recovery-interval', '3']
+    _train_until(argv, 'epoch 0 step 5/')
+    assert not (killed / LAST).exists()
+    recovery = torch.load(killed / RECOVERY, weights_only=True)
+    assert (recovery['epoch'], recovery['recovery']['step']) == (0, 3)
+    resumed = _train_until(['--resume', str(killed)], 'epoch 1 step 8/', signal.SIGTERM)
+    assert 'resumed' in resumed and 'after its step 3 of 10 (recovery.pth.tar)' in resumed, resumed
+    assert f'`python -m train --resume {killed}` continues it from recovery.pth.tar.' in resumed
+    assert 'epoch 0 step 3/' not in resumed and 'epoch 0 step 4/' in resumed  # steps 1-3 were not trained again
+    recovery = torch.load(killed / RECOVERY, weights_only=True)
+    assert (recovery['epoch'], recovery['recovery']['step']) == (1, 6)
+    assert torch.load(killed / LAST, weights_only=True)['epoch'] == 0
+
+    finished = _cli('train', '--resume', str(killed))
+    assert finished.returncode == 0, finished.stdout + finished.stderr
+    assert not (killed / RECOVERY).exists()  # the epoch's own checkpoint replaced it
+    a, b = torch.load(straight / LAST, weights_only=True), torch.load(killed / LAST, weights_only=True)
+    for part in ('state_dict', 'state_dict_ema', 'optimizer'):
+        assert str(a[part].keys()) == str(b[part].keys())
+    for part in ('state_dict', 'state_dict_ema'):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    same = ('epoch', 'lr', 'train_loss', 'train_top1', 'val_loss', 'val_top1', 'val_top5', 'precision')
+    rows = [[{k: row[k] for k in same} for row in read_summary(d / 'summary.csv')] for d in (straight, killed)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
+    first, second = (json.loads((d / 'results.json').read_text()) for d in (straight, killed))
+    assert first['test_top1'] == second['test_top1'] and first['best_epoch'] == second['best_epoch']
 
 
 @pytest.mark.slow

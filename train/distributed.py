@@ -1,7 +1,7 @@
 """torchrun support: one process per device, NCCL on GPUs and gloo on CPUs; rank 0 writes."""
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -59,6 +59,15 @@ def from_main(value: Any, env: DistEnv) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=0, device=env.device if env.device.type == 'cuda' else None)
     return box[0]
+
+
+def gather_to_main(value: Any, env: DistEnv) -> List[Any]:
+    """Every rank's `value`, in rank order, on rank 0 (other ranks get an empty list)."""
+    if not env.distributed:
+        return [value]
+    box = [None] * env.world_size if env.is_main else None
+    dist.gather_object(value, box, dst=0)
+    return box or []
 
 
 def barrier(env: DistEnv) -> None:

@@ -1,9 +1,12 @@
 """One training epoch and one evaluation pass, with metrics summed exactly across ranks."""
 import math
+import random
 import sys
 import time
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -51,28 +54,59 @@ def train_step(
     return logits, loss
 
 
+@dataclass
+class EpochTally:
+    """What an epoch has summed over its first `steps` steps. A recovery checkpoint carries it, so that an
+    epoch resumed in its middle reports the numbers of the whole epoch, not of its second part."""
+    steps: int = 0
+    loss_sum: float = 0.0
+    correct: int = 0
+    images: int = 0
+    data_s: float = 0.0
+    train_s: float = 0.0
+
+    def stats(self, env: DistEnv) -> Dict[str, float]:
+        """Mean loss, top-1 and images/s over every rank; data_share: the part of step time spent waiting."""
+        loss_sum, correct, images = all_reduce_sum(
+            torch.tensor([self.loss_sum, self.correct, self.images], dtype=torch.float64), env).tolist()
+        count = max(images, 1)
+        return dict(train_loss=loss_sum / count, train_top1=100 * correct / count,
+                    img_s=images / max(self.train_s, 1e-9), data_share=self.data_s / max(self.train_s, 1e-9),
+                    train_s=self.train_s)
+
+
 def train_one_epoch(
         model: nn.Module, loader, optimizer, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
         scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
         epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
-        scheduler=None,
+        scheduler=None, tally: Optional[EpochTally] = None, rng_state: Optional[dict] = None,
+        after_step: Optional[Callable[[EpochTally], None]] = None,
 ) -> Dict[str, float]:
     """Returns mean loss, top-1, images/s and the share of step time spent waiting for data.
 
     With a timm `scheduler`, its `step_update` runs after every optimizer step (a no-op unless it
     was built to step on updates). A loss that is not finite stops the epoch with `TrainingDiverged`.
+    A `tally` of steps already trained (a recovery checkpoint's) continues the epoch after them: their
+    batches are drawn again and dropped, so the loader's order and augmentations stay those of the
+    uninterrupted epoch, and then `rng_state` (this rank's, saved with the tally) is restored.
+    `after_step(tally)` runs after every step, e.g. to write a recovery checkpoint.
     """
     model.train()
-    totals = torch.zeros(3, dtype=torch.float64)  # loss * n, correct, n
-    data_time = step_time = 0.0
+    tally = tally if tally is not None else EpochTally()
     steps = len(loader)
     bar = _progress(loader, f'epoch {epoch}', progress and env.is_main)
-    start = end = time.perf_counter()
-    for step, (images, targets) in enumerate(bar):
+    batches = enumerate(bar)
+    for _ in range(tally.steps):
+        next(batches)
+    if rng_state is not None:
+        set_rng_state(rng_state)
+    train_s, start = tally.train_s, time.perf_counter()
+    end = start
+    for step, (images, targets) in batches:
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        data_time += time.perf_counter() - end
+        tally.data_s += time.perf_counter() - end
         logits, loss = train_step(model, images, targets, optimizer, loss_fn, env.device, amp_dtype, scaler)
         if ema is not None:
             ema.update(model)
@@ -84,20 +118,37 @@ def train_one_epoch(
             if env.distributed else loss_value
         if not math.isfinite(verdict):
             raise TrainingDiverged(f'the training loss is {verdict} at epoch {epoch}, step {step + 1}/{steps}')
-        totals += torch.tensor([loss_value * n, (logits.argmax(1) == targets).sum().item(), n], dtype=torch.float64)
-        now = time.perf_counter()
-        step_time, end = now - start, now
-        rate = totals[2].item() * env.world_size / max(step_time, 1e-9)
+        tally.steps, tally.images = step + 1, tally.images + n
+        tally.loss_sum += loss_value * n
+        tally.correct += (logits.argmax(1) == targets).sum().item()
+        end = time.perf_counter()
+        tally.train_s = train_s + end - start
+        rate = tally.images * env.world_size / max(tally.train_s, 1e-9)
         if bar is not loader:
-            bar.set_postfix(loss=f'{totals[0].item() / totals[2].item():.3f}',
-                            acc=f'{100 * totals[1].item() / totals[2].item():.1f}', img_s=f'{rate:.0f}')
+            bar.set_postfix(loss=f'{tally.loss_sum / tally.images:.3f}',
+                            acc=f'{100 * tally.correct / tally.images:.1f}', img_s=f'{rate:.0f}')
         if log_interval and env.is_main and (step + 1) % log_interval == 0:
             log(f'epoch {epoch} step {step + 1}/{steps} loss {loss_value:.4f} img/s {rate:.1f}')
-    totals = all_reduce_sum(totals, env)
-    count = max(totals[2].item(), 1)
-    return dict(train_loss=totals[0].item() / count, train_top1=100 * totals[1].item() / count,
-                img_s=totals[2].item() / max(step_time, 1e-9), data_share=data_time / max(step_time, 1e-9),
-                train_s=step_time)
+        if after_step is not None:
+            after_step(tally)
+    return tally.stats(env)
+
+
+def rng_state() -> dict:
+    """This process's random streams (torch, CUDA, numpy, random) in a form `torch.load(weights_only=True)` reads."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss), random=random.getstate())
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state['torch'])
+    if state['cuda'] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+    kind, keys, pos, has_gauss, gauss = state['numpy']
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state['random']
+    random.setstate((version, tuple(internal), gauss_next))
 
 
 @torch.no_grad()

@@ -24,12 +24,13 @@ from torch import nn
 from .checkpoint import CheckpointError, atomic_write, load_training_state, load_weights, weights_metadata
 
 LAST = 'last.pth.tar'  # everything needed to resume, timm's checkpoint keys
+RECOVERY = 'recovery.pth.tar'  # --recovery-interval: the state in the middle of the epoch after LAST's
 BEST = 'model_best.safetensors'  # the weights chosen on the validation split
 RESULTS = 'results.json'  # the numbers, written once the test split was evaluated
 SUMMARY = 'summary.csv'  # one row per epoch
 CURVES = 'curves.png'
 ARGS = 'args.json'  # the run's arguments, readable while it trains
-RUN_FILES = (LAST, BEST, RESULTS, SUMMARY, CURVES, ARGS)
+RUN_FILES = (LAST, RECOVERY, BEST, RESULTS, SUMMARY, CURVES, ARGS)
 LOCK = '.lock'  # held (flock) by the one process writing the run; the kernel releases it when that process dies
 OWNER = '.owner.json'  # who holds the lock: pid, host, command, since when
 # what `hub export` writes beside results.json and curves.png, and a run never does: a folder holding one of
@@ -176,6 +177,15 @@ class RunDir:
     @property
     def last(self) -> Path:
         return self.path / LAST
+
+    @property
+    def recovery(self) -> Path:
+        return self.path / RECOVERY
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a checkpoint was saved (at an epoch's end, or inside one with --recovery-interval)."""
+        return self.last.is_file() or self.recovery.is_file()
 
     @property
     def best(self) -> Path:

@@ -177,7 +177,7 @@ def status(run: dict) -> str:
             raise RunError(f'{folder} is a finished run with other arguments than this sweep ({"; ".join(diffs)}). '
                            'Run the sweep with its arguments, or give the sweep another --output.')
         return 'finished'
-    return 'interrupted' if folder.last.is_file() else 'new'
+    return 'interrupted' if folder.resumable else 'new'
 
 
 def estimate_seconds(runs: List[dict], steps: int = 2) -> Iterator[Tuple[dict, float]]:

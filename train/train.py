@@ -50,19 +50,19 @@ from .cli import (
     interrupt_on_termination,
     run_cli,
 )
-from .clock import stopped_seconds
+from .clock import EpochClock, stopped_seconds
 from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
-from .distributed import DistEnv, barrier, cleanup, from_main, init_distributed, launch_rank
-from .engine import TrainingDiverged, evaluate, train_one_epoch
+from .distributed import DistEnv, barrier, cleanup, from_main, gather_to_main, init_distributed, launch_rank
+from .engine import EpochTally, TrainingDiverged, evaluate, rng_state, train_one_epoch
 from .lineage import describe_parent, lineage_record, load_initial_checkpoint
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
 from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
-from .run_dir import LAST, DatasetRecord, Results, RunDir, comparable, new_run_id
+from .run_dir import LAST, RECOVERY, DatasetRecord, Results, RunDir, comparable, new_run_id
 
 PROG = 'python -m train'
 # what may differ when a run is resumed: where the data lies, how fast and how loudly it trains; never what
 RESUME_SAFE = ('data_dir', 'download', 'decode_cache', 'workers', 'device', 'amp', 'amp_dtype', 'channels_last',
-               'torchcompile', 'log_interval', 'progress')
+               'torchcompile', 'log_interval', 'progress', 'recovery_interval')
 NOT_RECORDED = ('resume', 'output', 'overwrite', 'debug')  # how this process was started, not the run
 
 
@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help='continue the run in this directory with its own arguments (a finished run: evaluate its '
                         'chosen checkpoint again and rewrite its results)')
     g.add_argument('--overwrite', action='store_true', help='delete the run files --output holds, then train anew')
+    g.add_argument('--recovery-interval', type=int, default=0, metavar='N',
+                   help=f'also save the training state every N steps to {RECOVERY} (timm\'s flag), so that a run '
+                        'stopped in the middle of a long epoch resumes there, exactly as if it had not stopped '
+                        '(0: only at the end of each epoch)')
     g.add_argument('--log-interval', type=int, default=50, help='log every N steps (0: per epoch only)')
     g.add_argument('--progress', action=argparse.BooleanOptionalAction, default=None,
                    help='progress bar (default: when stderr is a terminal)')
@@ -147,6 +151,7 @@ _CHECKS = (
     ('num_classes', lambda v: v is None or v >= 1, 'an int >= 1'),
     ('workers', lambda v: v >= 0, 'an int >= 0'),
     ('log_interval', lambda v: v >= 0, 'an int >= 0'),
+    ('recovery_interval', lambda v: v >= 0, 'an int >= 0'),
 )
 
 
@@ -208,7 +213,7 @@ def _output(args: argparse.Namespace) -> RunDir:
         if args.output and Path(args.output).resolve() != run.path.resolve():
             raise UsageError(f'--resume continues a run in its own directory ({run}); drop --output {args.output}.')
         run.check_not_repository('--resume')
-        if not run.last.is_file():
+        if not run.resumable:
             raise UsageError(f'--resume {args.resume}: no {LAST} there, so there is nothing to resume. Start the run '
                              f'with --output {run}' + (' --overwrite.' if run.held() else '.'))
         return run
@@ -273,7 +278,8 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         try:
             return _run(args, given, run_dir)
         except KeyboardInterrupt as e:
-            resume = (f'`python -m train --resume {run_dir}` continues it from {LAST}' if run_dir.last.is_file()
+            saved = RECOVERY if run_dir.recovery.is_file() else LAST
+            resume = (f'`python -m train --resume {run_dir}` continues it from {saved}' if run_dir.resumable
                       else 'no epoch was saved yet, so start it again')
             signum = getattr(e, 'signum', signal.SIGINT)
             how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
@@ -367,6 +373,22 @@ class _Progress:
     start_epoch: int = 0
     best: Dict[str, Any] = field(default_factory=lambda: dict(top1=-1.0, epoch=-1))
     history: List[Dict[str, Any]] = field(default_factory=list)
+    recovery: Optional[Dict[str, Any]] = None  # where start_epoch stopped inside, from a recovery checkpoint
+
+
+def _resume_state(run_dir: RunDir) -> Dict[str, Any]:
+    """The checkpoint furthest on: the recovery one where it lies inside the epoch after last.pth.tar's."""
+    last = load_training_state(run_dir.last) if run_dir.last.is_file() else None
+    if not run_dir.recovery.is_file():
+        return last
+    try:
+        recovery = load_training_state(run_dir.recovery)
+    except CheckpointError as e:
+        raise CheckpointError(f'{e} Delete it to resume from ' + (
+            f'{LAST} (the end of epoch {last["epoch"]}).' if last else 'nothing: the run starts again.')) from None
+    if last is None or (recovery['run_id'] == last['run_id'] and recovery['epoch'] == last['epoch'] + 1):
+        return recovery
+    return last  # a kill between the end of an epoch's checkpoint and the recovery file's removal left it behind
 
 
 def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, data: _Data, run_dir: RunDir,
@@ -377,8 +399,17 @@ def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, d
         raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
                               f'{arch}: the checkpoint was edited or belongs to another run.')
     _check_same_data(state.get('dataset'), data.record, run_dir)
+    recovery = state.get('recovery')
+    if recovery is not None and recovery['world_size'] != env.world_size:
+        raise CheckpointError(
+            f'{run_dir.recovery} was saved in the middle of epoch {state["epoch"]} by {recovery["world_size"]} '
+            f'process(es), and this is {env.world_size}: the rest of that epoch is divided among the processes that '
+            f'began it. Resume with as many processes (torchrun --nproc_per_node {recovery["world_size"]}), or '
+            'delete the file to resume from '
+            + (f'{LAST}.' if run_dir.last.is_file() else 'the start.'))
     training.load(state)
-    progress.start_epoch, progress.best, progress.parent = state['epoch'] + 1, state['best'], state.get('parent')
+    progress.best, progress.parent, progress.recovery = state['best'], state.get('parent'), recovery
+    progress.start_epoch = state['epoch'] + (recovery is None)
     if state['run_id']:
         progress.run_id = state['run_id']
     elif env.is_main:
@@ -386,7 +417,8 @@ def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, d
         if run_dir.best.is_file():
             restamp_weights(run_dir.best, run_id=progress.run_id)
     progress.history = [row for row in read_summary(run_dir.summary) if row['epoch'] < progress.start_epoch]
-    log(f'resumed {run_dir} at epoch {progress.start_epoch} of {training.num_epochs} (best val top-1 '
+    where = f', after its step {recovery["step"]} of {len(data.train)} ({RECOVERY})' if recovery else ''
+    log(f'resumed {run_dir} at epoch {progress.start_epoch} of {training.num_epochs}{where} (best val top-1 '
         f'{progress.best["top1"]:.2f} at epoch {progress.best["epoch"]})')
 
 
@@ -409,7 +441,7 @@ def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tup
 def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     state = None
     if args.resume:
-        state = load_training_state(run_dir.last)
+        state = _resume_state(run_dir)
         args = resume_args(args, given, state, run_dir)
         check_args(args)
     env = init_distributed(args.device)
@@ -443,14 +475,34 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 f'run directory {run_dir}')
         barrier(env)  # the old run's files are gone before any rank goes on
         loss_fn = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+
+        def checkpoint(epoch: int, **extra: Any) -> Dict[str, Any]:
+            return dict(training.state(), epoch=epoch, arch=args.model, best=progress.best, model_args=arch,
+                        run_id=progress.run_id, args=comparable(recorded), dataset=comparable(asdict(data.record)),
+                        parent=progress.parent, **extra)
+
+        def save_recovery(epoch: int, clock: EpochClock, tally: EpochTally) -> None:
+            """Every --recovery-interval steps: the state, each rank's tally and random streams, the epoch's time."""
+            if tally.steps % args.recovery_interval or tally.steps == len(data.train):
+                return  # the epoch's own checkpoint follows the last step
+            ranks = gather_to_main(dict(tally=asdict(tally), rng=rng_state()), env)
+            if env.is_main:
+                save_training_state(run_dir.recovery, checkpoint(epoch, metric=None, recovery=dict(
+                    step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
+                    stopped_s=clock.stopped_s())))
+
         for epoch in range(progress.start_epoch, training.num_epochs):
-            epoch_start, stopped_start = time.time(), stopped_seconds()
+            recovered, progress.recovery = progress.recovery, None
+            clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
+            mine = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
             _seed_epoch(args.seed, epoch, env.rank)
             data.train.sampler.set_epoch(epoch)
             try:
                 stats = train_one_epoch(
                     train_model, data.train, training.optimizer, loss_fn, env, amp_dtype, training.scaler,
-                    training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler)
+                    training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler,
+                    EpochTally(**mine['tally']), mine['rng'],
+                    partial(save_recovery, epoch, clock) if args.recovery_interval else None)
             except TrainingDiverged as e:
                 kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
                 raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
@@ -458,8 +510,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                                        'a new run.') from None
             training.scheduler.step(epoch + 1)
             val = evaluate(eval_forward, data.val, env, amp_dtype, args.channels_last)
-            stopped_s = stopped_seconds() - stopped_start  # SIGSTOP/Ctrl-Z: time the run did not run
-            epoch_s = time.time() - epoch_start - stopped_s
+            stopped_s, epoch_s = clock.stopped_s(), clock.running_s()  # SIGSTOP/Ctrl-Z: time the run did not run
             history = progress.history
             history.append(dict(
                 epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
@@ -474,10 +525,8 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                     save_weights(run_dir.best, eval_model,
                                  metadata=dict(arch=json.dumps(arch), epoch=str(epoch), run_id=progress.run_id))
                 write_summary(run_dir.summary, history)
-                save_training_state(run_dir.last, dict(
-                    training.state(), epoch=epoch, arch=args.model, metric=val['top1'], best=progress.best,
-                    model_args=arch, run_id=progress.run_id, args=comparable(recorded),
-                    dataset=comparable(asdict(data.record)), parent=progress.parent))
+                save_training_state(run_dir.last, checkpoint(epoch, metric=val['top1']))
+                run_dir.recovery.unlink(missing_ok=True)  # it lies inside this epoch, which last.pth.tar now ends
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
