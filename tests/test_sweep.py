@@ -112,13 +112,22 @@ def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     done = subprocess.run([*command, str(straight)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     command.append(str(killed))
-    proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    for line in proc.stdout:
-        if line.startswith('[3/4]'):  # two runs finished, the third started
-            proc.send_signal(signal.SIGKILL)
-            break
-    proc.wait(timeout=120)
-    assert not (killed / 'report.json').exists()
+    for sig, at in ((signal.SIGTERM, '[2/4]'), (signal.SIGKILL, '[3/4]')):  # one run finished (or two)...
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = False
+        for line in proc.stdout:
+            started = started or line.startswith(at)
+            if started and line.startswith('resnet18_'):  # ...and the next one is training
+                proc.send_signal(sig)
+                break
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) in (-sig, 128 + sig), err
+        if sig == signal.SIGTERM:
+            run = killed / 'resnet18_cifar' / 'seed43'
+            assert err.strip() in (f'python -m train.sweep: interrupted (SIGTERM) in {run}: running this sweep '
+                                   f'again {again} and runs the rest.' for again in (
+                                       'resumes it', 'starts it again (no step was saved)')), err
+        assert not (killed / 'report.json').exists()
     done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.count(': finished') == 2

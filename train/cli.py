@@ -56,7 +56,7 @@ def interrupt_on_termination() -> Iterator[None]:
         return
 
     def interrupt(signum, _frame):
-        raise Interrupted(signal.Signals(signum).name, signum)
+        raise Interrupted(f'interrupted ({signal.Signals(signum).name})', signum)
 
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
     for sig, handler in previous.items():

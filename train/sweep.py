@@ -17,6 +17,7 @@ run directories alone: ours as mean +- std over seeds next to the paper's single
 import argparse
 import json
 import math
+import signal
 import statistics
 import sys
 import time
@@ -32,7 +33,7 @@ from timm_spa import paper
 from timm_spa.models import MODEL_NAMES
 
 from . import train as train_cli
-from .cli import UsageError, add_debug_flag, message, run_cli
+from .cli import Interrupted, UsageError, add_debug_flag, interrupt_on_termination, message, run_cli
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
 from .engine import train_step
@@ -254,7 +255,12 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
             else:
                 a = argparse.Namespace(**dict(vars(a), overwrite=True))  # at most args.json of a run killed early
                 given = None
-            train_cli.run(a, given)
+            try:
+                train_cli.run(a, given)
+            except Interrupted as e:
+                again = 'resumes it' if RunDir(run['folder']).resumable else 'starts it again (no step was saved)'
+                raise Interrupted(f'interrupted ({signal.Signals(e.signum).name}) in {run["folder"]}: running this '
+                                  f'sweep again {again} and runs the rest.', e.signum) from None
         if env.is_main:
             report(out)
     finally:
@@ -445,7 +451,8 @@ def main(argv: Optional[List[str]] = None):
         args, train_argv = parse(argv)
         return report(Path(args.output)) if args.command == 'report' else sweep(args, train_argv)
 
-    return run_cli(PROG, body, debug)
+    with interrupt_on_termination():
+        return run_cli(PROG, body, debug)
 
 
 if __name__ == '__main__':
