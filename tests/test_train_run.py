@@ -661,6 +661,7 @@ def test_a_run_stopped_and_continued_leaves_the_stop_out_of_its_hours(folder_dat
     rows = read_summary(out / 'summary.csv')
     results = RunDir(out).read_results()
     assert 4 <= rows[0]['stopped_s'] <= 7 and rows[1]['stopped_s'] < 1, rows
+    assert rows[0]['train_s'] < rows[0]['epoch_s'], rows  # steps (so images/s) leave the stop out as well
     assert rows[1]['elapsed_s'] == pytest.approx(rows[0]['epoch_s'] + rows[1]['epoch_s'])
     assert rows[0]['stopped_s'] <= results.stopped_s <= rows[0]['stopped_s'] + 1
     assert results.wall_time_s >= rows[1]['elapsed_s']

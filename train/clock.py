@@ -74,16 +74,22 @@ def stopped_seconds() -> float:
     return _PROCESS.start().seconds()
 
 
+def running_clock() -> float:
+    """A monotonic clock in seconds that stands still while this process is stopped: what durations of
+    work (a step, an epoch) are measured with."""
+    return time.monotonic() - stopped_seconds()
+
+
 class EpochClock:
     """An epoch's running seconds (stopped time left out) and its stopped seconds, counted from now on top of
     what a recovery checkpoint carried from the part of the epoch before an interruption."""
 
     def __init__(self, carried_s: float = 0.0, carried_stopped_s: float = 0.0):
-        self._start, self._stopped_start = time.time(), stopped_seconds()
+        self._start, self._stopped_start = running_clock(), stopped_seconds()
         self._carried_s, self._carried_stopped_s = carried_s, carried_stopped_s
 
     def stopped_s(self) -> float:
         return self._carried_stopped_s + stopped_seconds() - self._stopped_start
 
     def running_s(self) -> float:
-        return self._carried_s + time.time() - self._start - (stopped_seconds() - self._stopped_start)
+        return self._carried_s + running_clock() - self._start

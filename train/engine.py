@@ -2,7 +2,6 @@
 import math
 import random
 import sys
-import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -10,6 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .clock import running_clock
 from .distributed import DistEnv, all_reduce_sum
 from .precision import autocast_context
 
@@ -100,13 +100,13 @@ def train_one_epoch(
         next(batches)
     if rng_state is not None:
         set_rng_state(rng_state)
-    train_s, start = tally.train_s, time.perf_counter()
+    train_s, start = tally.train_s, running_clock()  # a SIGSTOP inside a step is not training time
     end = start
     for step, (images, targets) in batches:
         images, targets = images.to(env.device, non_blocking=True), targets.to(env.device, non_blocking=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        tally.data_s += time.perf_counter() - end
+        tally.data_s += running_clock() - end
         logits, loss = train_step(model, images, targets, optimizer, loss_fn, env.device, amp_dtype, scaler)
         if ema is not None:
             ema.update(model)
@@ -121,7 +121,7 @@ def train_one_epoch(
         tally.steps, tally.images = step + 1, tally.images + n
         tally.loss_sum += loss_value * n
         tally.correct += (logits.argmax(1) == targets).sum().item()
-        end = time.perf_counter()
+        end = running_clock()
         tally.train_s = train_s + end - start
         rate = tally.images * env.world_size / max(tally.train_s, 1e-9)
         if bar is not loader:
