@@ -444,6 +444,45 @@ def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
 
 
 @pytest.mark.slow
+def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, capsys):
+    """Two gloo processes stopped inside epoch 1 resume from the recovery checkpoint (each rank its own totals and
+    random streams) to the weights of the run never stopped; one process is refused, naming the count."""
+    def torchrun(port, *argv):
+        return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', '-m',
+                'train', *argv]
+    common = [*TINY, '--data-dir', str(folder_data), '--epochs', '2', '-b', '4', '--log-interval', '1',
+              '--model-ema', '--model-kwargs', 'drop_rate=0.5']
+    straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
+    env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
+    done = subprocess.run(torchrun(29521, *common, '--output', str(straight)), cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    proc = subprocess.Popen(torchrun(29522, *common, '--output', str(stopped), '--recovery-interval', '2'), cwd=ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 1 step 3/'):
+            proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both processes
+            break
+    proc.communicate(timeout=120)
+    recovery = torch.load(stopped / RECOVERY, weights_only=True)
+    assert (recovery['epoch'], recovery['recovery']['step'], recovery['recovery']['world_size']) == (1, 2, 2)
+    assert len(recovery['recovery']['ranks']) == 2
+
+    err = _fails(capsys, ['--resume', str(stopped)], code=1)
+    assert 'by 2 process(es), and this is 1' in err and 'torchrun --nproc_per_node 2' in err
+    done = subprocess.run(torchrun(29523, '--resume', str(stopped)), cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert 'after its step 2 of 5 (recovery.pth.tar)' in done.stdout
+    a, b = torch.load(straight / LAST, weights_only=True), torch.load(stopped / LAST, weights_only=True)
+    for part in ('state_dict', 'state_dict_ema'):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), (part, key)
+    assert [row['train_loss'] for row in read_summary(straight / 'summary.csv')] == \
+        [row['train_loss'] for row in read_summary(stopped / 'summary.csv')]
+
+
+@pytest.mark.slow
 def test_ddp_divergence_stops_every_rank(folder_data, tmp_path):
     done = subprocess.run(
         [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519', '-m', 'train',
