@@ -273,6 +273,32 @@ def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
         compare_script.compare([str(tmp_path / 'b')])
 
 
+def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, capsys):
+    """--target 92: the first epoch at or above it, its own elapsed hours, and the totals with the parent recorded in
+    the checkpoint; a run that has not reached it says its best; a bad target is refused."""
+    def run(name, val, parent=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, elapsed_s=1800.0 * (e + 1))
+                                               for e, v in enumerate(val)])
+        (folder / 'args.json').write_text(json.dumps(dict(lr=0.1 if parent else 0.2)))
+        torch.save(dict(version=2, model_args={}, epoch=len(val) - 1, parent=parent), folder / LAST)
+        return str(folder)
+    warm = run('warm', [90.0, 91.99, 92.0, 93.1], dict(total_epochs=15, total_wall_time_s=36000.0))
+    cold = run('cold', [80.0, 91.5])
+    text = compare_script.compare([warm, cold], target=92)
+    lines = text.splitlines()
+    assert lines[0].endswith('| test top-1 | time to 92% val top-1 |')
+    assert lines[2].endswith('| - | 3 epochs, 1.50 h; in all 18 epochs, 11.50 h |')  # epoch 2, 3 x 0.5 h + 10 h
+    assert lines[3].endswith('| not reached in 2 epochs (best 91.50 at epoch 1) |')
+    assert len({line.count('|') for line in lines}) == 1
+    alone = compare_script.compare([cold], target=92).splitlines()  # no argument differs: no empty column
+    assert alone[0].startswith('| run | val top-1 after epoch 0') and len({line.count('|') for line in alone}) == 1
+    with pytest.raises(SystemExit) as exit_info:
+        compare_script.main([warm, '--target', '920'])
+    assert exit_info.value.code == 2 and '--target 920 is not a top-1 in percent' in capsys.readouterr().err
+
+
 @pytest.mark.parametrize('bf16, kernels, native', [
     pytest.param(True, True, True, id='avx512_bf16', marks=pytest.mark.slow),  # 16x slower where bf16 is emulated
     pytest.param(False, False, False, id='avx2_only'),
