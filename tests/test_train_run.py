@@ -480,10 +480,10 @@ def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, caps
               '--model-ema', '--model-kwargs', 'drop_rate=0.5']
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    done = subprocess.run(torchrun(29521, *common, '--output', str(straight)), cwd=ROOT, env=env,
+    done = subprocess.run(torchrun(29531, *common, '--output', str(straight)), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    proc = subprocess.Popen(torchrun(29522, *common, '--output', str(stopped), '--recovery-interval', '2'), cwd=ROOT,
+    proc = subprocess.Popen(torchrun(29532, *common, '--output', str(stopped), '--recovery-interval', '2'), cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith('epoch 1 step 3/'):
@@ -496,7 +496,7 @@ def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, caps
 
     err = _fails(capsys, ['--resume', str(stopped)], code=1)
     assert 'by 2 process(es), and this is 1' in err and 'torchrun --nproc_per_node 2' in err
-    done = subprocess.run(torchrun(29523, '--resume', str(stopped)), cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run(torchrun(29533, '--resume', str(stopped)), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'after its step 2 of 5 (recovery.pth.tar)' in done.stdout
