@@ -174,6 +174,23 @@ def test_bad_sweep_arguments(argv, match, capsys):
     assert exit_info.value.code == 2 and match in capsys.readouterr().err
 
 
+def test_a_sweep_folder_holds_one_table_and_every_custom_sweeps_models(tmp_path, capsys):
+    out = tmp_path / 'sweep'
+    out.mkdir()
+    (out / 'sweep.json').write_text(json.dumps(dict(table='custom', models=['resnet18_cifar', 'resnet18_spa'])))
+    args, train_argv = sweep.parse(['custom', '--models', 'resnet18_nl', 'resnet18_spa', '--output', str(out), *TINY])
+    assert sweep.manifest(out, args, train_argv)['models'] == ['resnet18_cifar', 'resnet18_spa', 'resnet18_nl']
+    (out / 'sweep.json').write_text('{"table": "cus')  # cut short: the runs below it still say what ran
+    assert sweep.manifest(out, args, train_argv)['models'] == ['resnet18_nl', 'resnet18_spa']
+    (out / 'sweep.json').write_text(json.dumps(dict(table='table1', models=None)))
+    before = (out / 'sweep.json').read_text()
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(['table2', '--output', str(out), *TINY])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and 'holds a table1 sweep (sweep.json); a table2 sweep there' in err, err
+    assert (out / 'sweep.json').read_text() == before and sorted(p.name for p in out.iterdir()) == ['sweep.json']
+
+
 @pytest.mark.slow
 def test_sweep_under_torchrun_uses_ddp_for_each_run(tmp_path):
     """Two processes (gloo), two runs in one sweep, one process group for both (re-creating it raced on stale keys)."""

@@ -33,6 +33,7 @@ from timm_spa import paper
 from timm_spa.models import MODEL_NAMES
 
 from . import train as train_cli
+from .checkpoint import atomic_write
 from .cli import Interrupted, UsageError, add_debug_flag, interrupt_on_termination, message, run_cli
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
@@ -229,8 +230,27 @@ def dry_run(runs: List[dict], states: List[str], header: str) -> None:
           '(timed training steps, random data; loading and logging not included)', flush=True)
 
 
+def manifest(out: Path, args: argparse.Namespace, train_argv: List[str]) -> dict:
+    """The sweep folder's record of what it holds (the report's rows): one table per folder, and the models of
+    every custom sweep run into it so far, so that a second sweep never drops the first one's rows."""
+    try:
+        previous = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        previous = {}  # none yet, or cut short: the run directories below it still say what was run
+    table = previous.get('table') if isinstance(previous, dict) else None
+    if table not in (None, args.command):
+        raise UsageError(f'{out} holds a {table} sweep ({MANIFEST}); a {args.command} sweep there would put two '
+                         'tables in one report. Give it another --output.')
+    models = getattr(args, 'models', None)
+    if models is not None:
+        models = list(dict.fromkeys([*(previous.get('models') or []), *models]))
+    return dict(table=args.command, models=models, seeds=args.seeds, first_seed=args.first_seed,
+                train_argv=train_argv)
+
+
 def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
     cells = custom(args.models) if args.command == 'custom' else TABLES[args.command]()
+    record = manifest(Path(args.output), args, train_argv)
     runs = plan(cells, args, train_argv)
     states = [status(run) for run in runs]
     if args.dry_run:
@@ -241,9 +261,7 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
     try:
         if env.is_main:  # every rank runs the sweep; one writes
             out.mkdir(parents=True, exist_ok=True)
-            (out / MANIFEST).write_text(dump_json(dict(table=args.command, models=getattr(args, 'models', None),
-                                                       seeds=args.seeds, first_seed=args.first_seed,
-                                                       train_argv=train_argv)))
+            atomic_write(out / MANIFEST, lambda tmp: tmp.write_text(dump_json(record)))
         for index, (run, state) in enumerate(zip(runs, states, strict=True)):
             print(f"[{index + 1}/{len(runs)}] {run['folder']}: {state}", flush=True)
             if state == 'finished':
