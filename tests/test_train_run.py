@@ -415,6 +415,21 @@ def _train_until(argv, line_start: str, sig=signal.SIGKILL) -> str:
     return ''.join(out)
 
 
+def test_random_streams_survive_a_weights_only_checkpoint(tmp_path):
+    """What a recovery checkpoint stores of torch's, numpy's and Python's random streams loads with
+    weights_only=True and puts each stream back where it was."""
+    import random
+
+    import numpy as np
+
+    from train.engine import rng_state, set_rng_state
+    torch.save(dict(rng=rng_state()), tmp_path / 'rng.pth.tar')
+    drawn = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    set_rng_state(torch.load(tmp_path / 'rng.pth.tar', weights_only=True)['rng'])
+    again = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(drawn[0], again[0]) and np.array_equal(drawn[1], again[1]) and drawn[2] == again[2]
+
+
 @pytest.mark.slow
 def test_recovery_interval_resumes_inside_an_epoch_as_if_never_stopped(folder_data, tmp_path):
     """--recovery-interval: a run SIGKILLed in the middle of epoch 0 (nothing but the recovery file saved), and

@@ -135,16 +135,17 @@ def train_one_epoch(
 
 
 def rng_state() -> dict:
-    """This process's random streams (torch, CUDA, numpy, random) in a form `torch.load(weights_only=True)` reads."""
+    """This process's random streams (torch, its CUDA device's if in use, numpy, random) in a form
+    `torch.load(weights_only=True)` reads. Only the current CUDA device: under torchrun each rank has its own."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None,
                 numpy=(kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss), random=random.getstate())
 
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state['torch'])
-    if state['cuda'] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if state['cuda'] is not None and torch.cuda.is_initialized():
+        torch.cuda.set_rng_state(state['cuda'])
     kind, keys, pos, has_gauss, gauss = state['numpy']
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     version, internal, gauss_next = state['random']
