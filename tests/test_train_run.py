@@ -137,6 +137,10 @@ def test_resume_takes_the_runs_own_arguments_and_refuses_other_recipes(folder_da
     # the run is finished (1 of 1 epochs): resuming it alone evaluates it again, with its own arguments
     again = train_script.main(['--resume', str(out), '--no-progress', '--workers', '0'])
     assert again.args['lr'] == 0.03 and again.run_id == state['run_id'] and again.epochs == 1
+    # what the data set is called may be corrected (it is not what was trained): the results carry the new name
+    named = train_script.main(['--resume', str(out), '--dataset-label', 'folder (a copy)'])
+    assert named.dataset.label == 'folder (a copy)' and named.test_top1 == again.test_top1
+    assert RunDir(out).read_results().dataset.label == 'folder (a copy)'
     err = _fails(capsys, ['--resume', str(out), '--epochs', '3', '--lr', '0.1', '--val-split-seed', '4'])
     for part in ('--epochs 3 (the run has 1)', '--lr 0.1 (the run has 0.03)', '--val-split-seed 4 (the run has 0)',
                  'Only --data-dir'):

@@ -60,9 +60,10 @@ from .report import git_commit, hardware, plot_curves, read_summary, software, w
 from .run_dir import LAST, RECOVERY, DatasetRecord, Results, RunDir, comparable, new_run_id
 
 PROG = 'python -m train'
-# what may differ when a run is resumed: where the data lies, how fast and how loudly it trains; never what
-RESUME_SAFE = ('data_dir', 'download', 'decode_cache', 'workers', 'device', 'amp', 'amp_dtype', 'channels_last',
-               'torchcompile', 'log_interval', 'progress', 'recovery_interval')
+# what may differ when a run is resumed: where the data lies and what it is called, how fast and how loudly it
+# trains; never what
+RESUME_SAFE = ('data_dir', 'download', 'decode_cache', 'dataset_label', 'workers', 'device', 'amp', 'amp_dtype',
+               'channels_last', 'torchcompile', 'log_interval', 'progress', 'recovery_interval')
 NOT_RECORDED = ('resume', 'output', 'overwrite', 'debug')  # how this process was started, not the run
 
 
