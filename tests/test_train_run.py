@@ -51,9 +51,11 @@ def _cli(*args, **kwargs):
                           timeout=600, **kwargs)
 
 
-def test_run_writes_honest_results(folder_data, tmp_path):
+def test_run_writes_honest_results(folder_data, tmp_path, capsys):
     out = tmp_path / 'run'
     results = _run(folder_data, out, '--epochs', '2', '--model-kwargs', 'attn_stages=(2,)', 'attn_kwargs={"k": 4}')
+    epoch_lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith('epoch ')]
+    assert len(epoch_lines) == 2 and ' h for the 1 epoch left' in epoch_lines[0] and 'left' not in epoch_lines[1]
     mask = os.umask(0)
     os.umask(mask)
     for name in (LAST, BEST, 'summary.csv', 'curves.png', 'results.json', 'args.json'):

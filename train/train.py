@@ -528,9 +528,13 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 write_summary(run_dir.summary, history)
                 save_training_state(run_dir.last, checkpoint(epoch, metric=val['top1']))
                 run_dir.recovery.unlink(missing_ok=True)  # it lies inside this epoch, which last.pth.tar now ends
+            left = training.num_epochs - epoch - 1  # at this epoch's pace: the hours a CPU user plans around
+            plural = 's' if left > 1 else ''
+            to_go = f', ~{left * epoch_s / 3600:.1f} h for the {left} epoch{plural} left' if left else ''
             log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
+                f"{to_go}"
                 f"{' *best*' if improved else ''}")
         return _test_once(args, data, training, progress, eval_model, arch, recorded, run_dir, env, log)
     finally:
