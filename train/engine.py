@@ -79,7 +79,7 @@ def train_one_epoch(
         model: nn.Module, loader, optimizer, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
         scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
         epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
-        scheduler=None, tally: Optional[EpochTally] = None, rng_state: Optional[dict] = None,
+        scheduler=None, tally: Optional[EpochTally] = None, rng: Optional[dict] = None,
         after_step: Optional[Callable[[EpochTally], None]] = None,
 ) -> Dict[str, float]:
     """Returns mean loss, top-1, images/s and the share of step time spent waiting for data.
@@ -88,7 +88,7 @@ def train_one_epoch(
     was built to step on updates). A loss that is not finite stops the epoch with `TrainingDiverged`.
     A `tally` of steps already trained (a recovery checkpoint's) continues the epoch after them: their
     batches are drawn again and dropped, so the loader's order and augmentations stay those of the
-    uninterrupted epoch, and then `rng_state` (this rank's, saved with the tally) is restored.
+    uninterrupted epoch, and then `rng` (this rank's random streams, saved with the tally) is restored.
     `after_step(tally)` runs after every step, e.g. to write a recovery checkpoint.
     """
     model.train()
@@ -98,8 +98,8 @@ def train_one_epoch(
     batches = enumerate(bar)
     for _ in range(tally.steps):
         next(batches)
-    if rng_state is not None:
-        set_rng_state(rng_state)
+    if rng is not None:
+        set_rng_state(rng)
     train_s, start = tally.train_s, running_clock()  # a SIGSTOP inside a step is not training time
     end = start
     for step, (images, targets) in batches:
