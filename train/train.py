@@ -16,7 +16,6 @@ import json
 import math
 import signal
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -50,7 +49,7 @@ from .cli import (
     interrupt_on_termination,
     run_cli,
 )
-from .clock import EpochClock, stopped_seconds
+from .clock import EpochClock
 from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv, barrier, cleanup, from_main, gather_to_main, init_distributed, launch_rank
 from .engine import EpochTally, TrainingDiverged, evaluate, rng_state, train_one_epoch
@@ -549,12 +548,12 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
     barrier(env)  # rank 0 wrote it
     run_dir.load_best(eval_model, progress.run_id, best['epoch'], args.model)
     # in float32 whatever the training precision: the number anyone reloading the weights reproduces
-    test_start, stopped_start = time.time(), stopped_seconds()
+    clock = EpochClock()
     test = evaluate(eval_model, data.test, env, None, args.channels_last)
     if test['count'] != record.test_images:
         raise RuntimeError(f'evaluated {test["count"]} test images, expected {record.test_images}')
-    test_stopped_s = stopped_seconds() - stopped_start
-    wall_time_s = progress.history[-1]['elapsed_s'] + time.time() - test_start - test_stopped_s
+    test_stopped_s = clock.stopped_s()
+    wall_time_s = progress.history[-1]['elapsed_s'] + clock.running_s()
     stopped = [row.get('stopped_s', math.nan) for row in progress.history]  # NaN: not measured (older run)
     splits = data.splits
     results = Results(
