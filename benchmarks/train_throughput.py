@@ -3,8 +3,13 @@
     python -m benchmarks.train_throughput --data-dir ../shared/data/cifar10-jpeg --amp
 
 Each model trains for `--steps` batches of the data set's training split after `--warmup` batches,
-through `train.engine.train_one_epoch`; the table gives images/s, the ratio to the first model,
-and the share of step time spent waiting for the data loader.
+through `train.engine.train_one_epoch`; the table gives images/s, the ratio to the first row,
+and the share of step time spent waiting for the data loader. `--settings` measures each model
+under several of `python -m train`'s speed flags side by side (they are safe to change on
+`--resume`), e.g. `--settings contiguous channels-last compiled` to pick the fastest for a CPU:
+
+    python -m benchmarks.train_throughput --data-dir ../shared/data/cifar10-jpeg --models resnet18_spa \
+        --settings contiguous channels-last compiled
 """
 import argparse
 import json
@@ -19,8 +24,17 @@ from torch import nn
 from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
 from train.distributed import DistEnv
 from train.engine import train_one_epoch
-from train.precision import AMP_DTYPES, describe_precision, resolve_amp_dtype
+from train.precision import AMP_DTYPES, cpu_flags, describe_flags, describe_precision, resolve_amp_dtype
 from train.report import hardware, software
+
+# a setting: (memory format is channels-last, torch.compile'd with inductor), as `python -m train`'s
+# --channels-last and --torchcompile
+SETTINGS = {
+    'contiguous': (False, False),
+    'channels-last': (True, False),
+    'compiled': (False, True),
+    'channels-last+compiled': (True, True),
+}
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -32,12 +46,18 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--steps', type=int, default=20)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--settings', nargs='+', choices=list(SETTINGS), default=['contiguous'],
+                   help='measure every model under each of these (memory format, torch.compile) settings')
     p.add_argument('--amp', action='store_true',
                    help='autocast: float16 on CUDA, bfloat16 only on a CPU that has it natively (else float32)')
     p.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None, help='force this autocast dtype')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    p.add_argument('--output-json', default=None)
-    return p.parse_args(argv)
+    p.add_argument('--output-json', default=None, help='also write the rows here, and the table beside it (.md)')
+    args = p.parse_args(argv)
+    if args.output_json and Path(args.output_json).suffix != '.json':
+        p.error(f'--output-json {args.output_json}: give a .json path; the table is written beside it as .md')
+    args.settings = list(dict.fromkeys(args.settings))
+    return args
 
 
 def main(argv: Optional[List[str]] = None) -> List[dict]:
@@ -56,25 +76,42 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
                          args.batch_size, True, args.workers, 0)
     rows = []
     for name in args.models:
-        torch.manual_seed(0)
-        model = timm.create_model(name, num_classes=splits.num_classes).to(env.device)
-        optimizer = create_optimizer_v2(model, opt='momentum', lr=0.1, weight_decay=5e-4, momentum=0.9)
-        step = dict(optimizer=optimizer, loss_fn=nn.CrossEntropyLoss(), env=env, amp_dtype=amp_dtype)
-        train_one_epoch(model, warm, **step)
-        stats = train_one_epoch(model, timed, **step)
-        rows.append(dict(model=name, img_s=stats['img_s'], data_share=stats['data_share']))
-        print(f"{name}: {stats['img_s']:.1f} img/s, data loading {100 * stats['data_share']:.1f}% of step time",
-              flush=True)
-    base = rows[0]['img_s']
-    print(f"\n{splits.label}, batch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
-          f"{describe_precision(amp_dtype)}, {args.workers} loader workers, {hardware(env.device, 1)}\n")
-    print('| model | train img/s | step time vs first | data loading share |')
-    print('|---|---:|---:|---:|')
-    for row in rows:
-        print(f"| {row['model']} | {row['img_s']:.1f} | {base / row['img_s']:.3f}x | {100 * row['data_share']:.1f}% |")
+        for setting in args.settings:
+            channels_last, compiled = SETTINGS[setting]
+            torch.manual_seed(0)
+            model = timm.create_model(name, num_classes=splits.num_classes).to(env.device)
+            if channels_last:
+                model = model.to(memory_format=torch.channels_last)
+            optimizer = create_optimizer_v2(model, opt='momentum', lr=0.1, weight_decay=5e-4, momentum=0.9)
+            # static shapes as in `python -m train`; the warm-up batches pay for the compilation
+            step_model = torch.compile(model, dynamic=False) if compiled else model
+            step = dict(optimizer=optimizer, loss_fn=nn.CrossEntropyLoss(), env=env, amp_dtype=amp_dtype,
+                        channels_last=channels_last)
+            train_one_epoch(step_model, warm, **step)
+            stats = train_one_epoch(step_model, timed, **step)
+            rows.append(dict(model=name, setting=setting, img_s=stats['img_s'], data_share=stats['data_share']))
+            print(f"{name} ({setting}): {stats['img_s']:.1f} img/s, data loading {100 * stats['data_share']:.1f}% "
+                  'of step time', flush=True)
+    text = table(rows, f"{splits.label}, batch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
+                       f"{describe_precision(amp_dtype)}, {args.workers} loader workers, {hardware(env.device, 1)}"
+                       + (f' ({describe_flags(cpu_flags())})' if env.device.type == 'cpu' else ''))
+    print(f'\n{text}')
     if args.output_json:
-        Path(args.output_json).write_text(json.dumps(dict(rows=rows, args=vars(args), software=software()), indent=2))
+        out = Path(args.output_json)
+        out.write_text(json.dumps(dict(rows=rows, args=vars(args), software=software()), indent=2))
+        out.with_suffix('.md').write_text(text + '\n')
+        print(f'wrote {out} and {out.with_suffix(".md")}')
     return rows
+
+
+def table(rows: List[dict], context: str) -> str:
+    """The rows as the markdown table the README shows, under a line saying what was measured where."""
+    base = rows[0]['img_s']
+    lines = [context, '', '| model | setting | train img/s | step time vs first row | data loading share |',
+             '|---|---|---:|---:|---:|']
+    lines += [f"| {r['model']} | {r['setting']} | {r['img_s']:.1f} | {base / r['img_s']:.3f}x | "
+              f"{100 * r['data_share']:.1f}% |" for r in rows]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

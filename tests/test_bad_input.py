@@ -635,6 +635,33 @@ def hub_serve_sigterm(ws):
     return proc.returncode, ''.join(lines) + out
 
 
+
+@probe('a data loader worker killed mid-epoch (by the kernel when memory runs out, or a stray `kill`)',
+       'the system ends a worker when memory runs out (see `dmesg`) and fewer --workers or a smaller --batch-size '
+       'need less; `python -m train --resume RUN` continues it from last.pth.tar', 'the run, resumable', slow=True)
+def loader_worker_killed(ws):
+    import signal
+    run = ws.root / 'worker-killed'
+    proc = subprocess.Popen([sys.executable, '-m', 'train', *TINY, '--data-dir', str(ws.data), '--epochs', '2',
+                             '-b', '4', '--workers', '1', '--log-interval', '1', '--output', str(run)], cwd=ROOT,
+                            env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith('epoch 1 step 2/'):
+            workers = Path(f'/proc/{proc.pid}/task/{proc.pid}/children').read_text().split()
+            assert len(workers) == 1, workers
+            os.kill(int(workers[0]), signal.SIGKILL)
+    err = proc.stderr.read()
+    # torch names the worker, in words that depend on how it noticed: 'is killed by signal: Killed' or 'exited
+    # unexpectedly'; one line in all
+    assert err.startswith('python -m train: error: DataLoader worker (pid') and workers[0] in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    code = proc.wait(timeout=60)
+    from train import train as train_script
+    resumed = call(train_script.main, ['--resume', str(run)])
+    assert resumed[0] == 0 and (run / 'results.json').is_file(), resumed
+    return code, err.replace(str(run), 'RUN')
+
 @pytest.fixture(scope='module')
 def workspace(tmp_path_factory):
     return Workspace(tmp_path_factory.mktemp('bad-input'))

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import attention_cost
+from benchmarks import attention_cost, train_throughput
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,6 +16,11 @@ def test_readme_shows_the_measured_tables():
     saved = json.loads((ROOT / 'benchmarks' / 'results' / 'attention_cost_cpu.json').read_text())
     assert tables == attention_cost.markdown_tables(saved).strip()
     assert tables in (ROOT / 'README.md').read_text(), 'paste benchmarks/results/attention_cost_cpu.md into README.md'
+    for md in sorted((ROOT / 'benchmarks' / 'results').glob('train_throughput_*.md')):
+        context = md.read_text().split('\n', 1)[0]
+        saved = json.loads(md.with_suffix('.json').read_text())
+        assert md.read_text().strip() == train_throughput.table(saved['rows'], context), md
+        assert md.read_text().strip() in (ROOT / 'README.md').read_text(), f'paste {md.name} into README.md'
 
 
 def test_peak_memory_is_measured_from_allocations():
@@ -99,10 +104,29 @@ def test_naive_baseline_computes_the_same_function():
 
 @pytest.mark.slow
 def test_train_throughput_runs_the_real_pipeline(folder_data, tmp_path):
-    from benchmarks import train_throughput
     rows = train_throughput.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--models',
                                   'resnet18_cifar', 'resnet18_spa', '-b', '4', '--steps', '2', '--warmup', '1',
                                   '-j', '0', '--output-json', str(tmp_path / 'rates.json')])
     assert [r['model'] for r in rows] == ['resnet18_cifar', 'resnet18_spa']
     assert all(r['img_s'] > 0 and 0 <= r['data_share'] < 1 for r in rows)
     assert json.loads((tmp_path / 'rates.json').read_text())['rows'] == rows
+
+
+@pytest.mark.slow
+def test_train_throughput_compares_speed_settings_side_by_side(folder_data, tmp_path, capsys):
+    """Memory format and torch.compile, each setting a row of one table, which is also written as .md."""
+    from train.precision import cpu_flags, describe_flags
+    settings = ['contiguous', 'channels-last+compiled']  # one compiles: both flags' code paths, half the time
+    rows = train_throughput.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--models', 'test_resnet',
+                                  '--settings', *settings, 'contiguous', '-b', '4', '--steps', '1', '--warmup', '1',
+                                  '-j', '0', '--output-json', str(tmp_path / 'rates.json')])
+    assert [r['setting'] for r in rows] == settings  # a setting given twice is measured once
+    table = (tmp_path / 'rates.md').read_text().strip()
+    assert table in capsys.readouterr().out
+    lines = table.splitlines()
+    assert describe_flags(cpu_flags()) in lines[0] and len(lines) == 4 + len(settings)
+    assert lines[4].startswith('| test_resnet | contiguous |') and ' | 1.000x | ' in lines[4]
+    ratio = float(lines[5].split(' | ')[3].rstrip('x'))
+    assert ratio == pytest.approx(rows[0]['img_s'] / rows[1]['img_s'], abs=1e-3)
+    with pytest.raises(SystemExit):
+        train_throughput.parse_args(['--output-json', str(tmp_path / 'rates.md')])

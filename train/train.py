@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import json
 import math
+import re
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
@@ -278,12 +279,28 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         try:
             return _run(args, given, run_dir)
         except KeyboardInterrupt as e:
-            saved = RECOVERY if run_dir.recovery.is_file() else LAST
-            resume = (f'`python -m train --resume {run_dir}` continues it from {saved}' if run_dir.resumable
-                      else 'no epoch was saved yet, so start it again')
             signum = getattr(e, 'signum', signal.SIGINT)
             how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
-            raise Interrupted(f'interrupted{how}: {resume}.', signum) from None
+            raise Interrupted(f'interrupted{how}: {_how_to_continue(run_dir)}.', signum) from None
+        except RuntimeError as e:
+            if not _WORKER_DIED.match(str(e)):
+                raise
+            # torch's own words name the worker and the signal; what a user needs is why and how to go on
+            raise DataError(f'{str(e).strip().rstrip(".")}: the system ends a worker when memory runs out (see '
+                            '`dmesg`) and fewer --workers or a smaller --batch-size need less; '
+                            f'{_how_to_continue(run_dir)}.') from None
+
+
+# torch's messages for a loader worker that a signal ended ("is killed by signal: Killed.") or that vanished
+_WORKER_DIED = re.compile(r'DataLoader worker \(pids?(\(s\))? [\d, ]+\) '
+                          r'(is killed by signal|exited unexpectedly(?! with))')
+
+
+def _how_to_continue(run_dir: RunDir) -> str:
+    """What `--resume` would continue from, for the message of a run that stopped early."""
+    saved = RECOVERY if run_dir.recovery.is_file() else LAST
+    return (f'`python -m train --resume {run_dir}` continues it from {saved}' if run_dir.resumable
+            else 'no epoch was saved yet, so start it again')
 
 
 @dataclass
