@@ -21,6 +21,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
+from train.cli import UsageError, check_torchcompile
 from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
 from train.distributed import DistEnv
 from train.engine import train_one_epoch
@@ -57,6 +58,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.output_json and Path(args.output_json).suffix != '.json':
         p.error(f'--output-json {args.output_json}: give a .json path; the table is written beside it as .md')
     args.settings = list(dict.fromkeys(args.settings))
+    if any(SETTINGS[setting][1] for setting in args.settings):
+        try:
+            check_torchcompile('inductor', args.device)
+        except UsageError as e:
+            p.error(str(e).replace('--torchcompile', 'the compiled settings'))
     return args
 
 

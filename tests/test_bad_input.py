@@ -140,6 +140,28 @@ def unknown_model(ws):
     return ws.train('--model', 'resnet18_sap', '--output', str(ws.root / 'x'))
 
 
+
+@probe('`python -m train --torchcompile inductr` (a typo)', '--torchcompile inductr: torch.compile has no such '
+       'backend. Did you mean inductor', code=2)
+def torchcompile_typo(ws):
+    return ws.train('--torchcompile', 'inductr', '--output', str(ws.root / 'x'))
+
+
+@probe('`python -m train --torchcompile` (or `--resume` of a run that had it) on a machine without a C++ compiler',
+       'inductor builds CPU kernels with a C++ compiler and finds none; install g++ (or point CXX at one), or drop '
+       '--torchcompile', code=2)
+def torchcompile_without_compiler(ws):
+    from torch._inductor import config
+
+    from train import train as train_script
+    run = ws.copy_run('compiled')
+    state = torch.load(run / 'last.pth.tar', weights_only=True)
+    torch.save(dict(state, args=dict(state['args'], torchcompile='inductor')), run / 'last.pth.tar')
+    with mock.patch.object(config.cpp, 'cxx', (None, str(ws.root / 'no-such-g++'))):
+        assert 'finds none' in ws.train('--torchcompile', '--output', str(ws.root / 'x'))[1]
+        with unchanged(run):
+            return call(train_script.main, ['--resume', str(run)])
+
 @probe('`python -m train --model-kwargs atn_stages="(1,)"` (a typo)', "unexpected keyword argument 'atn_stages'. "
        'Check the argument names', code=2)
 def model_kwargs_typo(ws):

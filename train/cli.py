@@ -12,7 +12,7 @@ import difflib
 import signal
 import sys
 import threading
-from typing import Any, Callable, Iterator, Sequence, Type
+from typing import Any, Callable, Iterator, Optional, Sequence, Type
 
 import timm
 import torch
@@ -112,6 +112,26 @@ def check_device(device: str) -> None:
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise UsageError(f'--device {device}: torch sees no CUDA device on this machine; use --device cpu.')
 
+
+def check_torchcompile(backend: Optional[str], device: str) -> None:
+    """A torch.compile backend torch knows and, for inductor on CPU, the C++ compiler it builds kernels with:
+    both would otherwise fail at the first training step, after the data set was read, with a traceback."""
+    if not backend:
+        return
+    from torch._dynamo import list_backends
+    known = list_backends(exclude_tags=())
+    if backend not in known:
+        close = difflib.get_close_matches(backend, known, n=2)
+        hint = f"Did you mean {' or '.join(close)}?" if close else "torch._dynamo.list_backends() lists them."
+        raise UsageError(f'--torchcompile {backend}: torch.compile has no such backend. {hint}')
+    if backend == 'inductor' and torch.device(device).type == 'cpu':
+        from torch._inductor import cpp_builder, exc
+        try:
+            cpp_builder.get_cpp_compiler()
+        except exc.InvalidCxxCompiler:
+            raise UsageError('--torchcompile: inductor builds CPU kernels with a C++ compiler and finds none; '
+                             'install g++ (or point CXX at one), or drop --torchcompile (it changes speed only).') \
+                from None
 
 def check_model_name(name: str) -> None:
     """A registered model (hf-hub:/local-dir: names are checked when loaded); close names are suggested."""

@@ -47,6 +47,7 @@ from .cli import (
     add_debug_flag,
     check_device,
     check_model_name,
+    check_torchcompile,
     interrupt_on_termination,
     run_cli,
 )
@@ -168,6 +169,7 @@ def check_args(args: argparse.Namespace) -> None:
                          '(a published name works as --initial-checkpoint arch.tag).')
     check_device(args.device)
     check_model_name(args.model)
+    check_torchcompile(args.torchcompile, args.device)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
