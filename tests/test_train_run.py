@@ -775,6 +775,55 @@ def test_a_summary_from_before_the_stopped_column_resumes_and_says_so(tiny_run, 
     assert 'was not measured for every epoch' in card
 
 
+
+def test_a_run_resumed_on_another_machine_records_each_machine_with_its_epochs(folder_data, tmp_path, monkeypatch):
+    """Epoch 0 on one machine, then Ctrl-C, then epoch 1 resumed on another: summary.csv names each epoch's
+    machine, and results and card list both with their epochs and hours, not only the machine that finished."""
+    run, calls = tmp_path / 'run', []
+    real_evaluate = train_script.evaluate
+
+    def evaluate(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:  # the validation pass of epoch 1
+            raise KeyboardInterrupt
+        return real_evaluate(*args, **kwargs)
+
+    argv = [*TINY, '--data-dir', str(folder_data), '--epochs', '2', '--output', str(run)]
+    with monkeypatch.context() as patched:
+        patched.setattr(train_script, 'hardware', lambda device, world_size: 'CPU A (2 cores; AVX2 only)')
+        patched.setattr(train_script, 'evaluate', evaluate)
+        with pytest.raises(SystemExit):
+            train_script.main(argv)
+    monkeypatch.setattr(train_script, 'hardware', lambda device, world_size: 'CPU B (8 cores; AMX)')
+    train_script.main(['--resume', str(run)])
+    rows = read_summary(run / 'summary.csv')
+    assert [r['hardware'] for r in rows] == ['CPU A (2 cores; AVX2 only)', 'CPU B (8 cores; AMX)']
+    results = RunDir(run).read_results()
+    assert results.hardware == (f"CPU A (2 cores; AVX2 only) for epoch 0 ({rows[0]['epoch_s'] / 3600:.2f} h); "
+                                f"CPU B (8 cores; AMX) for epoch 1 ({rows[1]['epoch_s'] / 3600:.2f} h)")
+    card = model_card(results, 'timm-spa/resnet18_spa.folder', timm.create_model('resnet18_spa', num_classes=4))
+    assert f'- Hardware: {results.hardware}; 1 process(es)' in card
+
+
+def test_hardware_names_the_cpu_arithmetic_and_a_run_lists_its_machines_in_order():
+    from train.precision import cpu_capability
+    from train.report import hardware_record
+    no = dict(avx2=False, avx512=False, avx512_bf16=False, amx=False, avx512_kernels=False)
+    assert cpu_capability(dict(no, avx2=True)) == 'AVX2 only'
+    assert cpu_capability(dict(no, avx2=True, avx512=True, avx512_kernels=True)) == 'AVX-512'
+    assert cpu_capability(dict(no, avx2=True, avx512=True, avx512_bf16=True, avx512_kernels=True)) == 'AVX-512-BF16'
+    assert cpu_capability(dict(no, avx2=True, avx512=True, avx512_bf16=True, amx=True, avx512_kernels=True)) == 'AMX'
+    assert cpu_capability(dict(no, avx2=True, avx512=True, amx=True)) == 'AVX2 kernels (AVX-512 switched off)'
+    assert cpu_capability(dict(mkldnn_bf16=True)) == 'native bfloat16'
+    rows = [dict(epoch=0, epoch_s=3600.0, hardware=''), dict(epoch=1, epoch_s=1800.0),  # from before the column
+            dict(epoch=2, epoch_s=900.0, hardware='A'), dict(epoch=3, epoch_s=900.0, hardware='A'),
+            dict(epoch=4, epoch_s=36.0, hardware='B'), dict(epoch=5, epoch_s=72.0, hardware='A')]
+    assert hardware_record(rows) == ('not recorded for epochs 0-1 (1.50 h); A for epochs 2-3 (0.50 h); '
+                                     'B for epoch 4 (0.01 h); A for epoch 5 (0.02 h)')
+    assert hardware_record(rows[2:4]) == 'A'
+    assert hardware_record(rows[:2]) == 'not recorded for epochs 0-1 (1.50 h)'
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize('sig, ignored', [(signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGHUP, True)],
                          ids=['SIGTERM', 'SIGHUP', 'SIGHUP-under-nohup'])

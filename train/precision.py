@@ -40,6 +40,20 @@ def describe_flags(flags: Dict[str, bool]) -> str:
     return ', '.join(f'{name} {"yes" if value else "no"}' for name, value in flags.items())
 
 
+def cpu_capability(flags: Optional[Dict[str, bool]] = None) -> str:
+    """The best vector arithmetic torch uses on this CPU, in a word or two: what a CPU's model name does not
+    say (an AMD EPYC may have AVX-512-BF16 or only AVX2) and what decides its training speed."""
+    flags = cpu_flags() if flags is None else flags
+    if 'mkldnn_bf16' in flags:
+        return 'native bfloat16' if flags['mkldnn_bf16'] else 'no native bfloat16'
+    if flags.get('avx512') and not flags.get('avx512_kernels'):
+        return 'AVX2 kernels (AVX-512 switched off)'
+    for key, name in (('amx', 'AMX'), ('avx512_bf16', 'AVX-512-BF16'), ('avx512', 'AVX-512'), ('avx2', 'AVX2 only')):
+        if flags.get(key):
+            return name
+    return 'no AVX2'
+
+
 def resolve_amp_dtype(amp: bool, amp_dtype: Optional[str], device: torch.device) -> Tuple[Optional[str], Optional[str]]:
     """The autocast dtype to use (None: float32) and a warning to show once, or None.
 

@@ -13,8 +13,9 @@ import torchvision
 import timm_spa
 
 from .checkpoint import atomic_write
+from .precision import cpu_capability
 
-TEXT_COLUMNS = ('precision',)  # summary.csv columns that are not numbers
+TEXT_COLUMNS = ('precision', 'hardware')  # summary.csv columns that are not numbers
 
 
 def hardware(device: torch.device, world_size: int) -> str:
@@ -26,8 +27,24 @@ def hardware(device: torch.device, world_size: int) -> str:
                 name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
         except (OSError, StopIteration):
             name = platform.processor() or 'CPU'
-        name = f'{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)'
+        name = f'{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads; {cpu_capability()})'
     return f'{world_size} x {name}' if world_size > 1 else name
+
+
+def hardware_record(rows: List[Dict[str, Any]]) -> str:
+    """What the epochs of `summary.csv` trained on: one machine's description, or, for a run resumed on other
+    machines, each one with its epochs and hours in order (a blank row: an epoch from before the column)."""
+    spans: List[List[Any]] = []  # [hardware, first epoch, last epoch, seconds]
+    for row in rows:
+        name = row.get('hardware') or ''
+        if spans and spans[-1][0] == name:
+            spans[-1][2:] = [row['epoch'], spans[-1][3] + row['epoch_s']]
+        else:
+            spans.append([name, row['epoch'], row['epoch'], row['epoch_s']])
+    if len(spans) == 1 and spans[0][0]:
+        return spans[0][0]
+    return '; '.join(f"{name or 'not recorded'} for epoch{f's {first}-{last}' if last > first else f' {first}'} "
+                     f'({seconds / 3600:.2f} h)' for name, first, last, seconds in spans)
 
 
 def software() -> Dict[str, str]:

@@ -57,7 +57,7 @@ from .distributed import DistEnv, barrier, cleanup, from_main, gather_to_main, i
 from .engine import EpochTally, TrainingDiverged, evaluate, rng_state, train_one_epoch
 from .lineage import describe_parent, lineage_record, load_initial_checkpoint
 from .precision import AMP_DTYPES, describe_precision, precision_record, resolve_amp_dtype
-from .report import git_commit, hardware, plot_curves, read_summary, software, write_summary
+from .report import git_commit, hardware, hardware_record, plot_curves, read_summary, software, write_summary
 from .run_dir import LAST, RECOVERY, DatasetRecord, Results, RunDir, comparable, new_run_id
 
 PROG = 'python -m train'
@@ -510,6 +510,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                     step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
                     stopped_s=clock.stopped_s())))
 
+        machine = hardware(env.device, env.world_size)  # per epoch: a resumed run may go on elsewhere
         for epoch in range(progress.start_epoch, training.num_epochs):
             recovered, progress.recovery = progress.recovery, None
             clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
@@ -535,7 +536,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
                 val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s, stopped_s=stopped_s,
                 elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
-                precision=describe_precision(amp_dtype)))
+                precision=describe_precision(amp_dtype), hardware=machine))
             improved = val['top1'] > progress.best['top1']
             if improved:
                 progress.best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
@@ -586,7 +587,7 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
                              'once, in float32',
         wall_time_s=wall_time_s, lineage=lineage_record(progress.parent, training.num_epochs, wall_time_s),
         stopped_s=sum(stopped) + test_stopped_s if all(map(math.isfinite, stopped)) else None,
-        hardware=hardware(env.device, env.world_size), world_size=env.world_size,
+        hardware=hardware_record(progress.history), world_size=env.world_size,
         precision=precision_record([row['precision'] for row in progress.history], env.device),
         software=software(), git_commit=git_commit(), args=comparable(recorded))
     if env.is_main:
