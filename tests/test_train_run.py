@@ -269,10 +269,12 @@ def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
     (tmp_path / 'b' / 'results.json').unlink()  # as if b were still training
     text = compare_script.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
     lines = text.splitlines()
-    assert lines[0] == '| run | --smoothing | val top-1 after epoch 0 (elapsed) | test top-1 |'
-    elapsed = float(first[0].split(',')[-2]) / 60  # summary.csv: elapsed_s, then precision
-    assert lines[2] == f"| a | `0.0` | {plain['val_top1']:.2f} ({elapsed:.1f} min) | {plain['test_top1']:.2f} |"
-    assert lines[3].startswith('| b | `0.5` | ') and lines[3].endswith(' | - |')
+    assert lines[0] == '| run | --smoothing | val top-1 after epoch 0 (elapsed) | test top-1 | trained on |'
+    row = read_summary(tmp_path / 'a' / 'summary.csv')[0]
+    assert lines[2] == (f"| a | `0.0` | {plain['val_top1']:.2f} ({row['elapsed_s'] / 60:.1f} min) | "
+                        f"{plain['test_top1']:.2f} | {row['hardware']} |")
+    assert row['hardware'] == plain['hardware'] and 'cores' in row['hardware']
+    assert lines[3].startswith('| b | `0.5` | ') and lines[3].endswith(f" | - | {row['hardware']} |")
     assert (tmp_path / 'cmp.png').stat().st_size > 0
     (tmp_path / 'b' / 'args.json').write_text('{"cut')
     with pytest.raises(RunError, match='args.json cannot be read'):
@@ -285,7 +287,7 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     def run(name, val, parent=None):
         folder = tmp_path / name
         folder.mkdir()
-        write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, elapsed_s=1800.0 * (e + 1))
+        write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, epoch_s=1800.0, elapsed_s=1800.0 * (e + 1))
                                                for e, v in enumerate(val)])
         (folder / 'args.json').write_text(json.dumps(dict(lr=0.1 if parent else 0.2)))
         torch.save(dict(version=2, model_args={}, epoch=len(val) - 1, parent=parent), folder / LAST)
@@ -294,8 +296,10 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     cold = run('cold', [80.0, 91.5])
     text = compare_script.compare([warm, cold], target=92)
     lines = text.splitlines()
-    assert lines[0].endswith('| test top-1 | time to 92% val top-1 |')
-    assert lines[2].endswith('| - | 3 epochs, 1.50 h; in all 18 epochs, 11.50 h |')  # epoch 2, 3 x 0.5 h + 10 h
+    assert lines[0].endswith('| test top-1 | trained on | time to 92% val top-1 |')
+    # epoch 2, 3 x 0.5 h + 10 h; summaries from before the hardware column
+    assert lines[2].endswith('| - | not recorded for epochs 0-3 (2.00 h) | 3 epochs, 1.50 h; in all 18 epochs, '
+                             '11.50 h |')
     assert lines[3].endswith('| not reached in 2 epochs (best 91.50 at epoch 1) |')
     assert len({line.count('|') for line in lines}) == 1
     alone = compare_script.compare([cold], target=92).splitlines()  # no argument differs: no empty column

@@ -3,7 +3,8 @@
     python -m train.compare runs/paper-2ep runs/budget-2ep --output compare.png [--target 92]
 
 Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
-and elapsed wall time after each epoch, and the test top-1 of finished runs) and plots validation
+and elapsed wall time after each epoch, the test top-1 of finished runs and the machines each run
+trained on, with their epochs and hours where it moved) and plots validation
 top-1 against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and
 hours of the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
 behind its `--initial-checkpoint` (the parent's record in the checkpoint). Reads only what each run
@@ -17,7 +18,7 @@ from typing import List, Optional
 
 from .checkpoint import load_training_state
 from .cli import UsageError, add_debug_flag, run_cli
-from .report import pyplot, read_summary
+from .report import hardware_record, pyplot, read_summary
 from .run_dir import RunDir, RunError
 
 PROG = 'python -m train.compare'
@@ -63,15 +64,16 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
     differ = [k for k in keys if len({json.dumps(r['args'].get(k), sort_keys=True) for r in runs}) > 1]
     epochs = max(len(r['rows']) for r in runs)
     header = ['run', *(f'--{k.replace("_", "-")}' for k in differ),
-              *(f'val top-1 after epoch {e} (elapsed)' for e in range(epochs)), 'test top-1',
+              *(f'val top-1 after epoch {e} (elapsed)' for e in range(epochs)), 'test top-1', 'trained on',
               *([f'time to {target:g}% val top-1'] if target is not None else [])]
-    align = ['---'] * (1 + len(differ)) + ['---:'] * (epochs + 1) + ['---'] * (target is not None)
+    align = ['---'] * (1 + len(differ)) + ['---:'] * (epochs + 1) + ['---'] * (1 + (target is not None))
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(align) + '|']
     for r in runs:
         cells = [f'`{r["args"].get(k)}`' for k in differ]
         cells += [f"{row['val_top1']:.2f} ({row['elapsed_s'] / 60:.1f} min)" for row in r['rows']]
         cells += ['-'] * (epochs - len(r['rows']))
         cells.append(f"{r['test']:.2f}" if r['test'] is not None else '-')
+        cells.append(hardware_record(r['rows']))  # hours compare only on like machines
         if target is not None:
             cells.append(time_to(r, target))
         lines.append(f"| {Path(r['name']).name} | " + ' | '.join(cells) + ' |')
