@@ -27,7 +27,9 @@ def hardware(device: torch.device, world_size: int) -> str:
                 name = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
         except (OSError, StopIteration):
             name = platform.processor() or 'CPU'
-        name = f'{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads; {cpu_capability()})'
+        cores, threads = os.cpu_count(), torch.get_num_threads()
+        name = (f"{name} ({cores} core{'s' * (cores != 1)}, {threads} thread{'s' * (threads != 1)}; "
+                f'{cpu_capability()})')
     return f'{world_size} x {name}' if world_size > 1 else name
 
 
