@@ -234,6 +234,31 @@ def test_error_from_a_loader_worker_is_one_line(tmp_path):
     assert text.startswith('cannot read image ') and bad.name in text and '\n' not in text
 
 
+
+def test_a_killed_loader_worker_is_one_line_from_every_command(capsys):
+    """A worker the kernel's OOM killer (here SIGKILL) ends: torch's words, why and what needs less memory, exit 1;
+    any other RuntimeError is left alone (a bug keeps its traceback)."""
+    import re
+    import signal
+
+    from train.cli import run_cli
+
+    def body():
+        batches = iter(torch.utils.data.DataLoader(list(range(64)), batch_size=1, num_workers=1))
+        next(batches)
+        os.kill(batches._workers[0].pid, signal.SIGKILL)
+        list(batches)
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli('python -m train.validate', body)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 1 and re.fullmatch(
+        r'python -m train\.validate: error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|'
+        r'exited unexpectedly): the system ends a worker when memory runs out \(see `dmesg`\) and fewer --workers or '
+        r'a smaller --batch-size need less\.\n', err), err
+    with pytest.raises(RuntimeError, match='a bug'):
+        run_cli('python -m train.validate', lambda: (_ for _ in ()).throw(RuntimeError('a bug')))
+
 @pytest.mark.slow
 def test_tar_reads_stay_correct_in_loader_workers_after_the_check(tmp_path):
     """The readability check reads the tar in the main process; forked loader workers must not share its

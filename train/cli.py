@@ -9,6 +9,7 @@ instead.
 import argparse
 import contextlib
 import difflib
+import re
 import signal
 import sys
 import threading
@@ -90,6 +91,26 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             raise
         print(f'{prog}: error: {message(e)}', file=sys.stderr)
         raise SystemExit(1) from None
+    except RuntimeError as e:
+        said = worker_died(e)
+        if said is None or debug:
+            raise
+        print(f'{prog}: error: {said}.', file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+# torch's words for a DataLoader worker that a signal ended ("is killed by signal: Killed.") or that vanished
+_WORKER_DIED = re.compile(r'DataLoader worker \(pids?(\(s\))? [\d, ]+\) '
+                          r'(is killed by signal|exited unexpectedly(?! with))')
+
+
+def worker_died(error: BaseException) -> Optional[str]:
+    """For torch's error about a data loader worker that died (the kernel's out-of-memory killer, a stray kill):
+    its words, and why it happens and what needs less memory; None for any other error."""
+    if not isinstance(error, RuntimeError) or not _WORKER_DIED.match(str(error)):
+        return None
+    return (f'{str(error).strip().rstrip(".")}: the system ends a worker when memory runs out (see `dmesg`) and '
+            'fewer --workers or a smaller --batch-size need less')
 
 
 def message(error: BaseException) -> str:

@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import json
 import math
-import re
 import signal
 import sys
 from dataclasses import asdict, dataclass, field
@@ -50,6 +49,7 @@ from .cli import (
     check_torchcompile,
     interrupt_on_termination,
     run_cli,
+    worker_died,
 )
 from .clock import EpochClock
 from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
@@ -285,17 +285,10 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
             how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
             raise Interrupted(f'interrupted{how}: {_how_to_continue(run_dir)}.', signum) from None
         except RuntimeError as e:
-            if not _WORKER_DIED.match(str(e)):
+            said = worker_died(e)
+            if said is None:
                 raise
-            # torch's own words name the worker and the signal; what a user needs is why and how to go on
-            raise DataError(f'{str(e).strip().rstrip(".")}: the system ends a worker when memory runs out (see '
-                            '`dmesg`) and fewer --workers or a smaller --batch-size need less; '
-                            f'{_how_to_continue(run_dir)}.') from None
-
-
-# torch's messages for a loader worker that a signal ended ("is killed by signal: Killed.") or that vanished
-_WORKER_DIED = re.compile(r'DataLoader worker \(pids?(\(s\))? [\d, ]+\) '
-                          r'(is killed by signal|exited unexpectedly(?! with))')
+            raise DataError(f'{said}; {_how_to_continue(run_dir)}.') from None
 
 
 def _how_to_continue(run_dir: RunDir) -> str:
