@@ -154,6 +154,7 @@ def check_torchcompile(backend: Optional[str], device: str) -> None:
                              'install g++ (or point CXX at one), or drop --torchcompile (it changes speed only).') \
                 from None
 
+
 def check_model_name(name: str) -> None:
     """A registered model (hf-hub:/local-dir: names are checked when loaded); close names are suggested."""
     if name.startswith(('hf-hub:', 'local-dir:')):
