@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--num-classes', type=int, default=None, help='default: the data set class count')
     g.add_argument('--model-kwargs', nargs='*', default={}, action=ModelKwargs,
                    help='e.g. attn_stages=(1,) "attn_kwargs={\'k\': 8}"')
-    g.add_argument('--channels-last', action='store_true')
+    g.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=False,
+                   help='channels-last memory format (--no-channels-last turns it off on --resume)')
     g = p.add_argument_group('recipe')
     g.add_argument('--epochs', type=int, default=200)
     g.add_argument('-b', '--batch-size', type=int, default=128)
@@ -111,12 +112,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing of the training loss')
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights; it is what gets validated')
     g.add_argument('--model-ema-decay', type=float, default=0.999)
-    g.add_argument('--amp', action='store_true',
+    g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
                    help='mixed precision: float16 on CUDA; bfloat16 on a CPU that has it natively, else float32')
     g.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None,
                    help='force this autocast dtype (implies --amp), even on a CPU that only emulates it')
     g.add_argument('--torchcompile', nargs='?', const='inductor', default=None, metavar='BACKEND',
                    help='torch.compile the model (default backend inductor)')
+    g.add_argument('--no-torchcompile', dest='torchcompile', action='store_const', const=None,
+                   help='train without torch.compile (on --resume of a run that had it)')
     g.add_argument('--seed', type=int, default=42)
     g = p.add_argument_group('run')
     g.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
