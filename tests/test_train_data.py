@@ -235,27 +235,30 @@ def test_error_from_a_loader_worker_is_one_line(tmp_path):
 
 
 
-def test_a_killed_loader_worker_is_one_line_from_every_command(capsys):
+def test_a_killed_loader_worker_is_one_line_from_every_command():
     """A worker the kernel's OOM killer (here SIGKILL) ends: torch's words, why and what needs less memory, exit 1;
-    any other RuntimeError is left alone (a bug keeps its traceback)."""
+    any other RuntimeError is left alone (a bug keeps its traceback). In a process of its own: torch's SIGCHLD
+    handler stays installed after a loader dies, where pytest-xdist's worker must not get it."""
     import re
-    import signal
+    import subprocess
+    import sys
 
     from train.cli import run_cli
-
-    def body():
-        batches = iter(torch.utils.data.DataLoader(list(range(64)), batch_size=1, num_workers=1))
-        next(batches)
-        os.kill(batches._workers[0].pid, signal.SIGKILL)
-        list(batches)
-
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli('python -m train.validate', body)
-    err = capsys.readouterr().err
-    assert exit_info.value.code == 1 and re.fullmatch(
+    script = (
+        'import os, signal, torch\n'
+        'from train.cli import run_cli\n'
+        'def body():\n'
+        '    batches = iter(torch.utils.data.DataLoader(list(range(64)), batch_size=1, num_workers=1))\n'
+        '    next(batches)\n'
+        '    os.kill(batches._workers[0].pid, signal.SIGKILL)\n'
+        '    list(batches)\n'
+        "run_cli('python -m train.validate', body)\n")
+    done = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parent.parent,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and re.fullmatch(
         r'python -m train\.validate: error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|'
         r'exited unexpectedly): the system ends a worker when memory runs out \(see `dmesg`\) and fewer --workers or '
-        r'a smaller --batch-size need less\.\n', err), err
+        r'a smaller --batch-size need less\.\n', done.stderr), done.stderr
     with pytest.raises(RuntimeError, match='a bug'):
         run_cli('python -m train.validate', lambda: (_ for _ in ()).throw(RuntimeError('a bug')))
 
