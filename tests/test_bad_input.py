@@ -674,9 +674,10 @@ def loader_worker_killed(ws):
             assert len(workers) == 1, workers
             os.kill(int(workers[0]), signal.SIGKILL)
     err = proc.stderr.read()
-    # torch names the worker, in words that depend on how it noticed: 'is killed by signal: Killed' or 'exited
-    # unexpectedly'; one line in all
-    assert err.startswith('python -m train: error: DataLoader worker (pid') and workers[0] in err, err
+    # in words that depend on how it was noticed: torch's 'DataLoader worker (pid N) is killed by signal: Killed'
+    # or '... exited unexpectedly', or the batch being handed over breaks; one line in all
+    assert err.startswith(('python -m train: error: DataLoader worker (pid', 'python -m train: error: a DataLoader '
+                           'worker stopped while it handed over a batch')), err
     assert len(err.strip().splitlines()) == 1, err
     code = proc.wait(timeout=60)
     from train import train as train_script

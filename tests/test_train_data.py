@@ -256,8 +256,9 @@ def test_a_killed_loader_worker_is_one_line_from_every_command():
     done = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parent.parent,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 1 and re.fullmatch(
-        r'python -m train\.validate: error: DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|'
-        r'exited unexpectedly): the system ends a worker when memory runs out \(see `dmesg`\) and fewer --workers or '
+        r'python -m train\.validate: error: (DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|'
+        r'exited unexpectedly)|a DataLoader worker stopped while it handed over a batch \((ConnectionResetError|'
+        r'EOFError)[^)]*\)): the system ends a worker when memory runs out \(see `dmesg`\) and fewer --workers or '
         r'a smaller --batch-size need less\.\n', done.stderr), done.stderr
     with pytest.raises(RuntimeError, match='a bug'):
         run_cli('python -m train.validate', lambda: (_ for _ in ()).throw(RuntimeError('a bug')))

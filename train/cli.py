@@ -9,10 +9,12 @@ instead.
 import argparse
 import contextlib
 import difflib
+import os
 import re
 import signal
 import sys
 import threading
+import traceback
 from typing import Any, Callable, Iterator, Optional, Sequence, Type
 
 import timm
@@ -91,7 +93,8 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             raise
         print(f'{prog}: error: {message(e)}', file=sys.stderr)
         raise SystemExit(1) from None
-    except RuntimeError as e:
+    except (RuntimeError, ConnectionError, EOFError) as e:
+        ignore_worker_deaths()
         said = worker_died(e)
         if said is None or debug:
             raise
@@ -102,15 +105,33 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
 # torch's words for a DataLoader worker that a signal ended ("is killed by signal: Killed.") or that vanished
 _WORKER_DIED = re.compile(r'DataLoader worker \(pids?(\(s\))? [\d, ]+\) '
                           r'(is killed by signal|exited unexpectedly(?! with))')
+_DATA_LOADER = os.path.join('torch', 'utils', 'data', '')
 
 
 def worker_died(error: BaseException) -> Optional[str]:
-    """For torch's error about a data loader worker that died (the kernel's out-of-memory killer, a stray kill):
-    its words, and why it happens and what needs less memory; None for any other error."""
-    if not isinstance(error, RuntimeError) or not _WORKER_DIED.match(str(error)):
+    """For an error that says a data loader worker died (the kernel's out-of-memory killer, a stray kill): what
+    happened, why, and what needs less memory; None for any other error.
+
+    torch says it as a RuntimeError, or the batch the worker was handing over breaks (ConnectionResetError,
+    EOFError). Call `ignore_worker_deaths()` first: until then torch's SIGCHLD handler raises again for the
+    same worker wherever the main thread is, in the middle of this too.
+    """
+    if isinstance(error, RuntimeError) and _WORKER_DIED.match(str(error)):
+        said = str(error).strip().rstrip('.')
+    elif isinstance(error, (ConnectionError, EOFError)) and any(
+            _DATA_LOADER in frame.f_code.co_filename for frame, _ in traceback.walk_tb(error.__traceback__)):
+        said = f'a DataLoader worker stopped while it handed over a batch ({type(error).__name__}: {error})'
+    else:
         return None
-    return (f'{str(error).strip().rstrip(".")}: the system ends a worker when memory runs out (see `dmesg`) and '
-            'fewer --workers or a smaller --batch-size need less')
+    return (f'{said}: the system ends a worker when memory runs out (see `dmesg`) and fewer --workers or a '
+            'smaller --batch-size need less')
+
+
+def ignore_worker_deaths() -> None:
+    """Switch off torch's SIGCHLD handler (it raises in the main thread for every later signal once a loader
+    worker died): for a command that is about to end on an error."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def message(error: BaseException) -> str:

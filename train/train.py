@@ -47,6 +47,7 @@ from .cli import (
     check_device,
     check_model_name,
     check_torchcompile,
+    ignore_worker_deaths,
     interrupt_on_termination,
     run_cli,
     worker_died,
@@ -287,7 +288,8 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
             signum = getattr(e, 'signum', signal.SIGINT)
             how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
             raise Interrupted(f'interrupted{how}: {_how_to_continue(run_dir)}.', signum) from None
-        except RuntimeError as e:
+        except (RuntimeError, ConnectionError, EOFError) as e:
+            ignore_worker_deaths()
             said = worker_died(e)
             if said is None:
                 raise
