@@ -34,7 +34,7 @@ from torch import nn
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
 from train.engine import train_step
-from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype
+from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype, strict_float32
 from train.report import hardware, pyplot, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
@@ -378,9 +378,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
                     tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),
                   models=lambda: model_table(args, device), kernels=lambda: kernel_table(args, device))
-    for name in TABLES:
-        print(f'{name} table', flush=True)
-        report[name] = tables[name]() if name in args.tables else []
+    with strict_float32():  # the float32 rows are float32 on CUDA too (TF32 would also fail the SPA == naive check)
+        for name in TABLES:
+            print(f'{name} table', flush=True)
+            report[name] = tables[name]() if name in args.tables else []
     add_ratios(report)
 
     args.output.mkdir(parents=True, exist_ok=True)

@@ -53,6 +53,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help='autocast: float16 on CUDA, bfloat16 only on a CPU that has it natively (else float32)')
     p.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None, help='force this autocast dtype')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--aa', default=None, metavar='POLICY', help="python -m train's --aa (timm's augmentation policy)")
+    p.add_argument('--reprob', type=float, default=0.0, help="python -m train's --reprob (random erasing)")
     p.add_argument('--output-json', default=None, help='also write the rows here, and the table beside it (.md)')
     args = p.parse_args(argv)
     if args.output_json and Path(args.output_json).suffix != '.json':
@@ -73,7 +75,7 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     if warning:
         print(f'warning: {warning}', flush=True)
     splits = load_dataset(args.dataset, args.data_dir)
-    transform = build_transforms(splits, splits.image_size, train=True)
+    transform = build_transforms(splits, splits.image_size, True, args.aa, args.reprob)
     count = (args.warmup + args.steps) * args.batch_size
     indices = splits.train_indices[:count]
     warm = build_loader(TransformedSamples(splits.train, indices[:args.warmup * args.batch_size], transform),
@@ -98,8 +100,10 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
             rows.append(dict(model=name, setting=setting, img_s=stats['img_s'], data_share=stats['data_share']))
             print(f"{name} ({setting}): {stats['img_s']:.1f} img/s, data loading {100 * stats['data_share']:.1f}% "
                   'of step time', flush=True)
-    text = table(rows, f"{splits.label}, batch {args.batch_size}, {args.steps} steps after {args.warmup} warm-up, "
-                       f"{describe_precision(amp_dtype)}, {args.workers} loader workers, {hardware(env.device, 1)}"
+    augment = ''.join(f', {flag} {value}' for flag, value in (('--aa', args.aa), ('--reprob', args.reprob)) if value)
+    text = table(rows, f"{splits.label}{augment}, batch {args.batch_size}, {args.steps} steps after {args.warmup} "
+                       f"warm-up, {describe_precision(amp_dtype)}, {args.workers} loader workers, "
+                       f"{hardware(env.device, 1)}"
                        + (f' ({describe_flags(cpu_flags())})' if env.device.type == 'cpu' else ''))
     print(f'\n{text}')
     if args.output_json:

@@ -501,6 +501,12 @@ def model_kwargs_without_value(ws):
     return ws.train('--model-kwargs', 'attn_stages', '--output', str(ws.root / 'x'))
 
 
+@probe("`python -m train --aa rnd-m9` (a typo in timm's augmentation policy)",
+       "is not one of timm's augmentation policies", code=2)
+def augmentation_policy_typo(ws):
+    return ws.train('--aa', 'rnd-m9', '--output', str(ws.root / 'x'))
+
+
 @probe('a CIFAR-10 `batches.meta` without `label_names`', 'has no label_names list: it is not the official '
        'batches.meta', code=1)
 def cifar_meta_without_names(ws):

@@ -12,11 +12,14 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_readme_shows_the_measured_tables():
     """The README's cost tables are the last full run's, as the benchmark wrote them (no number typed by hand)."""
-    tables = (ROOT / 'benchmarks' / 'results' / 'attention_cost_cpu.md').read_text().strip()
-    saved = json.loads((ROOT / 'benchmarks' / 'results' / 'attention_cost_cpu.json').read_text())
-    assert tables == attention_cost.markdown_tables(saved).strip()
-    assert tables in (ROOT / 'README.md').read_text(), 'paste benchmarks/results/attention_cost_cpu.md into README.md'
-    for md in sorted((ROOT / 'benchmarks' / 'results').glob('train_throughput_*.md')):
+    results = ROOT / 'benchmarks' / 'results'
+    assert {'attention_cost_cpu.md', 'attention_cost_cuda.md'} <= {md.name for md in results.glob('*.md')}
+    for md in sorted(results.glob('attention_cost_*.md')):
+        saved = json.loads(md.with_suffix('.json').read_text())
+        assert md.read_text().strip() == attention_cost.markdown_tables(saved).strip(), md
+        assert md.read_text().strip() in (ROOT / 'README.md').read_text(), f'paste {md.name} into README.md'
+        assert md.with_suffix('.png').stat().st_size > 0
+    for md in sorted(results.glob('train_throughput_*.md')):
         context = md.read_text().split('\n', 1)[0]
         saved = json.loads(md.with_suffix('.json').read_text())
         assert md.read_text().strip() == train_throughput.table(saved['rows'], context), md
@@ -106,10 +109,12 @@ def test_naive_baseline_computes_the_same_function():
 def test_train_throughput_runs_the_real_pipeline(folder_data, tmp_path):
     rows = train_throughput.main(['--dataset', 'folder', '--data-dir', str(folder_data), '--models',
                                   'resnet18_cifar', 'resnet18_spa', '-b', '4', '--steps', '2', '--warmup', '1',
-                                  '-j', '0', '--output-json', str(tmp_path / 'rates.json')])
+                                  '-j', '0', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.25',
+                                  '--output-json', str(tmp_path / 'rates.json')])
     assert [r['model'] for r in rows] == ['resnet18_cifar', 'resnet18_spa']
     assert all(r['img_s'] > 0 and 0 <= r['data_share'] < 1 for r in rows)
     assert json.loads((tmp_path / 'rates.json').read_text())['rows'] == rows
+    assert ', --aa rand-m9-mstd0.5, --reprob 0.25, batch 4,' in (tmp_path / 'rates.md').read_text().split('\n')[0]
 
 
 @pytest.mark.slow

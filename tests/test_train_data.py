@@ -154,6 +154,28 @@ def test_cifar_augmentation_is_pad_crop_and_flip(tmp_path):
     assert images.shape == (8, 3, 32, 32)
 
 
+def test_timm_augmentation_and_random_erasing_add_to_the_training_transform(tmp_path):
+    write_cifar(tmp_path, n_train=50)
+    splits = load_dataset('cifar10', str(tmp_path), val_size=10)
+    train_tf = build_transforms(splits, 32, True, aa='rand-m9-mstd0.5-inc1', reprob=1.0, remode='const')
+    names = [type(t).__name__ for t in train_tf.transforms]
+    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'RandAugment', 'ToTensor', 'Normalize', 'RandomErasing']
+    augment = train_tf.transforms[2]
+    assert augment.num_layers == 2 and all(op.magnitude == 9 for op in augment.ops)  # timm's parse of the string
+    assert augment.ops[0].hparams['translate_const'] == int(32 * 0.45)
+    assert augment.ops[0].hparams['img_mean'] == tuple(round(255 * m) for m in splits.mean)
+    # const erasing leaves exactly zero in one box of the normalised image, nowhere without it
+    image, _ = splits.train.load(0)
+    erased = train_tf(image)
+    zero = (erased == 0).all(0)
+    rows, cols = zero.any(1).nonzero().flatten(), zero.any(0).nonzero().flatten()
+    assert zero.sum() > 0 and zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
+    assert [type(t).__name__ for t in build_transforms(splits, 32, False, aa='v0', reprob=1.0).transforms] == \
+        ['ToTensor', 'Normalize']  # evaluation is never augmented
+    assert type(build_transforms(splits, 32, True, aa='augmix-m5-w3').transforms[2]).__name__ == 'AugMixAugment'
+    assert type(build_transforms(splits, 32, True, aa='original').transforms[2]).__name__ == 'AutoAugment'
+
+
 @pytest.mark.parametrize('dataset,match', [
     ('cifar10', r'cifar-10-batches-py.*cifar-10-python\.tar\.gz.*--download'),
     ('cifar100', r'cifar-100-python'),

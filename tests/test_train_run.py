@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -18,6 +19,7 @@ from conftest import TINY_TRAIN as TINY
 from conftest import train_tiny
 from safetensors import safe_open
 from safetensors.torch import load_file
+from torch import nn
 
 from hub.card import model_card
 from train import compare as compare_script
@@ -243,12 +245,23 @@ def test_results_json_is_strict(tmp_path):
     ('--lr', '-0.1', '--lr -0.1 is not allowed: it must be a number > 0'),
     ('--img-size', '0', '--img-size 0 is not allowed'),
     ('--smoothing', '1.5', '--smoothing 1.5 is not allowed: it must be in [0, 1)'),
+    ('--reprob', '2', '--reprob 2.0 is not allowed: it must be in [0, 1]'),
+    ('--recount', '0', '--recount 0 is not allowed: it must be an int >= 1'),
+    ('--mixup-prob', '1.5', '--mixup-prob 1.5 is not allowed: it must be in [0, 1]'),
+    ('--aa', 'rnd-m9', "--aa 'rnd-m9' is not one of timm's augmentation policies (Unknown AutoAugment config "
+                       "section): e.g. rand-m9-mstd0.5-inc1 (RandAugment)"),
     ('--model', 'resnet18_sap', 'no such model in timm or timm-spa. Did you mean resnet18_spa'),
     ('--device', 'tpu', "--device 'tpu' is not a device torch knows"),
 ])
 def test_bad_values_are_refused_before_anything_runs(folder_data, tmp_path, capsys, flag, value, match):
     err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(tmp_path / 'run'), flag, value])
     assert match in err and not (tmp_path / 'run').exists()
+
+
+def test_mixing_needs_an_even_batch(folder_data, tmp_path, capsys):
+    err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(tmp_path / 'run'), '--cutmix', '1',
+                                 '-b', '7'])
+    assert '--mixup/--cutmix mix a batch with itself reversed, so -b must be even (it is 7)' in err
 
 
 def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
@@ -272,12 +285,26 @@ def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
     assert state['optimizer']['param_groups'][0]['nesterov'] is True  # timm's 'sgd' is Nesterov
 
 
-def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
+def test_label_smoothing_and_augmentation_reach_the_run(folder_data, tmp_path):
     plain = _run(folder_data, tmp_path / 'a', '--epochs', '1')
     smooth = _run(folder_data, tmp_path / 'b', '--epochs', '1', '--smoothing', '0.5')
     first = [(tmp_path / d / 'summary.csv').read_text().splitlines()[1] for d in 'ab']
     assert first[0].split(',')[2] != first[1].split(',')[2]  # train_loss differs from the first step on
     assert plain['args']['smoothing'] == 0.0 and smooth['args']['smoothing'] == 0.5
+    augmented = _run(folder_data, tmp_path / 'c', '--epochs', '2', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.5',
+                     '--mixup', '0.2', '--cutmix', '1.0', '--mixup-off-epoch', '1')
+    assert (augmented['args']['aa'], augmented['args']['reprob'], augmented['args']['remode']) == \
+        ('rand-m9-mstd0.5', 0.5, 'pixel')
+    assert (augmented['args']['mixup'], augmented['args']['cutmix'], augmented['args']['mixup_off_epoch']) == \
+        (0.2, 1.0, 1)
+    assert plain['args']['aa'] is None and plain['args']['reprob'] == 0.0
+    assert (tmp_path / 'c' / 'summary.csv').read_text().splitlines()[1].split(',')[2] != first[0].split(',')[2]
+    results = RunDir(tmp_path / 'c').read_results()
+    arch = results.model_args
+    card = model_card(results, 'timm-spa/x', timm.create_model(results.model, num_classes=arch['num_classes'],
+                                                                **arch['model_kwargs']))
+    assert '| `aa` | `rand-m9-mstd0.5` |' in card and '| `reprob` | `0.5` |' in card and '| `cutmix` | `1.0` |' in card
+
     # the two side by side (train.compare): only the differing argument, each epoch's val top-1 and time, test
     (tmp_path / 'b' / 'results.json').unlink()  # as if b were still training
     text = compare_script.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
@@ -292,6 +319,51 @@ def test_label_smoothing_reaches_the_loss(folder_data, tmp_path):
     (tmp_path / 'b' / 'args.json').write_text('{"cut')
     with pytest.raises(RunError, match='args.json cannot be read'):
         compare_script.compare([str(tmp_path / 'b')])
+
+
+def test_mixup_feeds_the_loss_the_mixed_batch_and_soft_targets():
+    """timm's batch mixup as wired into an epoch, against the formulas: x' = lam x + (1 - lam) flip(x), and targets
+    lam y + (1 - lam) flip(y) of label-smoothed one-hots, lam ~ Beta(alpha, alpha) drawn after the mixing coin."""
+    import argparse
+
+    from train.distributed import DistEnv
+    from train.engine import train_one_epoch
+
+    alpha, smoothing, classes = 0.8, 0.1, 3
+    x, y = torch.randn(4, 5), torch.tensor([0, 2, 1, 1])
+    seen = {}
+
+    class Recorder(nn.Linear):
+        def forward(self, inputs):
+            seen['inputs'] = inputs.clone()
+            return super().forward(inputs)
+
+    def loss_fn(logits, targets):
+        seen['targets'] = targets
+        return -(targets * logits.log_softmax(1)).sum(1).mean()
+
+    mixup = train_script._mixup(argparse.Namespace(mixup=alpha, cutmix=0.0, mixup_prob=1.0, mixup_switch_prob=0.5,
+                                                   mixup_mode='batch', smoothing=smoothing), classes)
+    model = Recorder(5, classes)
+    np.random.seed(3)
+    np.random.rand()
+    lam = np.random.beta(alpha, alpha)
+    np.random.seed(3)
+    stats = train_one_epoch(model, [(x.clone(), y)], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
+                            mixup=mixup)
+    one_hot = torch.full((4, classes), smoothing / classes)
+    one_hot[torch.arange(4), y] += 1 - smoothing
+    torch.testing.assert_close(seen['inputs'], lam * x + (1 - lam) * x.flip(0))
+    torch.testing.assert_close(seen['targets'], lam * one_hot + (1 - lam) * one_hot.flip(0))
+    assert stats['train_loss'] > 0
+    mixup.mixup_enabled = False  # --mixup-off-epoch: the batch goes through as it is, the targets stay smoothed
+    train_one_epoch(model, [(x.clone(), y)], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
+                    mixup=mixup)
+    torch.testing.assert_close(seen['inputs'], x)
+    torch.testing.assert_close(seen['targets'], one_hot)
+    with pytest.raises(ValueError, match='need an even number of images per batch; this one has 3'):
+        train_one_epoch(model, [(x[:3], y[:3])], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
+                        mixup=mixup)
 
 
 def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, capsys):
@@ -351,6 +423,32 @@ def test_torch_limited_to_avx2_kernels_trains_in_float32():
                           env=dict(os.environ, ATEN_CPU_CAPABILITY='avx2'))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith('False (None, ') and 'no native bfloat16' in done.stdout
+
+
+def test_float32_evaluation_switches_tf32_off_and_back():
+    # "test split evaluated in float32" must hold on CUDA, where cuDNN convolutions default to TF32: a run on an
+    # H200 reported its test top-1 with TF32 convolutions before this (the flags only act on CUDA, so a CPU
+    # model can record what the forward ran under)
+    from train.distributed import DistEnv
+    from train.engine import evaluate
+
+    class Recorder(nn.Linear):
+        def forward(self, x):
+            seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32,
+                         torch.is_autocast_enabled('cpu')))
+            return super().forward(x)
+
+    seen, saved = [], (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    batches = [(torch.randn(4, 3), torch.tensor([0, 1, 2, 0]))]
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        evaluate(Recorder(3, 3), batches, DistEnv(), None)
+        assert seen[-1] == (False, False, False)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (True, True)
+        evaluate(Recorder(3, 3), batches, DistEnv(), 'bfloat16')  # autocast: TF32 left as the user set it
+        assert seen[-1] == (True, True, True)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 @pytest.mark.slow
@@ -457,10 +555,12 @@ def test_random_streams_survive_a_weights_only_checkpoint(tmp_path):
 def test_recovery_interval_resumes_inside_an_epoch_as_if_never_stopped(folder_data, tmp_path):
     """--recovery-interval: a run SIGKILLed in the middle of epoch 0 (nothing but the recovery file saved), and
     SIGTERMed in the middle of epoch 1, ends with the weights, EMA and per-epoch numbers of the run never stopped:
-    batches, augmentation (two loader workers) and dropout draw exactly what they drew there."""
+    batches, augmentation (RandAugment and random erasing in two loader workers), mixup/cutmix (in the main
+    process) and dropout draw exactly what they drew there."""
     common = TINY + ['--data-dir', str(folder_data), '--epochs', '2', '-b', '4', '--log-interval', '1',
                      '--model-ema', '--sched-on-updates', '--warmup-epochs', '1', '--workers', '2',
-                     '--model-kwargs', 'drop_rate=0.5']
+                     '--model-kwargs', 'drop_rate=0.5', '--aa', 'rand-m9-mstd0.5', '--reprob', '0.5',
+                     '--mixup', '0.4', '--cutmix', '1.0']
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'
     assert _cli('train', *common, '--output', str(straight)).returncode == 0
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -423,8 +425,24 @@ class TransformedSamples(Dataset):
         return self.transform(image), label
 
 
-def build_transforms(splits: DataSplits, image_size: int, train: bool) -> Callable:
-    """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else."""
+AUGMENT_EXAMPLES = "rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3 (AugMix), original or v0 (AutoAugment)"
+
+
+def auto_augment(policy: str, image_size: int, mean: Sequence[float]) -> Callable:
+    """timm's AutoAugment family from its config string, as timm's `--aa` builds it (`transforms_imagenet_train`):
+    'rand-...' RandAugment, 'augmix-...' AugMix, else an AutoAugment policy ('original', 'v0', ...)."""
+    params = dict(translate_const=int(image_size * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean))
+    if policy.startswith('rand'):
+        return rand_augment_transform(policy, params)
+    if policy.startswith('augmix'):
+        return augment_and_mix_transform(policy, params)
+    return auto_augment_transform(policy, params)
+
+
+def build_transforms(splits: DataSplits, image_size: int, train: bool, aa: Optional[str] = None,
+                     reprob: float = 0.0, remode: str = 'pixel', recount: int = 1) -> Callable:
+    """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else; timm's
+    `--aa` policy after the flip and its random erasing (`--reprob`) on the normalised tensor add to it."""
     steps = []
     if splits.native_size != image_size:
         steps.append(transforms.Resize((image_size, image_size)))
@@ -432,7 +450,11 @@ def build_transforms(splits: DataSplits, image_size: int, train: bool) -> Callab
         steps.append(transforms.RandomCrop(image_size, padding=4))
         if splits.hflip:
             steps.append(transforms.RandomHorizontalFlip())
+        if aa:
+            steps.append(auto_augment(aa, image_size, splits.mean))
     steps += [transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)]
+    if train and reprob > 0:
+        steps.append(RandomErasing(reprob, mode=remode, max_count=recount, device='cpu'))
     return transforms.Compose(steps)
 
 

@@ -11,7 +11,7 @@ from torch import nn
 
 from .clock import running_clock
 from .distributed import DistEnv, all_reduce_sum
-from .precision import autocast_context
+from .precision import autocast_context, eval_precision
 
 
 class TrainingDiverged(RuntimeError):
@@ -80,7 +80,7 @@ def train_one_epoch(
         scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
         epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
         scheduler=None, tally: Optional[EpochTally] = None, rng: Optional[dict] = None,
-        after_step: Optional[Callable[[EpochTally], None]] = None,
+        after_step: Optional[Callable[[EpochTally], None]] = None, mixup: Optional[Callable] = None,
 ) -> Dict[str, float]:
     """Returns mean loss, top-1, images/s and the share of step time spent waiting for data.
 
@@ -89,7 +89,8 @@ def train_one_epoch(
     A `tally` of steps already trained (a recovery checkpoint's) continues the epoch after them: their
     batches are drawn again and dropped, so the loader's order and augmentations stay those of the
     uninterrupted epoch, and then `rng` (this rank's random streams, saved with the tally) is restored.
-    `after_step(tally)` runs after every step, e.g. to write a recovery checkpoint.
+    `after_step(tally)` runs after every step, e.g. to write a recovery checkpoint. `mixup` (timm's `Mixup`)
+    mixes each batch and turns its labels into soft targets; top-1 then counts the larger share's class.
     """
     model.train()
     tally = tally if tally is not None else EpochTally()
@@ -107,7 +108,16 @@ def train_one_epoch(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         tally.data_s += running_clock() - end
-        logits, loss = train_step(model, images, targets, optimizer, loss_fn, env.device, amp_dtype, scaler)
+        if mixup is not None:  # also after --mixup-off-epoch: unmixed, but the soft targets keep the smoothing
+            if images.shape[0] % 2:
+                raise ValueError(f'--mixup/--cutmix mix a batch with itself reversed, so they need an even number of '
+                                 f'images per batch; this one has {images.shape[0]} (the training split is smaller '
+                                 'than one batch per process). Use an even -b no larger than the split.')
+            images, soft = mixup(images, targets)
+            targets = soft.argmax(1)
+        else:
+            soft = targets
+        logits, loss = train_step(model, images, soft, optimizer, loss_fn, env.device, amp_dtype, scaler)
         if ema is not None:
             ema.update(model)
         if scheduler is not None:
@@ -165,7 +175,7 @@ def evaluate(model: nn.Module, loader, env: DistEnv, amp_dtype: Optional[str] = 
         images, targets = images.to(env.device), targets.to(env.device)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        with autocast_context(env.device, amp_dtype):
+        with eval_precision(env.device, amp_dtype):
             logits = model(images)
         logits = logits.float()
         loss = nn.functional.cross_entropy(logits, targets, reduction='sum')

@@ -6,8 +6,8 @@ so `--amp` trains in float32 there and says so once. An explicit `--amp-dtype` i
 with the same warning. On CUDA, `--amp` means float16 (with a grad scaler) as in timm.
 """
 import platform
-from contextlib import nullcontext
-from typing import Any, Dict, List, Optional, Tuple
+from contextlib import contextmanager, nullcontext
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -86,3 +86,21 @@ def precision_record(per_epoch: List[str], device: torch.device) -> Dict[str, An
 
 def autocast_context(device: torch.device, amp_dtype: Optional[str]):
     return torch.autocast(device.type, dtype=AMP_DTYPES[amp_dtype]) if amp_dtype else nullcontext()
+
+
+@contextmanager
+def strict_float32() -> Iterator[None]:
+    """float32 that is float32 on CUDA too: cuDNN convolutions run in TF32 by default (10-bit mantissa,
+    ~1e-3 relative error), so a number reported "in float32" is computed with TF32 switched off here.
+    No effect on CPU; the previous settings come back on exit."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def eval_precision(device: torch.device, amp_dtype: Optional[str]):
+    """The context an evaluation runs in: autocast to `amp_dtype`, or strict float32 (None)."""
+    return autocast_context(device, amp_dtype) if amp_dtype else strict_float32()

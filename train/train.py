@@ -23,6 +23,8 @@ from typing import Any, Callable, Dict, List, Optional, Set, Tuple
 
 import timm
 import torch
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, random_seed
@@ -53,7 +55,17 @@ from .cli import (
     worker_died,
 )
 from .clock import EpochClock
-from .data import DATASETS, DataError, DataSplits, TransformedSamples, build_loader, build_transforms, load_dataset
+from .data import (
+    AUGMENT_EXAMPLES,
+    DATASETS,
+    DataError,
+    DataSplits,
+    TransformedSamples,
+    auto_augment,
+    build_loader,
+    build_transforms,
+    load_dataset,
+)
 from .distributed import DistEnv, barrier, cleanup, from_main, gather_to_main, init_distributed, launch_rank
 from .engine import EpochTally, TrainingDiverged, evaluate, rng_state, train_one_epoch
 from .lineage import describe_parent, lineage_record, load_initial_checkpoint
@@ -111,6 +123,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--warmup-epochs', type=int, default=0, help='linear warm-up from --warmup-lr (timm)')
     g.add_argument('--warmup-lr', type=float, default=1e-5)
     g.add_argument('--smoothing', type=float, default=0.0, help='label smoothing of the training loss')
+    g.add_argument('--aa', default=None, metavar='POLICY',
+                   help=f"timm's augmentation policy after crop and flip, e.g. {AUGMENT_EXAMPLES}")
+    g.add_argument('--reprob', type=float, default=0.0, help="timm's random erasing: probability per image")
+    g.add_argument('--remode', default='pixel', choices=('const', 'rand', 'pixel'),
+                   help='random erasing fill: const (zeros), rand (one colour per box), pixel (noise per pixel)')
+    g.add_argument('--recount', type=int, default=1, help='random erasing: at most this many boxes per image')
+    g.add_argument('--mixup', type=float, default=0.0, help="timm's mixup: alpha of the mixing weight (0: off)")
+    g.add_argument('--cutmix', type=float, default=0.0, help="timm's cutmix: alpha of the box area (0: off)")
+    g.add_argument('--mixup-prob', type=float, default=1.0, help='probability of mixing a batch')
+    g.add_argument('--mixup-switch-prob', type=float, default=0.5,
+                   help='with both: probability of cutmix instead of mixup')
+    g.add_argument('--mixup-mode', default='batch', choices=('batch', 'pair', 'elem'),
+                   help='one mixing weight per batch, per pair of images or per image')
+    g.add_argument('--mixup-off-epoch', type=int, default=0, help='stop mixing from this epoch on (0: never)')
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights; it is what gets validated')
     g.add_argument('--model-ema-decay', type=float, default=0.999)
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
@@ -151,6 +177,13 @@ _CHECKS = (
     ('warmup_lr', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
     ('warmup_epochs', lambda v: v >= 0, 'an int >= 0'),
     ('smoothing', lambda v: 0 <= v < 1, 'in [0, 1)'),
+    ('reprob', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('recount', lambda v: v >= 1, 'an int >= 1'),
+    ('mixup', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('cutmix', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('mixup_prob', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('mixup_switch_prob', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    ('mixup_off_epoch', lambda v: v >= 0, 'an int >= 0'),
     ('model_ema_decay', lambda v: 0 < v < 1, 'in (0, 1)'),
     ('img_size', lambda v: v is None or v >= 1, 'an int >= 1 (pixels)'),
     ('val_size', lambda v: v is None or v >= 1, 'an int >= 1'),
@@ -168,6 +201,15 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f'--{key.replace("_", "-")} {getattr(args, key)} is not allowed: it must be {allowed}.')
     if args.warmup_epochs >= args.epochs:
         raise UsageError(f'--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}.')
+    if args.aa:
+        try:
+            auto_augment(args.aa, 32, (0.5, 0.5, 0.5))
+        except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise UsageError(f"--aa {args.aa!r} is not one of timm's augmentation policies ({e or type(e).__name__}): "
+                             f'e.g. {AUGMENT_EXAMPLES}.') from None
+    if (args.mixup or args.cutmix) and args.batch_size % 2:
+        raise UsageError(f'--mixup/--cutmix mix a batch with itself reversed, so -b must be even (it is '
+                         f'{args.batch_size}).')
     if args.pretrained and args.initial_checkpoint:
         raise UsageError('--pretrained and --initial-checkpoint both choose the initial weights; give one of them '
                          '(a published name works as --initial-checkpoint arch.tag).')
@@ -327,7 +369,8 @@ def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None
         samples.check_readable(indices[env.rank::env.world_size])  # before epoch 0, not after the last
     image_size = args.img_size or splits.image_size
     eval_tf = build_transforms(splits, image_size, False)
-    sets = (TransformedSamples(splits.train, splits.train_indices, build_transforms(splits, image_size, True)),
+    train_tf = build_transforms(splits, image_size, True, args.aa, args.reprob, args.remode, args.recount)
+    sets = (TransformedSamples(splits.train, splits.train_indices, train_tf),
             TransformedSamples(splits.train, splits.val_indices, eval_tf),
             TransformedSamples(splits.test, None, eval_tf))
     record = DatasetRecord(
@@ -455,6 +498,15 @@ def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tup
             torch.compile(eval_model, backend=args.torchcompile, dynamic=False))
 
 
+def _mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
+    """timm's Mixup/CutMix as its train.py builds it: label smoothing moves into the soft targets it makes."""
+    if not (args.mixup or args.cutmix):
+        return None
+    return Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                 switch_prob=args.mixup_switch_prob, mode=args.mixup_mode, label_smoothing=args.smoothing,
+                 num_classes=num_classes)
+
+
 def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     state = None
     if args.resume:
@@ -491,7 +543,8 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 f'epochs, {env.world_size} process(es) on {env.device.type} in {describe_precision(amp_dtype)}; '
                 f'run directory {run_dir}')
         barrier(env)  # the old run's files are gone before any rank goes on
-        loss_fn = nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+        mixup = _mixup(args, num_classes)
+        loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=args.smoothing)
 
         def checkpoint(epoch: int, **extra: Any) -> Dict[str, Any]:
             return dict(training.state(), epoch=epoch, arch=args.model, best=progress.best, model_args=arch,
@@ -515,12 +568,14 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
             mine = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
             _seed_epoch(args.seed, epoch, env.rank)
             data.train.sampler.set_epoch(epoch)
+            if mixup is not None:
+                mixup.mixup_enabled = not args.mixup_off_epoch or epoch < args.mixup_off_epoch
             try:
                 stats = train_one_epoch(
                     train_model, data.train, training.optimizer, loss_fn, env, amp_dtype, training.scaler,
                     training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler,
                     EpochTally(**mine['tally']), mine['rng'],
-                    partial(save_recovery, epoch, clock) if args.recovery_interval else None)
+                    partial(save_recovery, epoch, clock) if args.recovery_interval else None, mixup)
             except TrainingDiverged as e:
                 kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
                 raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
