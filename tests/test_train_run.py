@@ -948,11 +948,12 @@ def test_sigterm_and_sighup_stop_a_run_with_how_to_resume(folder_data, tmp_path,
     """kill, timeout, systemd or a closed terminal: one line saying how to resume, exit 128 + the signal, the
     folder free and resumable; under nohup (SIGHUP ignored) the run carries on."""
     run = tmp_path / 'run'
+    hup = signal.SIG_IGN if ignored else signal.SIG_DFL  # as asked, whatever this process inherited (nohup ignores it)
     proc = subprocess.Popen([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--epochs', '2',
                              '-b', '4', '--log-interval', '1', '--output', str(run)], cwd=ROOT,
                             env=dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1'), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True,
-                            preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignored else None)
+                            preexec_fn=lambda: signal.signal(signal.SIGHUP, hup))
     for line in proc.stdout:
         if line.startswith('epoch 1 step 2/'):
             proc.send_signal(sig)
