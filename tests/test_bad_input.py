@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'tests'))
 from conftest import TINY_TRAIN as TINY  # noqa: E402
-from conftest import write_image_folders  # noqa: E402
+from conftest import without_worker_death_reports, write_image_folders  # noqa: E402
 
 
 @dataclass
@@ -679,7 +679,7 @@ def loader_worker_killed(ws):
             workers = Path(f'/proc/{proc.pid}/task/{proc.pid}/children').read_text().split()
             assert len(workers) == 1, workers
             os.kill(int(workers[0]), signal.SIGKILL)
-    err = proc.stderr.read()
+    err = without_worker_death_reports(proc.stderr.read())
     # in words that depend on how it was noticed: torch's 'DataLoader worker (pid N) is killed by signal: Killed'
     # or '... exited unexpectedly', or the batch being handed over breaks; one line in all
     assert err.startswith(('python -m train: error: DataLoader worker (pid', 'python -m train: error: a DataLoader '

@@ -1,4 +1,5 @@
 """Every supported data set layout, the held-out validation split, and bad data."""
+import contextlib
 import os
 import pickle
 from collections import Counter
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import _images, write_cifar, write_image_folders, write_tiny_imagenet
+from conftest import _images, without_worker_death_reports, write_cifar, write_image_folders, write_tiny_imagenet
 
 from timm_spa.models.datasets import TINY_IMAGENET_CLASSES
 from train.data import DataError, ShardSampler, TransformedSamples, build_loader, build_transforms, load_dataset
@@ -281,9 +282,77 @@ def test_a_killed_loader_worker_is_one_line_from_every_command():
         r'python -m train\.validate: error: (DataLoader worker \(pid(\(s\))? \d+\) (is killed by signal: Killed|'
         r'exited unexpectedly)|a DataLoader worker stopped while it handed over a batch \((ConnectionResetError|'
         r'EOFError)[^)]*\)): the system ends a worker when memory runs out \(see `dmesg`\) and fewer --workers or '
-        r'a smaller --batch-size need less\.\n', done.stderr), done.stderr
+        r'a smaller --batch-size need less\.\n', without_worker_death_reports(done.stderr)), done.stderr
     with pytest.raises(RuntimeError, match='a bug'):
         run_cli('python -m train.validate', lambda: (_ for _ in ()).throw(RuntimeError('a bug')))
+
+
+def test_a_worker_death_signalled_while_its_handler_is_switched_off_is_not_a_traceback(monkeypatch):
+    """torch's SIGCHLD handler raises wherever the main thread is when the signal comes: also inside the call that
+    switches it off, before the switch. A Python handler runs at the start of such a call, so that is simulated."""
+    import signal
+
+    from train import cli
+    calls = []
+
+    def signal_arriving_first(signum, handler):
+        calls.append((signum, handler))
+        if len(calls) == 1:
+            raise RuntimeError('DataLoader worker (pid 4242) is killed by signal: Killed. ')
+        return signal.SIG_DFL
+
+    monkeypatch.setattr(cli.signal, 'signal', signal_arriving_first)
+    cli.ignore_worker_deaths()
+    assert calls == [(signal.SIGCHLD, signal.SIG_DFL)] * 2
+    monkeypatch.setattr(cli.signal, 'signal', lambda *_: (_ for _ in ()).throw(RuntimeError('a bug')))
+    with pytest.raises(RuntimeError, match='a bug'):
+        cli.ignore_worker_deaths()
+
+
+def test_a_dead_worker_ends_the_command_though_its_loader_cannot_be_torn_down(tmp_path):
+    """A worker killed while it holds its loader's done-event lock (it takes it for every batch) leaves torch's
+    tear-down of the iterator waiting for that lock forever. Simulated: the worker takes the lock and keeps it
+    (it stays alive, stuck), then the command meets a dead worker's error. Drawn through a generator (as tqdm
+    draws), the iterator would be torn down while the error rises (`HoldingLoader` keeps it), else when the
+    interpreter ends (`exit_now` skips that)."""
+    import signal
+    import subprocess
+    import sys
+    pid_file = tmp_path / 'worker.pid'
+    script = (
+        'import os, sys, torch\n'
+        'from train.cli import run_cli\n'
+        'from train.data import build_loader\n'
+        'class TakesTheLock(torch.utils.data.Dataset):\n'
+        '    def __len__(self):\n'
+        '        return 64\n'
+        '    def __getitem__(self, i):\n'
+        '        if i == 8:\n'
+        f'            open({str(pid_file)!r}, "w").write(str(os.getpid()))\n'
+        '            frame = sys._getframe()\n'
+        '            while frame.f_code.co_name != "_worker_loop":\n'
+        '                frame = frame.f_back\n'
+        '            frame.f_locals["done_event"]._cond.acquire()\n'
+        '        return torch.zeros(1)\n'
+        'def body():\n'
+        '    loader = build_loader(TakesTheLock(), 4, False, workers=1, seed=0)\n'
+        '    for step, _ in enumerate(batch for batch in loader):\n'
+        '        if step == 2:\n'
+        '            raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed.")\n'
+        "run_cli('python -m train.validate', body)\n")
+    err = tmp_path / 'stderr'
+    try:
+        with err.open('w') as to_err:  # a file, not a pipe: the stuck worker holds what it inherited open
+            done = subprocess.run([sys.executable, '-c', script], cwd=Path(__file__).resolve().parent.parent,
+                                  stdout=subprocess.DEVNULL, stderr=to_err, timeout=90)
+    finally:
+        if pid_file.is_file():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid_file.read_text()), signal.SIGKILL)  # the stuck worker
+    assert done.returncode == 1 and err.read_text() == (
+        'python -m train.validate: error: DataLoader worker (pid 4242) is killed by signal: Killed: the system ends '
+        'a worker when memory runs out (see `dmesg`) and fewer --workers or a smaller --batch-size need less.\n')
+
 
 @pytest.mark.slow
 def test_tar_reads_stay_correct_in_loader_workers_after_the_check(tmp_path):

@@ -15,7 +15,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Iterator, Optional, Sequence, Type
+from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Type
 
 import timm
 import torch
@@ -75,7 +75,8 @@ def interrupt_on_termination() -> Iterator[None]:
 def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             errors: Sequence[Type[BaseException]] = ()) -> Any:
     """Run `body`; turn `UsageError` (exit 2), `ValueError` and `errors` (exit 1) and Ctrl-C or another
-    `Interrupted` (128 + its signal) into one message."""
+    `Interrupted` (128 + its signal) into one message. A loader worker that died ends the process at once
+    after its message (see `exit_now`)."""
     try:
         return body()
     except KeyboardInterrupt as e:
@@ -93,13 +94,13 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             raise
         print(f'{prog}: error: {message(e)}', file=sys.stderr)
         raise SystemExit(1) from None
-    except (RuntimeError, ConnectionError, EOFError) as e:
+    except (WorkerDied, RuntimeError, ConnectionError, EOFError) as e:
         ignore_worker_deaths()
-        said = worker_died(e)
+        said = str(e) if isinstance(e, WorkerDied) else worker_died(e)
         if said is None or debug:
             raise
         print(f'{prog}: error: {said}.', file=sys.stderr)
-        raise SystemExit(1) from None
+        exit_now(1)
 
 
 # torch's words for a DataLoader worker that a signal ended ("is killed by signal: Killed.") or that vanished
@@ -127,11 +128,34 @@ def worker_died(error: BaseException) -> Optional[str]:
             'smaller --batch-size need less')
 
 
+class WorkerDied(Exception):
+    """A DataLoader worker died; the message says so (`worker_died`) and what to do next. `run_cli` ends the
+    process on it with `exit_now`."""
+
+
+def exit_now(status: int) -> NoReturn:
+    """End the process without tearing down the interpreter: torch's clean-up of a loader whose worker was
+    killed waits for a lock the dead worker may hold (its done-event's), forever. What the command had to
+    finish, its `finally` blocks and `with` exits, ran while the error rose; live workers see their parent
+    gone and quit (torch's watchdog)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 def ignore_worker_deaths() -> None:
     """Switch off torch's SIGCHLD handler (it raises in the main thread for every later signal once a loader
-    worker died): for a command that is about to end on an error."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    worker died): for a command that is about to end on an error. A SIGCHLD still pending runs that handler
+    before the switch, and it raises there: then switch again."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    while True:
+        try:
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+            return
+        except RuntimeError as e:
+            if not _WORKER_DIED.match(str(e)):
+                raise
 
 
 def message(error: BaseException) -> str:

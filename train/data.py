@@ -471,6 +471,17 @@ class ShardSampler(Sampler):
         return len(self.indices)
 
 
+class HoldingLoader(DataLoader):
+    """A DataLoader that holds on to its latest iterator. Freed while an error rises (the loop that drew from
+    it unwinds), an iterator tears its workers down there and then, and torch's tear-down waits forever for a
+    lock a killed worker may hold (its done-event's). Held here, it lives as long as the loader, and a command
+    that ends on a dead worker exits without tearing either down (`train.cli.exit_now`)."""
+
+    def __iter__(self):
+        self.latest_iterator = super().__iter__()
+        return self.latest_iterator
+
+
 def build_loader(
         dataset: Dataset, batch_size: int, train: bool, workers: int, seed: int,
         rank: int = 0, world_size: int = 1, pin_memory: bool = False) -> DataLoader:
@@ -480,6 +491,6 @@ def build_loader(
                                      drop_last=drop_last)
     else:
         sampler = ShardSampler(len(dataset), rank, world_size)
-    return DataLoader(
+    return HoldingLoader(
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=drop_last,
         pin_memory=pin_memory, persistent_workers=False)

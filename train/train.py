@@ -45,6 +45,7 @@ from .cli import (
     Interrupted,
     ModelKwargs,
     UsageError,
+    WorkerDied,
     add_debug_flag,
     check_device,
     check_model_name,
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
             said = worker_died(e)
             if said is None:
                 raise
-            raise DataError(f'{said}; {_how_to_continue(run_dir)}.') from None
+            raise WorkerDied(f'{said}; {_how_to_continue(run_dir)}') from None
 
 
 def _how_to_continue(run_dir: RunDir) -> str:
