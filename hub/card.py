@@ -86,6 +86,11 @@ def _lineage_lines(results: Results) -> List[str]:
     else:
         lines.append('- In all: unknown: the initial weights came as a bare file, without the record of how they '
                      'were trained.')
+    size, parent_size = results.dataset.image_size, parent.get('image_size')
+    if parent_size and parent_size != size:
+        lines.append(f'- Schedule: progressive resizing: the initial weights were trained at {parent_size} x '
+                     f'{parent_size} pixels, this run at {size} x {size} (the model is fully convolutional, so one '
+                     'set of weights takes both).')
     return lines
 
 

@@ -728,7 +728,7 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
     """--initial-checkpoint (timm's flag): a run, a repository folder or a bare file; fresh optimizer and
     schedule; the parent's ids, epochs and hours go into results.json, chained over generations."""
     from hub.export import export_run
-    from train.lineage import load_initial_checkpoint
+    from train.lineage import describe, load_initial_checkpoint
     first = _run(folder_data, tmp_path / 'first', '--epochs', '1')
     assert first['lineage'] is None
     model = timm.create_model('resnet18_spa', num_classes=4)
@@ -737,9 +737,12 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
     assert all(torch.equal(model.state_dict()[k], v) for k, v in saved.items())
     assert parent['run_id'] == first['run_id'] and parent['total_epochs'] == 1
 
-    second = _run(folder_data, tmp_path / 'second', '--epochs', '2', '--initial-checkpoint', str(tmp_path / 'first'))
+    # at a smaller image size: progressive resizing, whose schedule the child's card states
+    second = _run(folder_data, tmp_path / 'second', '--epochs', '2', '--initial-checkpoint', str(tmp_path / 'first'),
+                  '--img-size', '8')
     lineage = second['lineage']
     assert lineage['parent']['run_id'] == first['run_id'] and lineage['parent']['epochs'] == 1
+    assert lineage['parent']['image_size'] == 16 and second['dataset']['image_size'] == 8
     assert lineage['total_epochs'] == 3 and lineage['totals_known']
     assert lineage['total_wall_time_s'] == pytest.approx(first['wall_time_s'] + second['wall_time_s'])
     assert torch.load(tmp_path / 'second' / LAST, weights_only=True)['optimizer']['state'] != {}  # its own, fresh
@@ -749,6 +752,11 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
     assert third['lineage']['parent']['run_id'] == second['run_id'] and third['lineage']['total_epochs'] == 4
     card = (export_run(str(tmp_path / 'third'), str(tmp_path / 'repo3')) / 'README.md').read_text()
     assert f"run_id `{second['run_id']}`" in card and 'In all: 4 epochs (3 before this run, 1 in it)' in card
+    assert 'the initial weights were trained at 8 x 8 pixels, this run at 16 x 16' in card
+    assert describe(RunDir(tmp_path / 'third').read_results()) == \
+        f"from run {second['run_id']}, 3 epochs at 8x8; + 1 = 4 epochs"
+    second_card = (export_run(str(tmp_path / 'second'), str(tmp_path / 'repo2')) / 'README.md').read_text()
+    assert 'trained at 16 x 16 pixels, this run at 8 x 8' in second_card
     # a bare weights file: its run id from the metadata, the epochs before it unknown (and said so)
     bare = _run(folder_data, tmp_path / 'bare', '--epochs', '1', '--initial-checkpoint',
                 str(tmp_path / 'first' / BEST))

@@ -75,7 +75,7 @@ def load_initial_checkpoint(model: nn.Module, spec: str, model_name: str) -> Dic
         epochs, seconds = totals(results)
         parent.update(run_id=results.run_id, model=results.model, dataset=results.dataset.label,
                       epochs=results.epochs, total_epochs=epochs, total_wall_time_s=seconds,
-                      test_top1=results.test_top1, hardware=results.hardware)
+                      test_top1=results.test_top1, hardware=results.hardware, image_size=results.dataset.image_size)
     elif weights.suffix == '.safetensors':
         meta = weights_metadata(weights)
         parent.update({k: meta[k] for k in ('run_id', 'epoch') if k in meta})
@@ -96,9 +96,12 @@ def lineage_record(parent: Optional[Dict[str, Any]], epochs: int, wall_time_s: f
 
 
 def describe_parent(parent: Dict[str, Any]) -> str:
-    """The parent in a few words: its repo id, run id or file, and the epochs behind it where known."""
+    """The parent in a few words: its repo id, run id or file, the epochs behind it where known, and the image
+    size it trained at (a progressive-resizing schedule shows in the table)."""
     name = parent.get('repo_id') or (f"run {parent['run_id']}" if parent.get('run_id') else parent['source'])
-    return f"{name}, {parent['total_epochs']} epochs" if 'total_epochs' in parent else f'{name}, epochs unknown'
+    size = f" at {parent['image_size']}x{parent['image_size']}" if parent.get('image_size') else ''
+    return f"{name}, {parent['total_epochs']} epochs{size}" if 'total_epochs' in parent else \
+        f'{name}, epochs unknown'
 
 
 def describe(results: Results) -> str:
