@@ -90,6 +90,9 @@ def release_table(repos: List[Repository]) -> str:
         lines += ['', f'For comparison on CIFAR-10: the paper\'s Table 1 (last column; single runs on the official '
                       f'test batch, epochs not stated), and for the plain CIFAR ResNet-18 other model zoos publish: '
                       f'{peers}; both on the official test batch, each checkpoint chosen on that test split.']
+    if any(r.results.tag == 'tinyimagenet' for r in repos):
+        lines += ['', "For comparison on Tiny-ImageNet-200: the paper's Table 1 (Tiny-ImageNet column; single runs at "
+                      '64x64 on the official archive, its val split as the test split, epochs not stated).']
     return '\n'.join(lines)
 
 

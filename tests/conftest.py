@@ -19,6 +19,10 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
+# The real Tiny-ImageNet-200 (built by ../shared/tools/tiny-imagenet-200.sh); tests that need it skip where absent
+TINY_IMAGENET = Path(os.environ.get('TIMM_SPA_TINYIMAGENET', Path.home() / 'data' / 'tiny-imagenet-200'))
+
+
 def without_worker_death_reports(stderr: str) -> str:
     """stderr less Python's reports of torch's SIGCHLD handler raising inside a `__del__` as the error rose
     ("Exception ignored in ...", then "RuntimeError: DataLoader worker ... is killed by signal"): the signal

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import TINY_IMAGENET
 from safetensors.torch import load_file
 
 from hub.mirror import MirrorServer, build_mirror
@@ -28,21 +29,24 @@ from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
 ROOT = Path(__file__).resolve().parent.parent
 RELEASES = ROOT / 'releases'
 # where each data set of the releases is; a copy that is absent skips its check, saying so
-DATA = {'cifar10': ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg',
-        'tinyimagenet': Path(os.environ.get('TIMM_SPA_TINYIMAGENET', Path.home() / 'data' / 'tiny-imagenet-200'))}
+DATA = {'cifar10': ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg', 'tinyimagenet': TINY_IMAGENET}
+# what each data set's releases were measured on (a copy, named as such on the card)
+DATA_LABELS = {'cifar10': 'CIFAR-10 (JPEG q75 copy)',
+               'tinyimagenet': 'Tiny-ImageNet-200 (GitHub copy of the CS231n archive)'}
 
 LOAD = """
 import json, sys, torch, timm
 names = json.loads(sys.argv[1])
-x = torch.load(sys.argv[2], weights_only=True)
+inputs = torch.load(sys.argv[2], weights_only=True)  # a batch per image size
 out = {}
 for name in names:
-    with torch.no_grad():
-        out[name] = timm.create_model(name, pretrained=True).eval()(x).tolist()
+    model = timm.create_model(name, pretrained=True).eval()
+    with torch.no_grad():  # each at the input size its pretrained config states
+        out[name] = model(inputs[model.pretrained_cfg['input_size'][-1]]).tolist()
 hub = torch.hub.load(sys.argv[4], names[0].split('.')[0], source='local', pretrained=True,
                      pretrained_cfg=names[0].split('.')[1]).eval()
 with torch.no_grad():
-    out['torch.hub'] = hub(x).tolist()
+    out['torch.hub'] = hub(inputs[hub.pretrained_cfg['input_size'][-1]]).tolist()
 json.dump(out, open(sys.argv[3], 'w'))
 """
 
@@ -79,15 +83,16 @@ def test_release_folders_hold_exactly_what_push_uploads(released):
         history = read_history(repo.folder)  # a replaced release is on the card too
         assert ('## Release history' in (repo.folder / 'README.md').read_text()) == bool(history)
         assert all(h['run_id'] != repo.results.run_id for h in history)
-        assert repo.results.dataset.label == 'CIFAR-10 (JPEG q75 copy)' and repo.results.tag == 'cifar10'
+        assert repo.results.dataset.label == DATA_LABELS[repo.results.tag] == DATA_LABELS[repo.results.dataset.name]
         weights = load_file(repo.folder / 'model.safetensors')
         assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
         card = (repo.folder / 'README.md').read_text()
         assert f'{repo.results.test_top1:.2f}' in card and 'single training run' in card
-    # one recipe, budget and seed for all: the cards compare like with like
-    recipes = {json.dumps({k: v for k, v in r.results.args.items() if k != 'model'}, sort_keys=True)
-               for r in released}
-    assert len(recipes) == 1
+    # one recipe, budget and seed for all of a data set's releases: their cards compare like with like
+    for dataset in {r.results.tag for r in released}:
+        recipes = {json.dumps({k: v for k, v in r.results.args.items() if k != 'model'}, sort_keys=True)
+                   for r in released if r.results.tag == dataset}
+        assert len(recipes) == 1, dataset
 
 
 def test_readme_table_is_generated_from_the_releases(releases):
@@ -98,8 +103,9 @@ def test_readme_table_is_generated_from_the_releases(releases):
 def test_served_release_loads_with_pretrained_true(released, tmp_path):
     names = [r.folder.name for r in released]
     mirror = build_mirror(released, tmp_path / 'mirror')
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    torch.save(x, tmp_path / 'x.pt')
+    sizes = {r.results.dataset.image_size for r in released}
+    inputs = {s: torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(s)) for s in sizes}
+    torch.save(inputs, tmp_path / 'x.pt')
     (tmp_path / 'load.py').write_text(LOAD)
     env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
@@ -111,10 +117,10 @@ def test_served_release_loads_with_pretrained_true(released, tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     outputs = json.loads((tmp_path / 'out.json').read_text())
     for repo in released:
-        model = timm.create_model(repo.folder.name, num_classes=10)
+        model = timm.create_model(repo.folder.name, num_classes=repo.results.dataset.num_classes)
         model.load_state_dict(load_file(repo.folder / 'model.safetensors'))
         with torch.no_grad():
-            expected = model.eval()(x)
+            expected = model.eval()(inputs[repo.results.dataset.image_size])
         assert torch.equal(torch.tensor(outputs[repo.folder.name]), expected), repo.folder.name
         if repo.folder.name == names[0]:
             assert torch.equal(torch.tensor(outputs['torch.hub']), expected)

@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import _images, without_worker_death_reports, write_cifar, write_image_folders, write_tiny_imagenet
+from conftest import (
+    TINY_IMAGENET,
+    _images,
+    without_worker_death_reports,
+    write_cifar,
+    write_image_folders,
+    write_tiny_imagenet,
+)
 
 from timm_spa.models.datasets import TINY_IMAGENET_CLASSES
 from train.data import DataError, ShardSampler, TransformedSamples, build_loader, build_transforms, load_dataset
@@ -72,12 +79,9 @@ def test_tiny_imagenet_archive_layout(tmp_path):
     assert splits.test.name_fn(4).endswith('val/images/val_4.JPEG')
 
 
-TINY_IMAGENET = Path(os.environ.get('TINY_IMAGENET_DIR', Path.home() / 'data' / 'tiny-imagenet-200'))
-
-
 @pytest.mark.skipif(not (TINY_IMAGENET / 'wnids.txt').is_file(),
                     reason=f'no Tiny-ImageNet-200 at {TINY_IMAGENET} (build it with '
-                           '../shared/tools/tiny-imagenet-200.sh, or set TINY_IMAGENET_DIR)')
+                           '../shared/tools/tiny-imagenet-200.sh, or set TIMM_SPA_TINYIMAGENET)')
 def test_tiny_imagenet_loader_on_the_real_archive():
     """The official layout as built from the CS231n archive: counts, label order, the val split as test."""
     splits = load_dataset('tinyimagenet', str(TINY_IMAGENET.parent))
