@@ -21,6 +21,15 @@ from train.run_dir import Results
 from .releases import CHECK_IMAGES
 
 DATASET_IDS = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'tinyimagenet': 'zh-plus/tiny-imagenet'}
+# the Hub data set's name for the split the test numbers were measured on, where it is not 'test'
+TEST_SPLIT_NAMES = {'tinyimagenet': 'valid'}
+# what a reader must know to compare the test numbers with others' (beyond the copy's own notes)
+DATASET_CAVEATS = {
+    'tinyimagenet': "Tiny-ImageNet's test images have no public labels: the test split here is the archive's "
+                    "official 10,000-image val split (`valid` in zh-plus/tiny-imagenet on the Hub), the usual "
+                    'choice, so it was never used to choose the checkpoint; that was chosen on images held out '
+                    'of train.',
+}
 RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'sched_on_updates',
                'min_lr', 'warmup_epochs', 'warmup_lr', 'smoothing', 'aa', 'reprob', 'remode', 'recount', 'mixup',
                'cutmix', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch', 'model_ema',
@@ -58,7 +67,8 @@ def card_data(results: Results, repo_id: str) -> ModelCardData:
     data = results.dataset
     dataset_id = DATASET_IDS.get(data.name, data.name)
     evals = [EvalResult(task_type='image-classification', task_name='Image Classification', dataset_type=dataset_id,
-                        dataset_name=data.label, dataset_split='test', metric_type='accuracy',
+                        dataset_name=data.label, dataset_split=TEST_SPLIT_NAMES.get(data.name, 'test'),
+                        metric_type='accuracy',
                         metric_value=round(value, 2), metric_name=name)
              for value, name in ((results.test_top1, 'Top-1 accuracy'), (results.test_top5, 'Top-5 accuracy'))]
     return ModelCardData(
@@ -202,7 +212,7 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         if paper_top1 is not None else '| paper, Table 1 | not reported for this data set | - |', '',
         f'Data set: **{data.label}**.', '',
     ]
-    lines += [f'- {note}' for note in data.notes]
+    lines += [f'- {note}' for note in [*data.notes, *filter(None, [DATASET_CAVEATS.get(data.name)])]]
     lines += [
         '- A single training run (one seed): no mean or seed-to-seed spread was measured, so this card makes no '
         'claim that this model is better or worse than another variant trained the same way.',

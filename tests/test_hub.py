@@ -25,14 +25,14 @@ from safetensors.torch import load_file
 
 from benchmarks.startup_time import measure
 from hub.__main__ import main as hub_main
-from hub.card import model_profile
+from hub.card import model_card, model_profile
 from hub.export import export_run
 from hub.mirror import MirrorServer, build_mirror, free_port
 from hub.push import publish
 from hub.releases import released_repositories
 from hub.repository import RepositoryError
 from train import train as train_script
-from train.run_dir import RunError
+from train.run_dir import RunDir, RunError
 
 ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = 'timm-spa/resnet18_spa.cifar10'
@@ -193,12 +193,27 @@ def test_model_card_and_config(trained_run, tmp_path):
         assert f'`{key}`' in text
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'resnet18_spa' and config['num_classes'] == 10
+    assert 'no public labels' not in text
     assert config['pretrained_cfg']['mean'] == [0.4914, 0.4822, 0.4465]
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.equal(loaded.eval()(x), _trained_outputs(trained_run, x))
     assert loaded.pretrained_cfg['label_names'] == [f'class{i}' for i in range(10)]  # what the usage snippet reads
+
+
+def test_tiny_imagenet_card_names_its_test_split_as_the_hub_does(trained_run, tmp_path):
+    """Tiny-ImageNet's test numbers are on its official val split: the card's metadata names the Hub data set's
+    split for it ('valid'), and the card says why that split is the test split."""
+    results = json.loads((trained_run / 'results.json').read_text())
+    results['dataset'].update(name='tinyimagenet', label='Tiny-ImageNet-200')
+    (tmp_path / 'results.json').write_text(json.dumps(results))
+    record = RunDir(tmp_path).read_results()
+    text = model_card(record, 'timm-spa/resnet18_spa.tinyimagenet', timm.create_model('resnet18_spa'))
+    evals = ModelCard(text).data.eval_results
+    assert {(e.dataset_type, e.dataset_split) for e in evals} == {('zh-plus/tiny-imagenet', 'valid')}
+    assert "- Tiny-ImageNet's test images have no public labels: the test split here is the archive's official" \
+        in text
 
 
 def test_profile_counts_macs_and_activations_of_a_plain_network():
