@@ -754,7 +754,9 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
     assert f"run_id `{second['run_id']}`" in card and 'In all: 4 epochs (3 before this run, 1 in it)' in card
     assert 'the initial weights were trained at 8 x 8 pixels, this run at 16 x 16' in card
     assert describe(RunDir(tmp_path / 'third').read_results()) == \
-        f"from run {second['run_id']}, 3 epochs at 8x8; + 1 = 4 epochs"
+        f"from run {second['run_id']}, 3 epochs, the last 2 at 8x8; + 1 = 4 epochs"
+    assert describe(RunDir(tmp_path / 'second').read_results()) == \
+        f"from run {first['run_id']}, 1 epochs at 16x16; + 2 = 3 epochs"
     second_card = (export_run(str(tmp_path / 'second'), str(tmp_path / 'repo2')) / 'README.md').read_text()
     assert 'trained at 16 x 16 pixels, this run at 8 x 8' in second_card
     # a bare weights file: its run id from the metadata, the epochs before it unknown (and said so)

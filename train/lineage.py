@@ -97,11 +97,16 @@ def lineage_record(parent: Optional[Dict[str, Any]], epochs: int, wall_time_s: f
 
 def describe_parent(parent: Dict[str, Any]) -> str:
     """The parent in a few words: its repo id, run id or file, the epochs behind it where known, and the image
-    size it trained at (a progressive-resizing schedule shows in the table)."""
+    size its own run trained at (a progressive-resizing schedule shows in the table)."""
     name = parent.get('repo_id') or (f"run {parent['run_id']}" if parent.get('run_id') else parent['source'])
-    size = f" at {parent['image_size']}x{parent['image_size']}" if parent.get('image_size') else ''
-    return f"{name}, {parent['total_epochs']} epochs{size}" if 'total_epochs' in parent else \
-        f'{name}, epochs unknown'
+    if 'total_epochs' not in parent:
+        return f'{name}, epochs unknown'
+    total, size = parent['total_epochs'], parent.get('image_size')
+    if not size:
+        return f'{name}, {total} epochs'
+    own = parent['epochs']  # the parent's own run; its ancestors' sizes are in their own records
+    return f'{name}, {total} epochs at {size}x{size}' if own == total else \
+        f'{name}, {total} epochs, the last {own} at {size}x{size}'
 
 
 def describe(results: Results) -> str:
