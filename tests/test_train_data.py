@@ -181,6 +181,24 @@ def test_timm_augmentation_and_random_erasing_add_to_the_training_transform(tmp_
     assert type(build_transforms(splits, 32, True, aa='original').transforms[2]).__name__ == 'AutoAugment'
 
 
+
+def test_every_augmentation_op_applies_at_its_strongest_level(tmp_path):
+    """A policy's op that fails on one draw in thousands ends a long run mid-epoch: apply each op for sure, at the
+    magnitude that gives its extreme argument (RandAugment at m10, AutoAugment's sub-policies as written)."""
+    write_cifar(tmp_path, n_train=20)
+    splits = load_dataset('cifar10', str(tmp_path), val_size=5)
+    image, _ = splits.train.load(0)
+    ops = []
+    for policy in ('rand-m10-inc1', 'rand-m10', 'rand-m0-inc1'):
+        ops += build_transforms(splits, 32, True, aa=policy).transforms[2].ops
+    for policy in ('v0', 'original', 'v0r', 'originalr'):
+        ops += [op for sub_policy in build_transforms(splits, 32, True, aa=policy).transforms[2].policy
+                for op in sub_policy]
+    for op in ops:
+        op.prob, op.magnitude_std = 1.0, 0.0
+        out = op(image)
+        assert out.size == image.size and out.mode == image.mode, op.name
+
 @pytest.mark.parametrize('dataset,match', [
     ('cifar10', r'cifar-10-batches-py.*cifar-10-python\.tar\.gz.*--download'),
     ('cifar100', r'cifar-100-python'),
