@@ -212,7 +212,9 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         if paper_top1 is not None else '| paper, Table 1 | not reported for this data set | - |', '',
         f'Data set: **{data.label}**.', '',
     ]
-    lines += [f'- {note}' for note in [*data.notes, *filter(None, [DATASET_CAVEATS.get(data.name)])]]
+    lines += [f'- {note}' for note in data.notes]
+    if data.name in DATASET_CAVEATS:
+        lines.append(f'- {DATASET_CAVEATS[data.name]}')
     lines += [
         '- A single training run (one seed): no mean or seed-to-seed spread was measured, so this card makes no '
         'claim that this model is better or worse than another variant trained the same way.',

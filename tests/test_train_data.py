@@ -181,7 +181,6 @@ def test_timm_augmentation_and_random_erasing_add_to_the_training_transform(tmp_
     assert type(build_transforms(splits, 32, True, aa='original').transforms[2]).__name__ == 'AutoAugment'
 
 
-
 def test_every_augmentation_op_applies_at_its_strongest_level(tmp_path):
     """A policy's op that fails on one draw in thousands ends a long run mid-epoch: apply each op for sure, at the
     magnitude that gives its extreme argument (RandAugment at m10, AutoAugment's sub-policies as written)."""
@@ -198,6 +197,7 @@ def test_every_augmentation_op_applies_at_its_strongest_level(tmp_path):
         op.prob, op.magnitude_std = 1.0, 0.0
         out = op(image)
         assert out.size == image.size and out.mode == image.mode, op.name
+
 
 @pytest.mark.parametrize('dataset,match', [
     ('cifar10', r'cifar-10-batches-py.*cifar-10-python\.tar\.gz.*--download'),
