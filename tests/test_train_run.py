@@ -285,6 +285,20 @@ def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
     assert state['optimizer']['param_groups'][0]['nesterov'] is True  # timm's 'sgd' is Nesterov
 
 
+def test_poly_schedule_with_decay_rate_one_decays_linearly_to_zero(folder_data, tmp_path):
+    """--sched poly --decay-rate 1 (timm's names): after the warm-up the LR falls on a straight line from the
+    peak at update 0 to 0 at the last update, computed here from that line."""
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '4', '--opt', 'sgd', '--sched', 'poly', '--decay-rate', '1',
+         '--sched-on-updates', '--warmup-epochs', '1', '--warmup-lr', '0.01')
+    updates = 40 // 8  # 40 training images, batch 8, drop_last
+    total = 4 * updates
+    lrs = [row['lr'] for row in read_summary(out / 'summary.csv')]
+    assert lrs == pytest.approx([0.05 * (1 - (epoch + 1) * updates / total) for epoch in range(4)])
+    assert lrs[-1] == 0.0
+    assert json.loads((out / 'results.json').read_text())['args']['decay_rate'] == 1.0
+
+
 def test_label_smoothing_and_augmentation_reach_the_run(folder_data, tmp_path):
     plain = _run(folder_data, tmp_path / 'a', '--epochs', '1')
     smooth = _run(folder_data, tmp_path / 'b', '--epochs', '1', '--smoothing', '0.5')

@@ -117,7 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--lr', type=float, default=0.1)
     g.add_argument('--momentum', type=float, default=0.9)
     g.add_argument('--weight-decay', type=float, default=5e-4)
-    g.add_argument('--sched', default='cosine')
+    g.add_argument('--sched', default='cosine', help="timm scheduler: 'cosine', 'poly' (with --decay-rate 1: linear "
+                                                 "decay to --min-lr), 'step', ...")
+    g.add_argument('--decay-rate', type=float, default=0.1,
+                   help="timm's --decay-rate: the LR factor per step of 'step'/'multistep', the power of 'poly'")
     g.add_argument('--sched-on-updates', action='store_true',
                    help='set the LR after every update (warm-up included) instead of once per epoch')
     g.add_argument('--min-lr', type=float, default=0.0)
@@ -175,6 +178,7 @@ _CHECKS = (
     ('momentum', lambda v: 0 <= v < 1, 'in [0, 1)'),
     ('weight_decay', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
     ('min_lr', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
+    ('decay_rate', lambda v: math.isfinite(v) and v > 0, 'a number > 0'),
     ('warmup_lr', lambda v: math.isfinite(v) and v >= 0, 'a number >= 0'),
     ('warmup_epochs', lambda v: v >= 0, 'an int >= 0'),
     ('smoothing', lambda v: 0 <= v < 1, 'in [0, 1)'),
@@ -420,7 +424,7 @@ def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, up
                                     momentum=args.momentum)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+        warmup_lr=args.warmup_lr, decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
     return _Training(model, optimizer, scheduler, num_epochs, ema, scaler)
