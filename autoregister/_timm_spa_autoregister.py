@@ -1,9 +1,16 @@
 """Register timm-spa's models with timm whenever timm is imported, without `import timm_spa`.
 
 Run at interpreter start-up by `timm_spa_autoregister.pth` (installed at the root of site-packages).
-It only puts a one-shot finder on `sys.meta_path`: no torch, no timm, nothing else is imported until
-the program itself imports timm; then `timm_spa.models` is imported right after timm, so
-`timm.create_model("resnet18_spa")`, `hf-hub:` loads and timm's own scripts find the models.
+It only puts a finder on `sys.meta_path`: no torch, no timm, nothing else is imported until the
+program itself imports timm; then `timm_spa.models` is imported right after timm's own code ran, so
+`timm.create_model("resnet18_spa")`, `hf-hub:` loads, transformers' TimmWrapper and timm's own scripts
+find the models.
+
+Libraries look timm up before importing it (`importlib.util.find_spec("timm")` in transformers',
+accelerate's and lightning's availability checks): each lookup gets a spec whose loader registers the
+models when it executes timm, and the finder leaves `sys.meta_path` only once timm was executed, so a
+lookup that never imports changes nothing. Where timm was imported before the hook could be installed
+(another start-up file imported it), the models are registered at once.
 Set TIMM_SPA_NO_AUTOREGISTER=1 to turn it off.
 """
 import os
@@ -12,33 +19,51 @@ import sys
 DISABLE_ENV = 'TIMM_SPA_NO_AUTOREGISTER'
 
 
+def register() -> None:
+    try:
+        import timm_spa.models  # noqa: F401  registers the models
+    except Exception as e:  # a broken plugin must not break timm itself
+        import warnings
+        warnings.warn(f'timm-spa could not register its models with timm: {e!r} (set {DISABLE_ENV}=1 to stop '
+                      'trying)', RuntimeWarning, stacklevel=2)
+
+
 class TimmImportHook:
-    """Finds nothing itself; when `timm` is about to load, wraps its loader to register our models after it."""
+    """Finds nothing itself; wraps the loader of every spec found for `timm` so that executing timm registers
+    our models after it, then leaves `sys.meta_path`."""
+
+    def __init__(self):
+        self._finding = False
 
     def find_spec(self, name, path=None, target=None):
-        if name != 'timm':
+        if name != 'timm' or self._finding:
             return None
-        sys.meta_path.remove(self)  # one shot, and lets the real finders answer below
         from importlib.util import find_spec
-        spec = find_spec('timm')
-        if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module'):
+        self._finding = True  # the real finders answer the lookup below, not this one
+        try:
+            spec = find_spec('timm')
+        finally:
+            self._finding = False
+        if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module') or \
+                getattr(spec.loader.exec_module, 'registers_timm_spa', False):
             return spec
-        exec_module = spec.loader.exec_module
+        exec_module, hook = spec.loader.exec_module, self
 
         def exec_then_register(module):
-            exec_module(module)
-            try:
-                import timm_spa.models  # noqa: F401  registers the models
-            except Exception as e:  # a broken plugin must not break timm itself
-                import warnings
-                warnings.warn(f'timm-spa could not register its models with timm: {e!r} '
-                              f'(set {DISABLE_ENV}=1 to stop trying)', RuntimeWarning, stacklevel=2)
+            exec_module(module)  # a failed import raises here and leaves the hook for the next attempt
+            if hook in sys.meta_path:
+                sys.meta_path.remove(hook)
+            register()
 
+        exec_then_register.registers_timm_spa = True
         spec.loader.exec_module = exec_then_register
         return spec
 
 
 def install() -> None:
-    if os.environ.get(DISABLE_ENV, '').strip().lower() in ('', '0', 'false', 'no') and 'timm' not in sys.modules \
-            and not any(isinstance(f, TimmImportHook) for f in sys.meta_path):
+    if os.environ.get(DISABLE_ENV, '').strip().lower() not in ('', '0', 'false', 'no'):
+        return
+    if 'timm' in sys.modules:  # imported before this start-up file ran: torch is loaded already, so this is cheap
+        register()
+    elif not any(isinstance(f, TimmImportHook) for f in sys.meta_path):
         sys.meta_path.insert(0, TimmImportHook())

@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from timm_spa import paper
 from train.lineage import totals
 from train.precision import describe_flags
-from train.run_dir import Results
+from train.run_dir import DatasetRecord, Results
 
 from .releases import CHECK_IMAGES
 
@@ -30,7 +30,8 @@ DATASET_CAVEATS = {
                     'choice, so it was never used to choose the checkpoint; that was chosen on images held out '
                     'of train.',
 }
-RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'sched_on_updates',
+RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'decay_rate',
+               'sched_on_updates',
                'min_lr', 'warmup_epochs', 'warmup_lr', 'smoothing', 'aa', 'reprob', 'remode', 'recount', 'mixup',
                'cutmix', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch', 'model_ema',
                'model_ema_decay', 'amp', 'amp_dtype', 'channels_last', 'img_size', 'val_size', 'val_split_seed', 'seed',
@@ -144,6 +145,38 @@ def with_history(card: str, history: List[dict]) -> str:
     return f'{head}{history_section(history)}\n{marker}{tail}' if marker else f'{card}\n{history_section(history)}'
 
 
+def transformers_usage(repo_id: str, data: DatasetRecord) -> List[str]:
+    """The card's usage through transformers (its TimmWrapper), which builds timm's own evaluation transform from
+    config.json: the same preprocessing as the timm snippet, which tests/test_transformers.py checks."""
+    return [
+        '### With transformers', '',
+        "transformers runs the model through its `TimmWrapper` (`pipeline`, `AutoModelForImageClassification`, "
+        '`AutoImageProcessor`), with or without `import timm_spa`:', '',
+        '```python',
+        'from transformers import pipeline',
+        '',
+        f'classifier = pipeline("image-classification", model="{repo_id}")',
+        'print(classifier("image.png"))  # [{"label": ..., "score": ...}, ...], labels by name',
+        '```', '',
+        '```python',
+        'import torch',
+        'from PIL import Image',
+        'from transformers import AutoImageProcessor, AutoModelForImageClassification',
+        '',
+        f'processor = AutoImageProcessor.from_pretrained("{repo_id}")',
+        f'model = AutoModelForImageClassification.from_pretrained("{repo_id}").eval()',
+        'inputs = processor(Image.open("image.png").convert("RGB"), return_tensors="pt")',
+        'with torch.no_grad():',
+        '    logits = model(**inputs).logits',
+        'print(model.config.id2label[logits.argmax(-1).item()])',
+        '```', '',
+        f"`AutoImageProcessor` builds timm's own evaluation transform from `config.json` (resize to "
+        f'{data.image_size} x {data.image_size} pixels, bilinear, centre crop at `crop_pct` 1.0, normalise with mean '
+        f'{tuple(data.mean)} and std {tuple(data.std)}): transformers feeds the model exactly what the timm snippet '
+        "does, and its logits are the timm model's.", '',
+    ]
+
+
 def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: bool = True) -> str:
     data, args, arch = results.dataset, results.args, results.model_args
     name = repo_id.split('/')[-1]
@@ -202,6 +235,7 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         '    features = model.forward_features(transform(img).unsqueeze(0))',
         '    embedding = model.forward_head(features, pre_logits=True)',
         '```', '',
+        *transformers_usage(repo_id, data),
         '## Results', '',
         '| | top-1 (%) | top-5 (%) |', '|---|---:|---:|',
         f'| this checkpoint, test split ({data.test_images:,} images) | {results.test_top1:.2f} | '

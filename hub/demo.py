@@ -52,7 +52,7 @@ def _env(workdir: Path, endpoint: str) -> dict:
 def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     """Step 1: the run as a Hub repository, served, reloaded, and its test numbers checked against the card."""
     finished = RunDir(run_dir).read_finished()
-    repo_id = default_repo_id(finished)
+    repo_id = default_repo_id(finished.results)
     folder = export_run(run_dir, str(workdir / 'hub-repo'), repo_id, overwrite=True)
     mirror = workdir / 'hub-mirror'
     publish(str(folder), repo_id, mirror=str(mirror), replace=True)  # the demo's own mirror: each run replaces it

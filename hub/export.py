@@ -1,14 +1,20 @@
-"""Turn a finished training run into a Hub repository folder.
+"""Turn a finished training run into a Hub repository folder, or write an exported one anew.
 
 The folder holds `model.safetensors` and `config.json` written by timm's own `save_config_for_hf` (so
 `create_model("hf-hub:...")` and `local-dir:` rebuild the exact architecture, `attn_stages` and
 `attn_kwargs` included), `README.md` (the model card, every number read from the run's results),
 `results.json` itself and the training curves. The architecture comes from the weights' own
 metadata; a run whose files disagree (results, weights, checkpoint from different runs) is refused.
+
+Given an exported repository (a release) instead of a run, export writes its config and card anew from its
+results around the very same weights file, byte for byte: how a release takes a fix of its config or card
+without a new release (`hub push` then sees the same weights and keeps the history as it is).
 """
+import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -18,14 +24,35 @@ from timm.models._hub import save_config_for_hf  # not re-exported by timm.model
 
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
-from train.run_dir import RESULTS, RUN_FILES, FinishedRun, RunDir, dump_json
+from train.run_dir import RESULTS, RUN_FILES, Results, RunDir, dump_json
 
 from .card import model_card
-from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id
+from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, read_repository
 
 
-def default_repo_id(finished: FinishedRun) -> str:
-    return hub_repo_id(finished.results.hub_name)
+@dataclass
+class _Source:
+    """What an export is made from: a finished run, or an exported repository."""
+    path: Path
+    results: Results
+    weights: Path
+    curves: Path
+    is_repository: bool
+    repo_id: str  # the Hub id it was exported for; for a run, the project's for its name
+
+
+def _read_source(path: Path) -> _Source:
+    if (path / WEIGHTS).is_file() or (path / CONFIG).is_file():
+        repo = read_repository(path, allow_repeated_args=True)
+        exported_for = repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or default_repo_id(repo.results)
+        return _Source(path, repo.results, path / WEIGHTS, path / CURVES, True, exported_for)
+    run = RunDir(path)
+    results = run.read_finished().results
+    return _Source(path, results, run.best, run.curves, False, default_repo_id(results))
+
+
+def default_repo_id(results: Results) -> str:
+    return hub_repo_id(results.hub_name)
 
 
 def _holds_a_run(folder: Path) -> Optional[Path]:
@@ -36,13 +63,14 @@ def _holds_a_run(folder: Path) -> Optional[Path]:
     return None
 
 
-def check_output(out: Path, run: Path, overwrite: bool) -> None:
-    """Refuse an --output whose replacement would delete a run, or files export did not write."""
+def check_output(out: Path, run: Path, overwrite: bool, what: str = 'run') -> None:
+    """Refuse an --output whose replacement would delete a run (or the repository exported from), or files export
+    did not write."""
     out_r, run_r = out.resolve(), run.resolve()
     if out_r == run_r or run_r.is_relative_to(out_r) or out_r.is_relative_to(run_r):
         where = 'is' if out_r == run_r else 'contains' if run_r.is_relative_to(out_r) else 'lies inside'
-        raise RepositoryError(f'--output {out} {where} the run directory {run}: exporting there would overwrite or '
-                              'delete the run. Choose a folder outside it, e.g. repos/NAME.')
+        raise RepositoryError(f'--output {out} {where} the {what} {run}: exporting there would overwrite or delete the '
+                              f'{what}. Choose a folder outside it, e.g. repos/NAME.')
     if not out.exists() or not any(out.iterdir()):
         return
     if not overwrite:
@@ -57,51 +85,69 @@ def check_output(out: Path, run: Path, overwrite: bool) -> None:
                               '--overwrite only replaces an exported repository. Choose another --output.')
 
 
-def export_run(run_dir: str, output: str, repo_id: Optional[str] = None, overwrite: bool = False) -> Path:
-    """Write the Hub repository folder for `run_dir` into `output`; refuses runs it cannot vouch for."""
-    run, out = RunDir(run_dir), Path(output)
-    finished = run.read_finished()
-    results = finished.results
-    arch = results.model_args  # read_finished checked it against the weights' own metadata
-    repo_id = check_repo_id(repo_id or default_repo_id(finished))
-    check_output(out, run.path, overwrite)
+def write_config(model, path: Path, results: Results, repo_id: str) -> None:
+    """timm's config.json for `model`, with `model_args` holding only the arguments the model was built with
+    beyond its name and class count, as timm wrote it before 1.0.31: timm 1.0.31's `save_config_for_hf` also
+    records num_classes, in_chans and global_pool there, and transformers' TimmWrapper, which passes its
+    num_labels as num_classes beside model_args, then fails on the repeated argument."""
+    data, size = results.dataset, results.dataset.image_size
+    save_config_for_hf(
+        model, str(path),
+        model_config=dict(
+            label_names=data.class_names,
+            pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
+                                crop_pct=1.0, pool_size=(-(-size // 8), -(-size // 8)), hf_hub_id=repo_id,
+                                tag=results.hub_tag)))
+    config = json.loads(path.read_text())
+    config.pop('model_args', None)
+    model_args = results.model_args['model_kwargs']
+    if model_args:  # before pretrained_cfg, where timm puts it
+        config = dict(**{k: v for k, v in config.items() if k != 'pretrained_cfg'}, model_args=model_args,
+                      pretrained_cfg=config['pretrained_cfg'])
+    path.write_text(json.dumps(config, indent=2))
+
+
+def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrite: bool = False) -> Path:
+    """Write the Hub repository folder for `source` (a finished run directory, or an exported repository whose
+    config and card are written anew around the same weights file) into `output`; refuses what it cannot vouch
+    for."""
+    src, out = _read_source(Path(source)), Path(output)
+    results = src.results
+    arch = results.model_args  # checked against the weights' own metadata
+    repo_id = check_repo_id(repo_id or src.repo_id)
+    check_output(out, src.path, overwrite, 'repository' if src.is_repository else 'run')
     name = f"{arch['model']}.{results.tag}" if results.tag else arch['model']  # the tag's pretrained config
     model = timm.create_model(name, num_classes=arch['num_classes'], **arch['model_kwargs'])
     try:
-        load_weights(model, run.best, arch['model'])
+        load_weights(model, src.weights, arch['model'])
     except CheckpointError as e:
-        raise RepositoryError(f'refusing to export {run}: its weights do not match the recorded architecture. '
+        raise RepositoryError(f'refusing to export {src.path}: its weights do not match the recorded architecture. '
                               f'{e}') from e
     state = weights_state(model)
     if non_finite_tensors(state):
-        raise RepositoryError(f'refusing to export {run}: {run.best} holds NaN or infinite weights.')
+        raise RepositoryError(f'refusing to export {src.path}: {src.weights} holds NaN or infinite weights.')
     params = sum(p.numel() for p in model.parameters())
     if params != results.param_count:
-        raise RepositoryError(f'refusing to export {run}: the recorded architecture has {params:,} parameters, '
+        raise RepositoryError(f'refusing to export {src.path}: the recorded architecture has {params:,} parameters, '
                               f'the results file says {results.param_count:,}.')
 
-    data = results.dataset
-    size = data.image_size
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=out.parent))
     umask = current_umask()
     try:
-        # timm's config.json (architecture arguments, pretrained config); one weights file, with what ties it to
-        # the run and its numbers (timm's save_for_hf would write the same tensors once more, without them)
-        save_config_for_hf(
-            model, str(staging / CONFIG),
-            model_config=dict(
-                label_names=data.class_names,
-                pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
-                                    crop_pct=1.0, pool_size=(-(-size // 8), -(-size // 8)), hf_hub_id=repo_id,
-                                    tag=results.hub_tag)),
-            model_args=dict(arch['model_kwargs']))
-        save_file(state, str(staging / WEIGHTS), metadata=dict(
-            format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
-        (staging / RESULTS).write_text(dump_json(results.to_dict()))
-        if run.curves.is_file():
-            shutil.copy(run.curves, staging / CURVES)
-        (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=run.curves.is_file()))
+        write_config(model, staging / CONFIG, results, repo_id)
+        if src.is_repository:  # the published bytes, untouched
+            shutil.copyfile(src.weights, staging / WEIGHTS)
+        else:  # one weights file, with what ties it to the run and its numbers
+            save_file(state, str(staging / WEIGHTS), metadata=dict(
+                format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
+        if src.is_repository:  # the published record, untouched
+            shutil.copyfile(src.path / RESULTS, staging / RESULTS)
+        else:
+            (staging / RESULTS).write_text(dump_json(results.to_dict()))
+        if src.curves.is_file():
+            shutil.copy(src.curves, staging / CURVES)
+        (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=src.curves.is_file()))
         for path in (staging, *staging.iterdir()):  # a folder like any other, not mkdtemp's private one
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out.exists():

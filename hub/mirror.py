@@ -79,8 +79,10 @@ _REPO_PATH = re.compile(r'^/(?:api/models/)?([^/?]+/[^/?]+?)(?:/(?:resolve|revis
 
 class _Gate(http.server.BaseHTTPRequestHandler):
     """In front of olah: a repository the mirror does not hold gets a 404 that says which ones it holds
-    (olah answers 401 'make sure you are authenticated', as the Hub does for a private name); anything
-    else is passed through unchanged, streamed."""
+    (olah answers 401 'make sure you are authenticated', as the Hub does for a private name), and so does a file
+    that a served repository does not hold, with the Hub's `EntryNotFound` (olah answers 401 there too, which
+    huggingface_hub reads as a missing repository: transformers' AutoImageProcessor, which asks for optional
+    files first, then fails); anything else is passed through unchanged, streamed."""
     protocol_version = 'HTTP/1.0'  # one request a connection: the body ends when the connection closes
     upstream: Tuple[str, int] = ('127.0.0.1', 0)
     served: Tuple[str, ...] = ()
@@ -95,18 +97,17 @@ class _Gate(http.server.BaseHTTPRequestHandler):
         match = _REPO_PATH.match(self.path)
         repo = match.group(1) if match else None
         if repo is not None and not repo.startswith('api/') and repo not in self.served:
-            self.send_response(404)
-            self.send_header('X-Error-Code', 'RepoNotFound')
-            self.send_header('X-Error-Message', f'{repo} is not served here; this server serves '
-                             f'{", ".join(self.served) or "nothing"}')
-            self.send_header('Content-Length', '0')
-            self.end_headers()
+            self._not_found('RepoNotFound', f'{repo} is not served here; this server serves '
+                                            f'{", ".join(self.served) or "nothing"}')
             return
         upstream = http.client.HTTPConnection(*self.upstream, timeout=300)
         try:
             headers = {k: v for k, v in self.headers.items() if k.lower() not in ('connection', 'keep-alive')}
             upstream.request(self.command, self.path, headers=headers)
             response = upstream.getresponse()
+            if response.status == 401 and repo is not None and f'{repo}/resolve/' in self.path:
+                self._not_found('EntryNotFound', f'{self.path} does not exist in {repo}')
+                return
             self.send_response(response.status, response.reason)
             for key, value in response.getheaders():
                 if key.lower() not in ('connection', 'keep-alive', 'transfer-encoding', 'server', 'date'):
@@ -118,6 +119,13 @@ class _Gate(http.server.BaseHTTPRequestHandler):
             pass  # the client went away, or olah is stopping
         finally:
             upstream.close()
+
+    def _not_found(self, code: str, message: str) -> None:
+        self.send_response(404)
+        self.send_header('X-Error-Code', code)
+        self.send_header('X-Error-Message', message)
+        self.send_header('Content-Length', '0')
+        self.end_headers()
 
     def log_message(self, *args) -> None:
         pass

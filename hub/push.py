@@ -70,7 +70,7 @@ def _published(target: Path, repo_id: str, replace: bool) -> Optional[Repository
     if not target.exists() or not any(p.name != '.git' for p in target.iterdir()):
         return None
     try:
-        return read_repository(target)
+        return read_repository(target, allow_repeated_args=True)  # what it publishes is replaced, not served
     except RepositoryError as e:
         if replace:
             return None

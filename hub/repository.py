@@ -22,6 +22,8 @@ REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)  # what `hub export` write
 # what a push adds: the releases this one replaced, oldest first (`[]` for a first release). Export never
 # writes it, so `hub export --overwrite` refuses a published folder instead of replacing it behind push's back
 HISTORY = 'history.json'
+# what timm 1.0.31's save_config_for_hf adds to model_args: transformers' TimmWrapper passes num_classes beside
+# model_args, and fails on the repeat (`hub export` leaves them out)
 TIMM_RECORDED_ARGS = ('num_classes', 'in_chans', 'global_pool')
 
 
@@ -62,8 +64,12 @@ def tagged_name(repo_id: str) -> Optional[str]:
     return name if arch in MODEL_NAMES and tag in PRETRAINED_TAGS else None
 
 
-def read_repository(folder: Path) -> Repository:
-    """The folder's results and config, after checking that they and the weights belong together."""
+def read_repository(folder: Path, allow_repeated_args: bool = False) -> Repository:
+    """The folder's results and config, after checking that they and the weights belong together.
+
+    `allow_repeated_args`: for a folder whose config is about to be written anew (`hub export` of a repository, the
+    destination a push replaces), the arguments timm 1.0.31 repeats in model_args are let through (and left out
+    of the comparison with the weights' architecture)."""
     folder = Path(folder)
     missing = [name for name in (WEIGHTS, CONFIG, RESULTS) if not (folder / name).is_file()]
     if missing:
@@ -82,9 +88,17 @@ def read_repository(folder: Path) -> Repository:
     if meta.get('run_id') != results.run_id:
         raise RepositoryError(f'{folder / WEIGHTS} (run {meta.get("run_id")}) and {RESULTS} (run {results.run_id}) '
                               'come from different runs: export the run again.')
-    # save_for_hf also records num_classes, in_chans and global_pool among the model arguments
-    kwargs = {k: v for k, v in config.get('model_args', {}).items()
-              if k not in TIMM_RECORDED_ARGS or k in arch['model_kwargs']}
+    kwargs = config.get('model_args', {})
+    if not isinstance(kwargs, dict):
+        raise RepositoryError(f'{folder / CONFIG}: model_args must be a JSON object of model arguments, not '
+                              f'{type(kwargs).__name__}; export it again.')
+    repeated = [k for k in TIMM_RECORDED_ARGS if k in kwargs and k not in arch['model_kwargs']]
+    if allow_repeated_args:
+        kwargs = {k: v for k, v in kwargs.items() if k not in repeated}
+    elif repeated:
+        raise RepositoryError(f'{folder / CONFIG} repeats {", ".join(repeated)} in model_args (timm 1.0.31 writes them '
+                              "there): transformers' pipeline and AutoModel cannot load it. Write it anew with "
+                              f'`python -m hub export {folder} --output NEW_FOLDER`.')
     built = dict(model=config.get('architecture'), num_classes=config.get('num_classes'), model_kwargs=kwargs)
     if comparable(built) != comparable(arch):
         raise RepositoryError(f'{folder / CONFIG} builds {built}, but the weights were trained as {arch}: '

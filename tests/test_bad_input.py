@@ -162,8 +162,8 @@ def torchcompile_without_compiler(ws):
         with unchanged(run):
             return call(train_script.main, ['--resume', str(run)])
 
-@probe('`python -m train --model-kwargs atn_stages="(1,)"` (a typo)', "unexpected keyword argument 'atn_stages'. "
-       'Check the argument names', code=2)
+@probe('`python -m train --model-kwargs atn_stages="(1,)"` (a typo)', "resnet18_spa takes no argument 'atn_stages' "
+       '(did you mean attn_stages?). Check the argument names', code=2)
 def model_kwargs_typo(ws):
     code, err = ws.train('--model-kwargs', 'atn_stages=(1,)', '--output', str(ws.root / 'x'))
     assert 'config.json' not in err.split('Check the argument names')[0]
@@ -621,7 +621,25 @@ def hub_serve_unknown_repository(ws):
         assert '401 Client Error' not in err and 'Invalid credentials' not in err
         assert raised(hf_hub_download, 'timm-spa/resnet18_spa.folder', 'config.json', endpoint=server.endpoint,
                       cache_dir=str(ws.root / 'hf-cache')) == (0, '')
+        # a file the served repository lacks is the Hub's EntryNotFound (transformers asks for optional files)
+        missing = raised(hf_hub_download, 'timm-spa/resnet18_spa.folder', 'processor_config.json',
+                         endpoint=server.endpoint, cache_dir=str(ws.root / 'hf-cache'))
+        assert missing[0] == 'RemoteEntryNotFoundError', missing
     return code, err
+
+
+@probe("a config.json whose `model_args` were edited into an argument timm-spa does not take (`attn_kwarg`)",
+       "resnet18_spa takes no argument 'attn_kwarg' (did you mean attn_kwargs?)", kept='the folder',
+       code='UnknownModelArguments')
+def config_with_edited_model_args(ws):
+    import timm
+    folder = ws.root / 'edited-config'
+    from hub.__main__ import main as hub_main
+    assert call(hub_main, ['export', str(ws.run), '--output', str(folder)])[0] == 0
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, model_args={'attn_kwarg': {'k': 4}})))
+    with unchanged(folder):
+        return raised(timm.create_model, f'local-dir:{folder}', pretrained=True)
 
 
 @probe('`--dataset tinyimagenet` pointed at a half-extracted archive', 'have no train images (first: '

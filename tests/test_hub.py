@@ -193,6 +193,7 @@ def test_model_card_and_config(trained_run, tmp_path):
         assert f'`{key}`' in text
     config = json.loads((folder / 'config.json').read_text())
     assert config['architecture'] == 'resnet18_spa' and config['num_classes'] == 10
+    assert 'model_args' not in config  # nothing beyond the name and class count: transformers passes num_classes
     assert 'no public labels' not in text
     assert config['pretrained_cfg']['mean'] == [0.4914, 0.4822, 0.4465]
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
@@ -232,7 +233,7 @@ def test_export_keeps_attention_placement(folder_data, tmp_path):
     run = train_tiny(folder_data, tmp_path / 'run', '--epochs', '1', '--model', 'resnet18_nl', '--model-kwargs',
                      'attn_stages=(1, 2)')
     folder = export_run(str(run), str(tmp_path / 'repo'))
-    assert json.loads((folder / 'config.json').read_text())['model_args']['attn_stages'] == [1, 2]
+    assert json.loads((folder / 'config.json').read_text())['model_args'] == {'attn_stages': [1, 2]}
     loaded = timm.create_model(f'local-dir:{folder}', pretrained=True)
     assert loaded.attn_stages == (1, 2) and loaded.num_classes == 4
 
@@ -312,7 +313,7 @@ def test_push_refuses_a_folder_inside_its_mirror(trained_run, tmp_path):
 def test_push_refuses_an_edited_repository(trained_run, tmp_path):
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
     config = json.loads((folder / 'config.json').read_text())
-    config['model_args']['attn_kwargs'] = {'k': 8}
+    config['model_args'] = {'attn_kwargs': {'k': 8}}
     (folder / 'config.json').write_text(json.dumps(config))
     with pytest.raises(RepositoryError, match='config.json builds .* but the weights were trained as'):
         publish(str(folder), REPO_ID, dry_run=True)
@@ -361,6 +362,26 @@ def test_serve_refuses_what_it_cannot_serve(trained_run, tmp_path, capsys):
         with pytest.raises(SystemExit):
             hub_main(['serve', str(releases), '--port', str(port)])
     assert f'port {port} on 127.0.0.1 is in use' in capsys.readouterr().err
+
+
+def test_a_config_repeating_timms_recorded_arguments_is_refused_and_exported_anew(trained_run, tmp_path):
+    """timm 1.0.31's save_config_for_hf repeats num_classes in model_args, which transformers cannot load: push
+    refuses such a folder, and `hub export FOLDER` writes its config and card anew around the same weights."""
+    folder = export_run(str(trained_run), str(tmp_path / 'repo'))
+    timm.models.save_for_hf(timm.create_model('resnet18_spa', num_classes=10), tmp_path / 'timm-written')
+    written = json.loads((tmp_path / 'timm-written' / 'config.json').read_text())
+    assert written['model_args']['num_classes'] == 10  # what timm writes: the reason for all of this
+    config = json.loads((folder / 'config.json').read_text())
+    (folder / 'config.json').write_text(json.dumps(dict(config, model_args=written['model_args'])))
+    with pytest.raises(RepositoryError, match='repeats num_classes, in_chans, global_pool in model_args'):
+        publish(str(folder), dry_run=True)
+    fresh = export_run(str(folder), str(tmp_path / 'fresh'))
+    assert json.loads((fresh / 'config.json').read_text()) == config
+    for name in ('model.safetensors', 'results.json', 'curves.png'):
+        assert (fresh / name).read_bytes() == (folder / name).read_bytes(), name
+    assert publish(str(fresh), dry_run=True)['repo_id'] == REPO_ID
+    with pytest.raises(RepositoryError, match='overwrite or delete the repository'):
+        export_run(str(fresh), str(fresh), overwrite=True)
 
 
 def test_config_this_version_cannot_build(tmp_path):

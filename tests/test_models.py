@@ -225,6 +225,21 @@ def test_unknown_attention_kwarg_is_a_type_error():
         timm.create_model('resnet18_spa', attn_kwargs=dict(kk=3))
 
 
+def test_misspelt_model_argument_is_named_before_building():
+    with pytest.raises(TypeError, match=r"resnet18_spa takes no argument 'attn_kwarg' \(did you mean attn_kwargs\?\)"):
+        timm.create_model('resnet18_spa', attn_kwarg=dict(k=3))
+
+
+def test_a_bug_inside_a_constructor_surfaces_as_itself(monkeypatch):
+    """Only arguments nobody takes are the user's mistake: a TypeError raised while building is not reworded."""
+    def broken(self, *args, **kwargs):
+        raise TypeError('a bug inside the block')
+    monkeypatch.setattr(SalientPositionsAttention, '__init__', broken)
+    with pytest.raises(TypeError) as info:
+        timm.create_model('resnet18_spa')
+    assert str(info.value) == 'a bug inside the block'
+
+
 def test_wrong_input_shape_names_the_fix():
     model = timm.create_model('resnet18_spa')
     with pytest.raises(ValueError, match=r'\(B, 3, H, W\).*in_chans=3; got shape \[2, 1, 32, 32\].*in_chans='):

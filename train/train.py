@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 import timm_spa  # noqa: F401  registers the models
+from timm_spa.models import UnknownModelArguments
 
 from .checkpoint import (
     CheckpointError,
@@ -310,8 +311,9 @@ def _check_same_data(saved: Optional[dict], now: DatasetRecord, run: RunDir) -> 
 def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
     try:
         return timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **args.model_kwargs)
-    except TypeError as e:
-        raise UsageError(f'--model {args.model} --model-kwargs {args.model_kwargs}: {e}.') from None
+    except UnknownModelArguments as e:  # only the arguments' names: an error inside the model is not the user's
+        raise UsageError(f'--model-kwargs {args.model_kwargs}: {args.model} {e.what}. Check the argument names: '
+                         "attn_stages, attn_kwargs and timm ResNet's (drop_rate, ...).") from None
 
 
 def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
@@ -424,7 +426,8 @@ def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, up
                                     momentum=args.momentum)
     scheduler, num_epochs = create_scheduler_v2(
         optimizer, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr, warmup_epochs=args.warmup_epochs,
-        warmup_lr=args.warmup_lr, decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates, updates_per_epoch=updates_per_epoch)
+        warmup_lr=args.warmup_lr, decay_rate=args.decay_rate, step_on_epochs=not args.sched_on_updates,
+        updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
     return _Training(model, optimizer, scheduler, num_epochs, ema, scaler)

@@ -5,6 +5,8 @@ image reaches stage 4 at 4x4. One attention block is appended to the `nn.Sequent
 in `attn_stages` (after its last residual block), which keeps stock ResNet state-dict keys, feature
 taps, `forward_intermediates`, gradient checkpointing and `group_matcher` unchanged.
 """
+import difflib
+import inspect
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -19,7 +21,8 @@ from ..layers import SalientPositionsAttention
 from .datasets import DATASET_CFGS
 from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, published_names, raise_download_error
 
-__all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS']
+__all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS',
+           'UnknownModelArguments']
 
 # stage-level attention: timm's name (ours for 'spa') and the defaults that give the paper's Table 1 models
 STAGE_ATTN_LAYERS: Dict[str, Dict[str, Any]] = {
@@ -169,18 +172,41 @@ _RESNET50 = dict(block=Bottleneck, layers=(3, 4, 6, 3))
 _SE = dict(block_args=dict(attn_layer='se'))
 
 
+# what timm's builder takes from the keyword arguments besides its own parameters and the model's
+_BUILDER_KWARGS = ('pruned', 'features_only', 'out_indices', 'feature_cls')
+
+
+class UnknownModelArguments(TypeError):
+    """Arguments that neither the model, timm's ResNet nor timm's builder takes; `what` names them (and the closest
+    known names) in one clause."""
+
+    def __init__(self, variant: str, what: str):
+        from .. import __version__
+        super().__init__(
+            f"{variant} {what}: it takes attn_stages, attn_kwargs and timm ResNet's arguments such as drop_rate. From "
+            'the model_args of a config.json (hf-hub:, local-dir:, transformers), the file was edited or written for '
+            f'another timm-spa version than this one ({__version__}): correct it there, or upgrade timm-spa.')
+        self.what = what
+
+
+def _check_arguments(variant: str, kwargs: Dict[str, Any]) -> None:
+    """Refuse, before anything is built, each argument nobody takes: a misspelt name, or one from the model_args of
+    a config.json written for another version. Errors raised while building stay as they are."""
+    known = {*_BUILDER_KWARGS, *(name for fn in (CifarResNet.__init__, ResNet.__init__, build_model_with_cfg)
+                                 for name in inspect.signature(fn).parameters)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        close = [match for name in unknown for match in difflib.get_close_matches(name, sorted(known), n=1)]
+        hint = f" (did you mean {' or '.join(close)}?)" if close else ''
+        raise UnknownModelArguments(variant, f"takes no argument {', '.join(map(repr, unknown))}{hint}")
+
+
 def _create(variant: str, pretrained: bool, arch: Dict[str, Any], **kwargs) -> CifarResNet:
+    _check_arguments(variant, kwargs)
     if pretrained:
         check_pretrained_available(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     try:
         return build_model_with_cfg(CifarResNet, variant, pretrained, **dict(arch, **kwargs))
-    except TypeError as e:  # a misspelt argument, or one from a config.json of a newer version
-        from .. import __version__
-        raise TypeError(
-            f'{variant} cannot be built with these arguments: {e}. Check the argument names (CifarResNet takes '
-            "attn_stages, attn_kwargs and timm ResNet's arguments such as drop_rate); if they come from a config.json "
-            f'(hf-hub:/local-dir:), it may be written for another timm-spa version than this one ({__version__}): '
-            'upgrade timm-spa, or remove the argument from model_args.') from e
     except (OSError, RuntimeError, ValueError, SafetensorError) as e:
         if pretrained:
             raise_download_error(variant, kwargs.get('pretrained_cfg'), e, kwargs.get('pretrained_cfg_overlay'))
