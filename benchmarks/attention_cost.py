@@ -33,6 +33,7 @@ from torch import nn
 
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
+from train.cli import positive_int
 from train.engine import train_step
 from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype, strict_float32
 from train.report import hardware, pyplot, software
@@ -338,11 +339,11 @@ def _print_progress(rows):
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
-    parser.add_argument('--batch', type=int, default=32, help='batch of the block table')
-    parser.add_argument('--scaling-batch', type=int, default=2, help='batch of the scaling table')
-    parser.add_argument('--scaling-sizes', type=int, nargs='+', default=list(SCALING_SIZES))
-    parser.add_argument('--model-batch', type=int, default=32)
-    parser.add_argument('--repeats', type=int, default=9)
+    parser.add_argument('--batch', type=positive_int, default=32, help='batch of the block table')
+    parser.add_argument('--scaling-batch', type=positive_int, default=2, help='batch of the scaling table')
+    parser.add_argument('--scaling-sizes', type=positive_int, nargs='+', default=list(SCALING_SIZES))
+    parser.add_argument('--model-batch', type=positive_int, default=32)
+    parser.add_argument('--repeats', type=positive_int, default=9)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--amp', action='store_true',
                         help='autocast in the model table: float16 on CUDA; bfloat16 on a CPU only where native')

@@ -39,9 +39,12 @@ def main(argv: Optional[List[str]] = None) -> dict:
     parser.add_argument('--python', default=sys.executable)
     parser.add_argument('--runs', type=int, default=20)
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error(f'--runs {args.runs}: give 1 or more start-ups to time')
     result = measure(args.python, args.runs)
     if not result['hook_installed']:
-        print(f'{HOOK} is not imported at start-up by {args.python}: is timm-spa installed there?')
+        print(f'{HOOK} is not imported at start-up by {args.python}: is timm-spa installed there (pip install -e .), '
+              'and TIMM_SPA_NO_AUTOREGISTER unset?')
     else:
         print(f"{HOOK}: median {result['hook_us_median'] / 1000:.3f} ms over {args.runs} start-ups "
               f"(cumulative import time); heavy modules imported at start-up: "

@@ -21,7 +21,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from torch import nn
 
-from train.cli import UsageError, check_torchcompile
+from train.cli import UsageError, check_model_name, check_torchcompile, positive_int, run_cli
 from train.data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
 from train.distributed import DistEnv
 from train.engine import train_one_epoch
@@ -43,8 +43,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--dataset', default='cifar10', choices=DATASETS)
     p.add_argument('--data-dir', default=None)
     p.add_argument('--models', nargs='+', default=['resnet18_cifar', 'resnet18_spa', 'resnet18_nl', 'resnet18_gc'])
-    p.add_argument('-b', '--batch-size', type=int, default=128)
-    p.add_argument('--steps', type=int, default=20)
+    p.add_argument('-b', '--batch-size', type=positive_int, default=128)
+    p.add_argument('--steps', type=positive_int, default=20)
     p.add_argument('--warmup', type=int, default=2)
     p.add_argument('-j', '--workers', type=int, default=2)
     p.add_argument('--settings', nargs='+', choices=list(SETTINGS), default=['contiguous'],
@@ -59,6 +59,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.output_json and Path(args.output_json).suffix != '.json':
         p.error(f'--output-json {args.output_json}: give a .json path; the table is written beside it as .md')
+    if args.warmup < 0:
+        p.error(f'--warmup {args.warmup}: give 0 or more batches')
     args.settings = list(dict.fromkeys(args.settings))
     if any(SETTINGS[setting][1] for setting in args.settings):
         try:
@@ -70,6 +72,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> List[dict]:
     args = parse_args(argv)
+    return run_cli('python -m benchmarks.train_throughput', lambda: measure(args))
+
+
+def measure(args: argparse.Namespace) -> List[dict]:
+    for name in args.models:
+        check_model_name(name)
     env = DistEnv(device=torch.device(args.device))
     amp_dtype, warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)
     if warning:
@@ -77,6 +85,9 @@ def main(argv: Optional[List[str]] = None) -> List[dict]:
     splits = load_dataset(args.dataset, args.data_dir)
     transform = build_transforms(splits, splits.image_size, True, args.aa, args.reprob)
     count = (args.warmup + args.steps) * args.batch_size
+    if count > len(splits.train_indices):
+        raise UsageError(f'--warmup {args.warmup} + --steps {args.steps} batches of {args.batch_size} need {count:,} '
+                         f'train images; {splits.label} has {len(splits.train_indices):,}. Ask for fewer steps.')
     indices = splits.train_indices[:count]
     warm = build_loader(TransformedSamples(splits.train, indices[:args.warmup * args.batch_size], transform),
                         args.batch_size, True, args.workers, 0)

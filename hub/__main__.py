@@ -5,7 +5,7 @@ import argparse
 from pathlib import Path
 from typing import List, Optional
 
-from train.cli import UsageError, add_debug_flag, run_cli
+from train.cli import UsageError, add_debug_flag, interrupt_on_termination, run_cli
 
 from .export import export_run
 from .mirror import ServerError, serve
@@ -75,7 +75,10 @@ def main(argv: Optional[List[str]] = None) -> None:
             raise UsageError(f'--port {args.port} is not a TCP port (1-65535); leave it out for a free one.')
         return serve(args.releases, args.port, args.workdir)
 
-    return run_cli(PROG, body, args.debug, (ServerError,))
+    if args.command == 'serve':  # it stops on every signal itself, and says so
+        return run_cli(PROG, body, args.debug, (ServerError,))
+    with interrupt_on_termination():  # SIGTERM and SIGHUP end a push as Ctrl-C does: its staging folder removed
+        return run_cli(PROG, body, args.debug, (ServerError,))
 
 
 if __name__ == '__main__':

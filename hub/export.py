@@ -111,7 +111,7 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
     """Write the Hub repository folder for `source` (a finished run directory, or an exported repository whose
     config and card are written anew around the same weights file) into `output`; refuses what it cannot vouch
     for."""
-    src, out = _read_source(Path(source)), Path(output)
+    src, out = _read_source(Path(source).expanduser()), Path(output).expanduser()
     results = src.results
     arch = results.model_args  # checked against the weights' own metadata
     repo_id = check_repo_id(repo_id or src.repo_id)

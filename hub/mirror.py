@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
 from .push import sync_git_repository
+from .release_slot import process_alive
 from .releases import released_repositories
 from .repository import Repository, RepositoryError
 
@@ -250,20 +251,10 @@ def remove_stale_workdirs(root: Optional[Path] = None) -> List[Path]:
             pid = int((folder / PID_FILE).read_text())
         except (OSError, ValueError):
             continue  # not ours, or still being set up
-        if not _alive(pid):
+        if not process_alive(pid):
             shutil.rmtree(folder, ignore_errors=True)
             removed.append(folder)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    return True  # it exists (PermissionError: it exists, under another user)
 
 
 def serve(releases: str, port: Optional[int] = None, workdir: Optional[str] = None) -> None:

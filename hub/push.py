@@ -3,9 +3,11 @@ the project's `releases/` folder.
 
 A local mirror (`--mirror PATH`) is laid out as `PATH/models/ORG/NAME`, branch `main`: what olah
 serves over the Hub's HTTP API, for air-gapped sites and for this project's tests. `--releases DIR`
-writes the folder to `DIR/ORG/NAME` in one step and, for the project's organisation, adds `arch.tag` to
-the record of released weights in the source tree (`timm_spa/models/published.json`). Every way checks
-the folder first: its files belong together, and a repository named `arch.tag` holds exactly that.
+writes the folder to `DIR/ORG/NAME` in one step, one push of a name at a time (`hub.release_slot`), and, for
+the project's organisation, adds `arch.tag` to a record of released weights: the library's own
+(`timm_spa/models/published.json`, what `timm.list_pretrained()` reads) only for the project's own releases/
+folder, else `DIR/published.json` (`release_record`). Every way checks the folder first: its files belong
+together, and a repository named `arch.tag` holds exactly that.
 
 A published name keeps its weights: a mirror or releases destination that already publishes other
 weights is refused unless `--replace`, which keeps the replaced release (run id, numbers, weights hash)
@@ -17,7 +19,7 @@ import json
 import os
 import shutil
 import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Dict, Optional, Union
@@ -25,10 +27,11 @@ from typing import Dict, Optional, Union
 from huggingface_hub import HfApi, get_token
 
 from timm_spa.models import HF_HUB_ORG
-from timm_spa.models.published import record_published
+from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV, record_published
 from train.checkpoint import current_umask, file_sha256
 
 from .card import with_history
+from .release_slot import ReleaseSlot
 from .repository import (
     CARD,
     HISTORY,
@@ -41,6 +44,9 @@ from .repository import (
     read_repository,
     tagged_name,
 )
+
+# the project's own releases/ folder (in a source checkout), the one whose pushes change the library's record
+PROJECT_RELEASES = PUBLISHED_RECORD.parents[2] / 'releases'
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -172,30 +178,43 @@ def push_to_mirror(repo: Repository, repo_id: str, mirror: Path, replace: bool =
 
 
 def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bool = False) -> bool:
-    """Write the folder to RELEASES/ORG/NAME in one step; False when it already held exactly that."""
+    """Write the folder to RELEASES/ORG/NAME in one step, holding the name for the whole check-and-write (see
+    `ReleaseSlot`); False when it already held exactly that."""
     target = releases / repo_id
     if target.resolve() == repo.folder.resolve():
         return False  # already in place
     _refuse_nesting(repo.folder, target, '--releases')
-    files = planned_files(repo, target, repo_id, replace)
-    if target.is_dir() and _same(files, target):
-        return False
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{target.name}.', dir=target.parent))
-    try:
-        _write(files, staging)
-        os.chmod(staging, 0o777 & ~current_umask())
-        if target.exists():
-            old = target.with_name(f'.{target.name}.replaced')
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(target, old)
-            os.replace(staging, target)
-            shutil.rmtree(old)
-        else:
-            os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    if target.is_symlink():  # replacing it would swap the link for a folder and leave what it pointed to
+        raise RepositoryError(f'{target} is a symbolic link (to {os.readlink(target)}); a release is a folder of its '
+                              'own. Replace the link with the folder it points to, then push again.')
+    slot = ReleaseSlot(target)
+    with slot.lock() as recovered:
+        for line in recovered:
+            print(f'note: {line}', file=sys.stderr)
+        files = planned_files(repo, target, repo_id, replace)
+        if target.is_dir() and _same(files, target):
+            return False
+        staging = slot.staging()
+        try:
+            _write(files, staging)
+            os.chmod(staging, 0o777 & ~current_umask())
+            slot.install(staging)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return True
+
+
+def release_record(releases: Path, record: Optional[Path] = None) -> Path:
+    """The record of released names that a push into `releases` updates: `record` or $TIMM_SPA_PUBLISHED_RECORD
+    where given; the library's own (what `timm.list_pretrained()` reads) only for the project's own releases/
+    folder; else RELEASES/published.json, so that a scratch push never changes what the library lists."""
+    if record is not None:
+        return Path(record)
+    if os.environ.get(RECORD_ENV):
+        return Path(os.environ[RECORD_ENV])
+    if Path(releases).resolve() == PROJECT_RELEASES.resolve():
+        return PUBLISHED_RECORD
+    return Path(releases) / PUBLISHED_RECORD.name
 
 
 def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
@@ -216,7 +235,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     """Check the folder, then upload it (or with `dry_run`, list what would be uploaded).
 
     `repo_id` defaults to the `hf_hub_id` its config was exported for. `record` overrides the
-    released-weights record that `releases` updates (default: the one the library reads). `replace`
+    released-weights record that `releases` updates (default: `release_record`). `replace`
     lets a mirror or releases destination that publishes other weights under the name take these.
     """
     repo = read_repository(Path(folder))
@@ -241,7 +260,11 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     elif releases:
         changed = push_to_releases(repo, repo_id, Path(releases), replace)
         if name:
-            summary['record'] = str(record_published(name, record))
+            path = release_record(Path(releases), record)
+            if path != PUBLISHED_RECORD and record is None and not os.environ.get(RECORD_ENV):
+                print(f"note: {releases} is not the project's releases/ folder: recorded in {path}, not in the "
+                      f'library\'s record (set {RECORD_ENV}={path} for timm to list it)', file=sys.stderr)
+            summary['record'] = str(record_published(name, path))
     else:
         changed = True
         summary['commit_url'] = push_to_hub(repo, repo_id, private)

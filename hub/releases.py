@@ -13,9 +13,10 @@ before a release lands.
 """
 import json
 import math
+import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import timm
 import torch
@@ -29,20 +30,24 @@ from train.engine import evaluate
 from train.lineage import describe, totals
 from train.report import hardware, software
 
+from .release_slot import recover_releases
 from .repository import WEIGHTS, Repository, RepositoryError, read_history, read_repository
 
 REMEASURED = 'remeasured.json'
 CHECK_IMAGES = 1000  # at most this many test images in CI's fixed subset, every k-th of the split
 TOLERANCE = 0.02  # points of top-1/top-5 a whole-split re-measurement may differ from the card by
 MAX_FLIPS = 2  # images whose top-1 class may differ on another CPU (borderline logits): 0.02 points of 10,000
+BOUND_SIGMAS = 5  # an honest card falls outside this many standard deviations about once in 1.7 million checks
 
 
 def released_repositories(releases: Path) -> List[Repository]:
     """Every repository folder RELEASES/ORG/NAME, each checked: its files belong together and its
-    config.json builds the model."""
+    config.json builds the model. A release a killed push left parked is put back first (`hub.release_slot`)."""
     releases = Path(releases)
     if not releases.is_dir():
         raise RepositoryError(f'{releases} is not a folder; give the releases folder (releases/ORG/NAME/...).')
+    for line in recover_releases(releases):  # what a killed push left, put right before anything reads it
+        print(f'note: {line}', file=sys.stderr)
     folders = sorted(p for p in releases.glob('*/*') if p.is_dir() and not p.name.startswith('.'))
     if not folders:
         raise RepositoryError(f'{releases} holds no repositories: expected ORG/NAME folders with model.safetensors, '
@@ -110,6 +115,17 @@ def parse_data_dirs(pairs: Sequence[str]) -> Dict[str, str]:
     return dirs
 
 
+def plausible_whole_split_top1(subset_top1: float, subset: int, whole: int) -> Tuple[float, float]:
+    """The whole-split top-1 that a top-1 measured on `subset` of its `whole` images leaves plausible: within
+    `BOUND_SIGMAS` standard deviations of a subset drawn at random without replacement (binomial, with the
+    finite-population correction). CI's every-k-th subset is stratified by class when the split is stored class by
+    class, which only narrows the honest spread. It cannot prove a card right; it refuses one made up against
+    its weights (a card claiming 99% for weights whose 1,000 images score 86.6%)."""
+    p = min(max(subset_top1 / 100, 0.5 / subset), 1 - 0.5 / subset)  # never a zero-width interval
+    sigma = math.sqrt(p * (1 - p) / subset * max(whole - subset, 0) / max(whole - 1, 1)) * 100
+    return subset_top1 - BOUND_SIGMAS * sigma, subset_top1 + BOUND_SIGMAS * sigma
+
+
 def check_stride(images: int) -> int:
     """The step between the test images CI checks: at most `CHECK_IMAGES` of them, spread over the whole split."""
     return max(1, math.ceil(images / CHECK_IMAGES))
@@ -173,9 +189,18 @@ def read_remeasured(releases: Path) -> Dict[str, dict]:
 
 
 def _is_entry(entry) -> bool:
-    keys = ('weights_sha256', 'images', 'top1', 'top5', 'check_stride', 'check_predictions')
-    return isinstance(entry, dict) and all(k in entry for k in keys) and \
-        len(entry['check_predictions']) == len(range(0, entry['images'], entry['check_stride']))
+    """A record entry with every field of its type (an edited one, `"10000"` or `check_stride: 0`, is not)."""
+    def count(v):
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
+
+    return (isinstance(entry, dict) and isinstance(entry.get('weights_sha256'), str) and count(entry.get('images'))
+            and number(entry.get('top1')) and number(entry.get('top5')) and count(entry.get('check_stride'))
+            and isinstance(entry.get('check_predictions'), list)
+            and all(isinstance(c, int) and not isinstance(c, bool) for c in entry['check_predictions'])
+            and len(entry['check_predictions']) == len(range(0, entry['images'], entry['check_stride'])))
 
 
 def _agrees_with_card(measured: dict, repo: Repository) -> bool:
@@ -268,6 +293,11 @@ def check_remeasured(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dic
             problems.append(f'{repo.name}: {len(flips)} of {got["images"]:,} test images (every {stride}) are '
                             'classified otherwise than recorded (test images '
                             f'{", ".join(str(i * stride) for i in flips[:10])})')
+        low, high = plausible_whole_split_top1(got['top1'], got['images'], entry['images'])
+        if not low <= entry['top1'] <= high:
+            problems.append(f'{repo.name}: {got["images"]:,} of its test images score top-1 {got["top1"]:.2f}, which '
+                            f'puts the whole split between {low:.2f} and {high:.2f}; its card and record say '
+                            f'{entry["top1"]:.2f}: they were not measured on these weights')
         checked[repo.name] = dict(got, flips=flips)
     if problems:
         raise RepositoryError(f'{"; ".join(problems)}. {fix}')

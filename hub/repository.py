@@ -122,8 +122,9 @@ def read_history(folder: Path) -> List[dict]:
 
 
 def check_matches_tag(repo: Repository, repo_id: str) -> None:
-    """A repository named `arch.tag` must hold that architecture, trained on that tag's data set with its
-    class count and input size: `pretrained=True` on the tag will load it as exactly that."""
+    """A repository named `arch.tag` must hold that architecture as registered (no model arguments), trained on that
+    tag's data set with its class count and input size: `pretrained=True` on the tag will load it as exactly that.
+    Other weights go under another name, loaded through `hf-hub:` with their config's arguments."""
     name = tagged_name(repo_id)
     if name is None:
         return
@@ -134,6 +135,9 @@ def check_matches_tag(repo: Repository, repo_id: str) -> None:
     held = dict(model=repo.results.model, dataset=data.name, num_classes=repo.results.model_args['num_classes'],
                 input_size=data.image_size)
     diffs = [f'{key} {held[key]!r} (the tag needs {wanted[key]!r})' for key in wanted if held[key] != wanted[key]]
+    kwargs = repo.results.model_args['model_kwargs']
+    if kwargs:  # the tag's name rebuilds the registered architecture: k=8 weights would load into a k=2 model
+        diffs.append(f'model arguments {kwargs} (the tag builds {arch} as registered, with none)')
     if repo.results.tag != tag and not diffs:
         diffs.append(f'tag {repo.results.tag!r} (the tag needs {tag!r})')
     if diffs:

@@ -103,6 +103,30 @@ class Workspace:
         return releases
 
 
+def cifar_export(ws: 'Workspace', name: str, *train_args: str) -> Path:
+    """A tiny resnet18_spa trained on CIFAR-10's official layout (10 classes, 32x32), exported: what may be
+    published under the `resnet18_spa.cifar10` tag."""
+    from conftest import write_cifar
+
+    from hub.__main__ import main as hub_main
+    from train import train as train_script
+    data = ws.root / 'cifar-data'
+    if not data.exists():
+        write_cifar(data, 'cifar10', n_train=40, n_test=20)
+    run, repo = ws.root / f'{name}-run', ws.root / f'{name}-export'
+    assert call(train_script.main, [*TINY, '--dataset', 'cifar10', '--img-size', '32', '--data-dir', str(data),
+                                    '--output', str(run), '--epochs', '1', *train_args])[0] == 0
+    assert call(hub_main, ['export', str(run), '--output', str(repo)])[0] == 0
+    return repo
+
+
+def dead_pid() -> int:
+    """The pid of a process that has ended: what a SIGKILLed push leaves in its staging folder's name."""
+    child = subprocess.Popen(['true'])
+    child.wait()
+    return child.pid
+
+
 def digest(root: Path) -> dict:
     """Every file under `root` (a file or a folder) with its sha256: what must not change."""
     files = [root] if root.is_file() else sorted(p for p in root.rglob('*') if p.is_file())
@@ -464,6 +488,326 @@ def push_over_a_release(ws):
     return code, err
 
 
+@probe('a release copied with its card, `results.json` and `remeasured.json` entry all edited to one made-up top-1, '
+       'then `python -m hub remeasure DIR --check`', 'they were not measured on these weights', 'the release and '
+       'its record')
+def forged_release_passes_no_check(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('forged')
+    assert call(hub_main, ['remeasure', str(releases), '--data', f'folder={ws.data}'])[0] == 0
+    folder = releases / 'timm-spa' / 'resnet18_spa.folder'
+    results, record = json.loads((folder / 'results.json').read_text()), json.loads(
+        (releases / 'remeasured.json').read_text())
+    forged = 99.0 if results['test_top1'] < 90 else 50.0
+    card = (folder / 'README.md').read_text().replace(f"{results['test_top1']:.2f}", f'{forged:.2f}')
+    (folder / 'README.md').write_text(card)
+    (folder / 'results.json').write_text(json.dumps(dict(results, test_top1=forged)))
+    record['timm-spa/resnet18_spa.folder']['top1'] = forged
+    (releases / 'remeasured.json').write_text(json.dumps(record))
+    with unchanged(releases):
+        return call(hub_main, ['remeasure', str(releases), '--check', '--data', f'folder={ws.data}'])
+
+
+@probe('`python -m hub push REPO --releases /tmp/anything` (a scratch folder) for a name with a tag',
+       "is not the project's releases/ folder: recorded in", "the library's record of released weights "
+       '(`timm.list_pretrained()`)', code=0)
+def scratch_push_keeps_the_library_record(ws):
+    from hub.__main__ import main as hub_main
+    from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
+    repo = cifar_export(ws, 'scratch')
+    scratch = ws.root / 'scratch-releases'
+    with mock.patch.dict(os.environ), unchanged(PUBLISHED_RECORD):
+        os.environ.pop(RECORD_ENV, None)
+        code, err = call(hub_main, ['push', str(repo), '--releases', str(scratch)])
+    assert json.loads((scratch / 'published.json').read_text()) == ['resnet18_spa.cifar10']
+    return code, err
+
+
+@probe('two `python -m hub push --releases DIR` of one name at once (the second while the first holds the name)',
+       'another push of', 'the release the first push is writing', code=1)
+def two_pushes_of_one_name(ws):
+    from hub.__main__ import main as hub_main
+    from hub.release_slot import ReleaseSlot
+    releases = ws.releases('raced')
+    other = cifar_export(ws, 'raced-other', '--seed', '7')
+    with ReleaseSlot(releases / 'timm-spa' / 'resnet18_spa.folder').lock(), unchanged(releases):
+        # the first push holds the name, between its check and its write
+        return call(hub_main, ['push', str(other), '--releases', str(releases), '--repo-id',
+                               'timm-spa/resnet18_spa.folder', '--replace'])
+
+
+@probe('two pushes of different names recording them at once', '', 'both names in the record', code=0)
+def two_records_at_once(ws):
+    import threading
+
+    from filelock import FileLock
+
+    from timm_spa.models.published import published_names, record_published
+    record = ws.root / 'record.json'
+    record.write_text('[]')
+    with FileLock(record.with_name(f'.{record.name}.lock')):  # the first push, in the middle of its write
+        second = threading.Thread(target=record_published, args=('resnet18_gc.cifar10', record))
+        second.start()
+        second.join(timeout=1)
+        assert second.is_alive()  # it waits for the lock instead of reading a record about to change
+        record.write_text(json.dumps(['resnet18_spa.cifar10']))
+    second.join()
+    assert published_names(record) == ['resnet18_gc.cifar10', 'resnet18_spa.cifar10']
+    assert sorted(p.name for p in ws.root.glob('.record.json.*.tmp')) == []
+    return 0, ''
+
+
+@probe('`python -m hub push REPO --releases DIR` stopped by SIGTERM while it writes', 'interrupted (SIGTERM)',
+       'the release as it was; no staging folder left', code=143)
+def push_stopped_by_sigterm(ws):
+    import signal as signals
+
+    from hub import push as push_module
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('terminated')
+    other = cifar_export(ws, 'terminated-other', '--seed', '7')
+    write = push_module._write
+
+    def write_then_killed(files, target, link=False):
+        write(files, target, link)
+        os.kill(os.getpid(), signals.SIGTERM)  # what `kill` does half-way through the push
+
+    with mock.patch.object(push_module, '_write', write_then_killed), unchanged(releases):
+        code, err = call(hub_main, ['push', str(other), '--releases', str(releases), '--repo-id',
+                                    'timm-spa/resnet18_spa.folder', '--replace'])
+    assert not list((releases / 'timm-spa').glob('.*.staging-*'))
+    return code, err
+
+
+@probe('a staging folder (`.NAME.staging-PID-*`) left by a SIGKILLed push, then `hub push` or `hub serve`',
+       'left by a push that was stopped', 'every release; the staging folder is removed', code=0)
+def staging_left_by_sigkill(ws):
+    from hub.__main__ import main as hub_main
+    from hub.releases import released_repositories
+    releases = ws.releases('killed')
+    org = releases / 'timm-spa'
+    leftover = org / f'.resnet18_spa.folder.staging-{dead_pid()}-x'
+    shutil.copytree(org / 'resnet18_spa.folder', leftover)
+    with contextlib.redirect_stderr(io.StringIO()) as err:
+        released_repositories(releases)  # what serve, table and remeasure read first
+    assert not leftover.exists() and 'left by a push that was stopped' in err.getvalue()
+    shutil.copytree(org / 'resnet18_spa.folder', leftover)
+    with unchanged(org / 'resnet18_spa.folder'):
+        code, err = call(hub_main, ['push', str(ws.root / 'killed-export'), '--releases', str(releases)])
+    assert not leftover.exists()
+    return code, err
+
+
+@probe('`python -m hub push --replace` SIGKILLed between its two renames, then a plain push of other weights',
+       'already publishes other weights', 'the replaced release and its history: put back, not lost', code=1)
+def replace_killed_between_renames(ws):
+    from hub.__main__ import main as hub_main
+    from hub.release_slot import ReleaseSlot
+    releases = ws.releases('half-replaced')
+    slot = ReleaseSlot(releases / 'timm-spa' / 'resnet18_spa.folder')
+    before = digest(slot.target)
+    os.replace(slot.target, slot.parked)  # the first rename done, the second not
+    (slot.target.parent / f'.{slot.target.name}.staging-{dead_pid()}-x').mkdir()
+    other = cifar_export(ws, 'half-other', '--seed', '7')
+    code, err = call(hub_main, ['push', str(other), '--releases', str(releases), '--repo-id',
+                                'timm-spa/resnet18_spa.folder'])
+    assert digest(slot.target) == before and not slot.parked.exists()
+    return code, err
+
+
+@probe('`python -m hub push REPO --releases DIR` of weights trained with `--model-kwargs "attn_kwargs={\'k\': 8}"` '
+       'under the tag `resnet18_spa.cifar10`', 'it holds model arguments', 'the record and releases folder')
+def push_other_architecture_under_tag(ws):
+    from hub.__main__ import main as hub_main
+    repo = cifar_export(ws, 'k8', '--model-kwargs', "attn_kwargs={'k': 8}")
+    releases = ws.root / 'k8-releases'
+    releases.mkdir()
+    with unchanged(releases):
+        return call(hub_main, ['push', str(repo), '--releases', str(releases), '--repo-id',
+                               'timm-spa/resnet18_spa.cifar10'])
+
+
+@probe('`python -m train.sweep custom --output S` on one data set, then again into S on another',
+       'holds a sweep on --dataset folder (sweep.json); a sweep on --dataset cifar10 there would put two data sets',
+       'the first sweep and its report', code=2)
+def sweep_mixing_data_sets(ws):
+    from conftest import write_cifar
+
+    from train import sweep
+    out = ws.root / 'mixed-sweep'
+    assert call(sweep.main, ['custom', '--models', 'resnet18_cifar', '--output', str(out), '--data-dir',
+                             str(ws.data), '--epochs', '1', *TINY[:-2]])[0] == 0
+    cifar = write_cifar(ws.root / 'sweep-cifar', 'cifar10', n_train=40, n_test=20)
+    with unchanged(out):
+        code, err = call(sweep.main, ['custom', '--models', 'resnet18_cifar', '--output', str(out), '--dataset',
+                                      'cifar10', '--data-dir', str(cifar), '--epochs', '1', *TINY[2:-2]])
+    stray = out / 'stray' / 'seed42'
+    shutil.copytree(ws.run, stray)  # a run of another data set moved in by hand: the report refuses to mix them
+    results = json.loads((stray / 'results.json').read_text())
+    results['dataset']['label'] = 'CIFAR-10'
+    (stray / 'results.json').write_text(json.dumps(results))
+    report_code, report_err = call(sweep.main, ['report', str(out)])
+    assert report_code == 2 and 'holds runs on 2 data sets' in report_err, report_err
+    return code, err
+
+
+@probe('`python -m train --resume RUN --data-dir COPY` (or `train.validate --run RUN --data-dir COPY`) where COPY '
+       'has the same counts and classes but two test classes swapped', 'the data set is not the one the run was '
+       'trained on (its images and labels (fingerprint', "the run's results.json", code=1)
+def resume_on_a_copy_with_swapped_classes(ws):
+    from train import validate as validate_script
+    run = ws.copy_run('swapped-run')
+    copy = ws.copy_data('swapped-data')
+    a, b = copy / 'test' / 'class0', copy / 'test' / 'class1'
+    a.rename(copy / 'test' / 'tmp')
+    b.rename(a)
+    (copy / 'test' / 'tmp').rename(b)
+    with unchanged(run):
+        code, err = call(validate_script.main, ['--run', str(run), '--data-dir', str(copy)])
+        assert code == 1 and 'was trained and tested on other images or labels' in err, err
+        state = torch.load(run / 'last.pth.tar', weights_only=True)
+        assert os.path.isabs(state['args']['data_dir'])  # recorded absolute: found from any folder
+        return ws.train('--resume', str(run), '--data-dir', str(copy))
+
+
+@probe('`python -m train --opt adamx` or `--sched cosin` (typos), on a data set that takes minutes to read',
+       '--opt adamx: timm has no such optimizer. Did you mean adamax', code=2)
+def optimizer_and_schedule_typos(ws):
+    never = ws.root / 'never-read'  # refused before the data set is looked at: it does not even exist
+    code, err = ws.train('--sched', 'cosin', '--data-dir', str(never), '--output', str(ws.root / 'x'))
+    assert code == 2 and "--sched cosin: Unknown scheduler 'cosin'. Did you mean cosine?" in err, err
+    return ws.train('--opt', 'adamx', '--data-dir', str(never), '--output', str(ws.root / 'x'))
+
+
+@probe('`published.json` with merge-conflict markers (or `TIMM_SPA_PUBLISHED_RECORD` naming a missing file, a JSON '
+       'string or object)', 'cannot be read (Expecting value: line 1 column 1 (char 0)): resolve a merge conflict',
+       'the record', code=1)
+def published_record_with_conflict_markers(ws):
+    from timm_spa.models.published import RECORD_ENV
+    record = ws.root / 'conflicted.json'
+    record.write_text('<<<<<<< HEAD\n["resnet18_spa.cifar10"]\n=======\n[]\n>>>>>>> other\n')
+    for content, said in ((None, 'names no file'), ('"resnet18_spa.cifar10"', 'not a JSON list of arch.tag names')):
+        other = ws.root / f'record-{len(said)}.json'
+        if content:
+            other.write_text(content)
+        done = subprocess.run([sys.executable, '-c', 'import timm_spa'], capture_output=True, text=True,
+                              timeout=120, env=dict(os.environ, **{RECORD_ENV: str(other)}))
+        assert done.returncode == 0 and said in done.stderr and 'Traceback' not in done.stderr, done.stderr
+    with unchanged(record):
+        done = subprocess.run([sys.executable, '-m', 'train.validate', '--model', 'resnet18_spa', '--pretrained',
+                               '--dataset', 'folder', '--data-dir', str(ws.data)], cwd=ROOT, capture_output=True,
+                              text=True, timeout=300, env=dict(os.environ, **{RECORD_ENV: str(record)}))
+    lines = [line for line in done.stderr.splitlines() if 'error:' in line]
+    assert len(lines) == 1 and 'RuntimeWarning' in done.stderr, done.stderr  # import warns, the command says why
+    return done.returncode, lines[0]
+
+
+@probe('`python -m hub push REPO --releases DIR --replace` where DIR/ORG/NAME is a symbolic link to a folder',
+       'is a symbolic link (to', 'the link and the folder it points to', code=1)
+def push_over_a_symlinked_release(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('linked')
+    org = releases / 'timm-spa'
+    (org / 'resnet18_spa.folder').rename(ws.root / 'linked-elsewhere')
+    (org / 'resnet18_spa.folder').symlink_to(ws.root / 'linked-elsewhere')
+    with unchanged(ws.root / 'linked-elsewhere'):
+        code, err = call(hub_main, ['push', str(cifar_export(ws, 'linked-other', '--seed', '7')), '--releases',
+                                    str(releases), '--repo-id', 'timm-spa/resnet18_spa.folder', '--replace'])
+    assert (org / 'resnet18_spa.folder').is_symlink()
+    return code, err
+
+
+@probe('`python -m train --initial-checkpoint REPO/config.json` (the config, not the weights)', 'it is a JSON file '
+       '(a config.json?), not weights: give the model.safetensors beside it', code=1)
+def initial_checkpoint_is_a_config(ws):
+    from hub.__main__ import main as hub_main
+    repo = ws.root / 'config-export'
+    assert call(hub_main, ['export', str(ws.run), '--output', str(repo)])[0] == 0
+    return ws.train('--initial-checkpoint', str(repo / 'config.json'), '--epochs', '1', '--output',
+                    str(ws.root / 'x'))
+
+
+@probe('`python -m train.validate --checkpoint RUN/last.pth.tar --use-ema` on a run trained without `--model-ema`',
+       '--use-ema: ', code=1)
+def use_ema_without_ema(ws):
+    from train import validate as validate_script
+    return call(validate_script.main, ['--model', 'resnet18_spa', '--dataset', 'folder', '--data-dir', str(ws.data),
+                                       '--checkpoint', str(ws.run / 'last.pth.tar'), '--use-ema'])
+
+
+@probe("`python -m hub export RUN --output '~/x'` (a quoted tilde)", '', 'no folder named `~` is made', code=0)
+def export_to_a_quoted_tilde(ws):
+    from hub.__main__ import main as hub_main
+    with mock.patch.dict(os.environ, HOME=str(ws.root / 'home')):
+        code, err = call(hub_main, ['export', str(ws.run), '--output', '~/exported'])
+    assert (ws.root / 'home' / 'exported' / 'config.json').is_file() and not Path('~').exists()
+    return code, err
+
+
+@probe('`python -m train.validate ... --output-json NO/SUCH/DIR/x.json` (or a full or read-only disk)',
+       'No such file or directory (', code=1)
+def validate_output_to_a_missing_folder(ws):
+    from train import validate as validate_script
+    return call(validate_script.main, ['--model', 'resnet18_spa', '--dataset', 'folder', '--data-dir', str(ws.data),
+                                       '--checkpoint', str(ws.run / 'model_best.safetensors'), '--output-json',
+                                       str(ws.root / 'no' / 'such' / 'x.json')])
+
+
+@probe('`python -m train.validate --output-json RUN/results.json` or `train.compare --output RUN/curves.png` (a '
+       "run's own file)", 'writing there would replace its own results.json', 'the run', code=1)
+def report_over_a_runs_own_file(ws):
+    from train import compare as compare_script
+    from train import validate as validate_script
+    run = ws.copy_run('own-files')
+    with unchanged(run):
+        code, err = call(compare_script.main, [str(run), '--output', str(run / 'curves.png')])
+        assert code == 1 and 'writing there would replace its own curves.png' in err, err
+        return call(validate_script.main, ['--run', str(run), '--output-json', str(run / 'results.json')])
+
+
+@probe('`python -m train.compare RUN --target 92` where summary.csv is edited, cut short or holds only its header',
+       'is not a summary.csv of this project', 'the run', code=1)
+def compare_on_a_broken_summary(ws):
+    from train import compare as compare_script
+    run = ws.copy_run('broken-summary')
+    header = (run / 'summary.csv').read_text().splitlines()[0]
+    (run / 'summary.csv').write_text(header + '\n')
+    with unchanged(run):
+        code, err = call(compare_script.main, [str(run), '--target', '92'])
+        assert code == 2 and 'holds no finished epoch yet' in err, err
+    (run / 'summary.csv').write_text(header + '\n0,0.1\n')
+    with unchanged(run):
+        return call(compare_script.main, [str(run), '--target', '92'])
+
+
+@probe('`python -m train --output RUN` where RUN holds only the args.json of a run killed before its first save',
+       'of a run that stopped before it saved a step, so there is nothing to resume: pass --overwrite', 'args.json',
+       code=2)
+def output_holding_only_args(ws):
+    run = ws.root / 'only-args'
+    run.mkdir()
+    shutil.copy(ws.run / 'args.json', run / 'args.json')
+    with unchanged(run / 'args.json'):
+        return ws.train('--output', str(run), '--epochs', '1')
+
+
+@probe('`python -m benchmarks.train_throughput --steps 0` (or steps beyond the data, a model typo; '
+       '`attention_cost --repeats 0`, `--scaling-sizes 0`; `startup_time --runs 0`)', '--steps: 0 must be at least 1',
+       code=2)
+def benchmark_counts_of_zero(ws):
+    from benchmarks import attention_cost, startup_time, train_throughput
+    for main, argv, said in (
+            (train_throughput.main, ['--dataset', 'folder', '--data-dir', str(ws.data), '--steps', '100', '-b', '8'],
+             'need 816 train images; image folder data has 44'),
+            (train_throughput.main, ['--models', 'resnet18_sap'], 'Did you mean resnet18_spa'),
+            (attention_cost.main, ['--repeats', '0'], '--repeats: 0 must be at least 1'),
+            (attention_cost.main, ['--scaling-sizes', '0'], '--scaling-sizes: 0 must be at least 1'),
+            (startup_time.main, ['--runs', '0'], '--runs 0: give 1 or more start-ups to time')):
+        code, err = call(main, argv)
+        assert code in (1, 2) and said in err and 'Traceback' not in err, (argv, err)
+    return call(train_throughput.main, ['--steps', '0'])
+
+
 @probe('`python -m train.sweep report DIR` on an empty or unrelated folder, or one holding its own report.md',
        'is not a sweep folder', "the folder's files", code=2)
 def sweep_report_foreign_folder(ws):
@@ -640,6 +984,26 @@ def config_with_edited_model_args(ws):
     (folder / 'config.json').write_text(json.dumps(dict(config, model_args={'attn_kwarg': {'k': 4}})))
     with unchanged(folder):
         return raised(timm.create_model, f'local-dir:{folder}', pretrained=True)
+
+
+@probe('`--dataset tinyimagenet` whose wnids.txt names a class twice (or whose val_annotations.txt has a line '
+       'with no class)', 'names n00000001 more than once: each class must be listed once', 'the archive', code=1)
+def tiny_imagenet_repeated_class(ws):
+    from conftest import write_tiny_imagenet
+    root = write_tiny_imagenet(ws.root / 'tiny-repeated', wnids=['n00000000', 'n00000001', 'n00000002'])
+    folder = root / 'tiny-imagenet-200'
+    annotations = folder / 'val' / 'val_annotations.txt'
+    with annotations.open('a') as f:
+        f.write('val_0.JPEG\n')
+    with unchanged(root):
+        code, err = ws.train('--dataset', 'tinyimagenet', '--data-dir', str(root), '--val-size', '3', '--output',
+                             str(ws.root / 'x'))
+    assert code == 1 and "line 7: 'val_0.JPEG' names no class" in err, err
+    annotations.write_text(''.join(annotations.read_text().splitlines(True)[:-1]))
+    (folder / 'wnids.txt').write_text('n00000000\nn00000001\nn00000001\nn00000002\n')
+    with unchanged(root):
+        return ws.train('--dataset', 'tinyimagenet', '--data-dir', str(root), '--val-size', '3', '--output',
+                        str(ws.root / 'x'))
 
 
 @probe('`--dataset tinyimagenet` pointed at a half-extracted archive', 'have no train images (first: '

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -21,7 +22,13 @@ from conftest import TINY_IMAGENET
 from safetensors.torch import load_file
 
 from hub.mirror import MirrorServer, build_mirror
-from hub.releases import check_remeasured, read_remeasured, release_table, released_repositories
+from hub.releases import (
+    check_remeasured,
+    plausible_whole_split_top1,
+    read_remeasured,
+    release_table,
+    released_repositories,
+)
 from hub.repository import read_history
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
 from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
@@ -116,14 +123,29 @@ def test_served_release_loads_with_pretrained_true(released, tmp_path):
                               capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     outputs = json.loads((tmp_path / 'out.json').read_text())
-    for repo in released:
-        model = timm.create_model(repo.folder.name, num_classes=repo.results.dataset.num_classes)
+    for repo in released:  # the folder's own config (local-dir:): its arguments must be the tag's, none
+        model = timm.create_model(f'local-dir:{repo.folder}')
         model.load_state_dict(load_file(repo.folder / 'model.safetensors'))
         with torch.no_grad():
             expected = model.eval()(inputs[repo.results.dataset.image_size])
         assert torch.equal(torch.tensor(outputs[repo.folder.name]), expected), repo.folder.name
         if repo.folder.name == names[0]:
             assert torch.equal(torch.tensor(outputs['torch.hub']), expected)
+
+
+def test_whole_split_bound_holds_for_honest_subsets_and_refuses_a_made_up_card():
+    """`plausible_whole_split_top1` against 20,000 random 1,000-image subsets of a 10,000-image split with 8,732
+    right answers: the honest whole-split top-1 always lies inside; the forged 99.01 of a 86.60 subset does not."""
+    right = np.zeros(10_000, dtype=bool)
+    right[:8_732] = True
+    rng = np.random.default_rng(0)
+    for _ in range(20_000):
+        low, high = plausible_whole_split_top1(100 * right[rng.choice(10_000, 1_000, replace=False)].mean(), 1_000,
+                                               10_000)
+        assert low <= 87.32 <= high
+    low, high = plausible_whole_split_top1(86.60, 1_000, 10_000)
+    assert not low <= 99.01 <= high and high - low < 11
+    assert plausible_whole_split_top1(25.0, 16, 16) == (25.0, 25.0)  # the whole split measured: no slack
 
 
 def test_every_release_was_measured_again_on_its_whole_test_split(released):

@@ -179,9 +179,10 @@ def test_a_sweep_folder_holds_one_table_and_every_custom_sweeps_models(tmp_path,
     out.mkdir()
     (out / 'sweep.json').write_text(json.dumps(dict(table='custom', models=['resnet18_cifar', 'resnet18_spa'])))
     args, train_argv = sweep.parse(['custom', '--models', 'resnet18_nl', 'resnet18_spa', '--output', str(out), *TINY])
-    assert sweep.manifest(out, args, train_argv)['models'] == ['resnet18_cifar', 'resnet18_spa', 'resnet18_nl']
+    data = dict(name='folder', label=None)
+    assert sweep.manifest(out, args, train_argv, data)['models'] == ['resnet18_cifar', 'resnet18_spa', 'resnet18_nl']
     (out / 'sweep.json').write_text('{"table": "cus')  # cut short: the runs below it still say what ran
-    assert sweep.manifest(out, args, train_argv)['models'] == ['resnet18_nl', 'resnet18_spa']
+    assert sweep.manifest(out, args, train_argv, data)['models'] == ['resnet18_nl', 'resnet18_spa']
     (out / 'sweep.json').write_text(json.dumps(dict(table='table1', models=None)))
     before = (out / 'sweep.json').read_text()
     with pytest.raises(SystemExit) as exit_info:

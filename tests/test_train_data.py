@@ -79,6 +79,19 @@ def test_tiny_imagenet_archive_layout(tmp_path):
     assert splits.test.name_fn(4).endswith('val/images/val_4.JPEG')
 
 
+def test_tiny_imagenet_image_in_two_splits_is_refused(tmp_path):
+    """A test image that is a train image (a link, or a copy under the same path twice) would be tested on after
+    training on it: refused, naming both entries."""
+    root = write_tiny_imagenet(tmp_path)
+    folder = root / 'tiny-imagenet-200'
+    train_image = next((folder / 'train').rglob('*.JPEG'))
+    (folder / 'val' / 'images' / 'val_0.JPEG').unlink()
+    (folder / 'val' / 'images' / 'val_0.JPEG').symlink_to(train_image)
+    with pytest.raises(DataError, match=r'val_0.JPEG \(also .*train.*\) is listed twice across train/ and '
+                                        r'val_annotations.txt'):
+        load_dataset('tinyimagenet', str(root), 3)
+
+
 @pytest.mark.skipif(not (TINY_IMAGENET / 'wnids.txt').is_file(),
                     reason=f'no Tiny-ImageNet-200 at {TINY_IMAGENET} (build it with '
                            '../shared/tools/tiny-imagenet-200.sh, or set TIMM_SPA_TINYIMAGENET)')

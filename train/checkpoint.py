@@ -8,6 +8,7 @@ Everything in it is a tensor, a number, a string or a container of those: it loa
 `weights_only=True`. Model weights on their own are safetensors, refused when not finite.
 """
 import ast
+import contextlib
 import errno
 import os
 import pickle
@@ -56,7 +57,8 @@ def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
         os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # on a read-only disk this fails too: the first error is the one to say
+            tmp.unlink(missing_ok=True)
         code = getattr(e, 'errno', None)
         folder = path.parent if path.parent.exists() else Path('.')
         if code == errno.ENOSPC or (isinstance(e, RuntimeError) and shutil.disk_usage(folder).free < 64 << 20):
@@ -98,7 +100,7 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e)}') from None
+        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e, path)}') from None
     if isinstance(state, dict) and 'model' in state and isinstance(state.get('arch'), dict):
         return _upgrade(state)
     if not isinstance(state, dict) or state.get('version') != CHECKPOINT_VERSION or 'model_args' not in state:
@@ -153,12 +155,15 @@ def read_state_dict(path: Union[str, Path], use_ema: bool = False) -> Dict[str, 
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} does not exist.')
+    if use_ema and not _has_ema(path):  # timm's load_state_dict would quietly give the raw weights
+        raise CheckpointError(f'--use-ema: {path} holds no EMA weights (a weights file, or a run trained without '
+                              '--model-ema); drop --use-ema to evaluate the weights it holds.')
     try:
         state = load_state_dict(str(path), use_ema=use_ema, weights_only=True)
     except SafetensorError as e:
         raise CheckpointError(f'cannot read {path} as safetensors ({e}); the file is corrupt or truncated.') from None
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e)}') from None
+        raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e, path)}') from None
     if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f'{path} holds no state dict of tensors (looked for state_dict, state_dict_ema, '
                               'model, or plain tensors).')
@@ -182,6 +187,17 @@ def load_weights(model: nn.Module, path: Union[str, Path], model_name: str = 'th
             f'checkpoint {path} does not match {model_name}: {detail}. Build the model with the same --model, '
             '--num-classes and --model-kwargs it was trained with.')
     model.load_state_dict(state)
+
+
+def _has_ema(path: Path) -> bool:
+    """Whether a checkpoint holds EMA weights under one of the keys timm's `load_state_dict` reads them from."""
+    if path.suffix == '.safetensors':
+        return False
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError):
+        return True  # unreadable: load_state_dict says why
+    return isinstance(state, dict) and any(state.get(key) is not None for key in ('state_dict_ema', 'model_ema'))
 
 
 def _few(what: str, keys: list) -> str:

@@ -9,6 +9,7 @@ instead.
 import argparse
 import contextlib
 import difflib
+import errno
 import os
 import re
 import signal
@@ -35,6 +36,17 @@ class ModelKwargs(ParseKwargs):
                 raise argparse.ArgumentError(self, f'{value!r} is not KEY=VALUE; write e.g. attn_stages="(1,)" '
                                                    '"attn_kwargs={\'k\': 8}"')
         super().__call__(parser, namespace, values, option_string)
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an int >= 1 (a count of steps, repeats, runs, pixels), or argparse's one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'{value} must be at least 1')
+    return value
 
 
 def add_debug_flag(parser) -> None:
@@ -101,6 +113,21 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             raise
         print(f'{prog}: error: {said}.', file=sys.stderr)
         exit_now(1)
+    except OSError as e:  # a full or read-only disk, a missing folder: the path and the fix, not a traceback
+        if debug:
+            raise
+        print(f'{prog}: error: {os_error(e)}', file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def os_error(error: OSError) -> str:
+    """An OSError in one line: what failed on which path, and what to do."""
+    where = f' ({error.filename})' if error.filename else ''
+    fix = {errno.ENOSPC: 'free some space there, or choose another folder',
+           errno.EROFS: 'that disk is read-only: choose a folder you can write to',
+           errno.EACCES: 'choose a folder you can write to', errno.EPERM: 'choose a folder you can write to',
+           errno.ENOENT: 'check the path'}.get(error.errno, 'check the path and the disk')
+    return f'{error.strerror or error}{where}: {fix}.'
 
 
 # torch's words for a DataLoader worker that a signal ended ("is killed by signal: Killed.") or that vanished

@@ -4,9 +4,9 @@
 
 Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
 and elapsed wall time after each epoch, the test top-1 of finished runs and the machines each run
-trained on, with their epochs and hours where it moved) and plots validation
-top-1 against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and
-hours of the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
+trained on, with their epochs and hours where it moved) and plots validation top-1 against epochs and
+against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
+the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
 behind its `--initial-checkpoint` (the parent's record in the checkpoint). Reads only what each run
 directory holds (`args.json`, `summary.csv`, `last.pth.tar`, `results.json`), so it works on runs still
 in progress.
@@ -19,7 +19,7 @@ from typing import List, Optional
 from .checkpoint import load_training_state
 from .cli import UsageError, add_debug_flag, run_cli
 from .report import hardware_record, pyplot, read_summary
-from .run_dir import RunDir, RunError
+from .run_dir import RunDir, RunError, check_not_a_run_file
 
 PROG = 'python -m train.compare'
 IGNORED = ('output', 'resume', 'overwrite', 'run_id', 'log_interval', 'progress', 'workers', 'debug')
@@ -34,7 +34,10 @@ def _load(path: str) -> dict:
     except RunError:
         test = None  # not finished, or written by another version
     parent = load_training_state(run.last).get('parent') if run.last.is_file() else None
-    return dict(name=path, args=run.read_args(), rows=read_summary(run.summary), test=test, parent=parent)
+    rows = read_summary(run.summary)
+    if rows and not {'val_top1', 'elapsed_s'} <= set(rows[0]):
+        raise UsageError(f'{run.summary} is not a summary.csv of this project (no val_top1 or elapsed_s column).')
+    return dict(name=path, args=run.read_args(), rows=rows, test=test, parent=parent)
 
 
 def time_to(run: dict, target: float) -> str:
@@ -59,7 +62,13 @@ def time_to(run: dict, target: float) -> str:
 def compare(paths: List[str], output: Optional[str] = None, target: Optional[float] = None) -> str:
     if target is not None and not 0 < target <= 100:
         raise UsageError(f'--target {target:g} is not a top-1 in percent; give one in (0, 100], e.g. 92.')
+    if output:
+        check_not_a_run_file(output, '--output')
     runs = [_load(p) for p in paths]
+    if target is not None and not all(r['rows'] for r in runs):
+        empty = next(r['name'] for r in runs if not r['rows'])
+        raise UsageError(f'{empty}/summary.csv holds no finished epoch yet, so it has no time to {target:g}%; wait '
+                         'for its first epoch, or leave it out.')
     keys = sorted({k for r in runs for k in r['args']} - set(IGNORED))
     differ = [k for k in keys if len({json.dumps(r['args'].get(k), sort_keys=True) for r in runs}) > 1]
     epochs = max(len(r['rows']) for r in runs)
@@ -85,17 +94,21 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
 
 
 def _plot(runs: List[dict], path: Path, target: Optional[float] = None) -> None:
+    """Validation top-1 against epochs (what a recipe buys per epoch) and against hours (what it costs)."""
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, (by_epoch, by_hour) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for r in runs:
-        ax.plot([row['elapsed_s'] / 3600 for row in r['rows']], [row['val_top1'] for row in r['rows']], 'o-',
-                label=Path(r['name']).name)
-    if target is not None:
-        ax.axhline(target, color='grey', linestyle='--', linewidth=1, label=f'{target:g}%')
-    ax.set_xlabel('wall-clock hours of the run itself (train + validation)')
-    ax.set_ylabel('val top-1 (%)')
-    ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+        top1 = [row['val_top1'] for row in r['rows']]
+        by_epoch.plot([row['epoch'] + 1 for row in r['rows']], top1, 'o-', label=Path(r['name']).name)
+        by_hour.plot([row['elapsed_s'] / 3600 for row in r['rows']], top1, 'o-', label=Path(r['name']).name)
+    for ax in (by_epoch, by_hour):
+        if target is not None:
+            ax.axhline(target, color='grey', linestyle='--', linewidth=1, label=f'{target:g}%')
+        ax.grid(True, alpha=0.3)
+    by_epoch.set_xlabel('epochs trained')
+    by_hour.set_xlabel('wall-clock hours of the run itself (train + validation)')
+    by_epoch.set_ylabel('val top-1 (%)')
+    by_hour.legend(fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -5,13 +5,14 @@ item, for error messages) and split three ways: `train` minus a fixed held-out `
 `--val-split-seed`, independent of the training seed) and the data set's own `test` split. The
 best checkpoint is chosen on `val`; `test` is touched once, at the end.
 """
+import hashlib
 import io
 import os
 import pickle
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -26,7 +27,7 @@ from torchvision import transforms
 
 from timm_spa.models.datasets import DATASET_CFGS, TINY_IMAGENET_CLASSES
 
-from .decode_cache import decoded
+from .decode_cache import decoded, fingerprint
 
 DATASETS = ('cifar10', 'cifar100', 'tinyimagenet', 'folder', 'digits')
 CIFAR_URLS = {
@@ -49,7 +50,8 @@ class Samples:
     name_fn: Callable[[int], str]
     labels: List[int]
     read_bytes: Optional[Callable[[int], bytes]] = None  # the encoded file of image i, where images are files
-    pixels: Optional[np.ndarray] = None  # every image decoded (train.decode_cache): nothing left to check
+    pixels: Optional[np.ndarray] = None  # every image decoded (arrays, train.decode_cache): nothing left to check
+    digest: Optional[str] = None  # `fingerprint()`, where it was computed already (train.decode_cache)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -59,6 +61,17 @@ class Samples:
             return self.load_fn(index)
         except (OSError, ValueError, tarfile.TarError) as e:
             raise DataError(f'cannot read image {self.name_fn(index)}: {e}. Replace or remove that file.') from e
+
+    def fingerprint(self) -> str:
+        """SHA-256 over every image (its encoded file, or its pixels) and label, in order: which data this is,
+        wherever it lies. A copy with one file changed, or two classes swapped, has another."""
+        def pixel_bytes(index: int) -> bytes:
+            image = self.pixels[index] if self.pixels is not None else np.asarray(self.load(index)[0])
+            return np.ascontiguousarray(image).tobytes()
+
+        if self.digest is None:
+            self.digest = fingerprint(self.read_bytes or pixel_bytes, self.labels)
+        return self.digest
 
     def check_readable(self, indices: Optional[Sequence[int]] = None) -> None:
         """Decode every image once, so that a corrupt file stops the run before epoch 0, not after it."""
@@ -93,6 +106,10 @@ class DataSplits:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def fingerprint(self) -> str:
+        """Which data this is, wherever it lies: SHA-256 over both splits' `Samples.fingerprint`."""
+        return hashlib.sha256(f'{self.train.fingerprint()}\n{self.test.fingerprint()}'.encode()).hexdigest()
+
     def split(self, name: str) -> Tuple[Samples, List[int]]:
         """The images of split 'train' (minus the held-out part), 'val' (held out of train) or 'test'."""
         return {'train': (self.train, self.train_indices), 'val': (self.train, self.val_indices),
@@ -102,7 +119,7 @@ class DataSplits:
 def _array_samples(images: np.ndarray, labels: Sequence[int], prefix: str) -> Samples:
     return Samples(
         load_fn=lambda i: (Image.fromarray(images[i]).convert('RGB'), int(labels[i])),
-        name_fn=lambda i: f'{prefix}[{i}]', labels=[int(v) for v in labels])
+        name_fn=lambda i: f'{prefix}[{i}]', labels=[int(v) for v in labels], pixels=images)
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -274,6 +291,10 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
             f'{root} is not the Tiny-ImageNet archive layout: expected wnids.txt, train/<wnid>/images/*.JPEG, '
             f'val/images/*.JPEG and val/val_annotations.txt (from {TINY_IMAGENET_URL}, unzipped).')
     wnids = [w.strip() for w in wnids_file.read_text().split() if w.strip()]
+    repeated = sorted({w for w in wnids if wnids.count(w) > 1})
+    if repeated:  # one class would be empty and the other's images counted twice, across train and validation
+        raise DataError(f'{wnids_file} names {", ".join(repeated[:3])} more than once: each class must be listed '
+                        'once. Restore the file from the archive.')
     names = wnids
     if sorted(wnids) == sorted(wnid for wnid, _ in TINY_IMAGENET_CLASSES):  # the real archive, in any order:
         wnids = [wnid for wnid, _ in TINY_IMAGENET_CLASSES]  # the archive's label order, which releases use
@@ -290,14 +311,21 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
         raise DataError(f'{folder}: {len(empty)} of the {len(wnids)} classes in wnids.txt have no train images '
                         f'(first: train/{empty[0]}/images/): the archive is not fully extracted. Unzip it again.')
     val_files, val_labels = [], []
-    for line in annotations.read_text().splitlines():
+    for number, line in enumerate(annotations.read_text().splitlines(), 1):
         parts = line.split('\t')
-        if len(parts) < 2:
+        if not line.strip():
             continue
+        if len(parts) < 2:  # skipping it would shrink the test split without a word
+            raise DataError(f'{annotations}, line {number}: {line.strip()!r} names no class (expected FILE<TAB>WNID'
+                            '<TAB>box). Restore the file from the archive.')
         if parts[1] not in index:
             raise DataError(f'{annotations}: {parts[0]} has class {parts[1]}, which is not in wnids.txt.')
         val_files.append(folder / 'val' / 'images' / parts[0])
         val_labels.append(index[parts[1]])
+    in_two = _listed_twice(train_files, val_files)
+    if in_two:
+        raise DataError(f'{folder}: {in_two} is listed twice across train/ and val_annotations.txt: an image in '
+                        'two places would be counted twice, or tested on after training on it. Restore the archive.')
     missing = [f for f in val_files if not f.is_file()]
     if missing:
         raise DataError(f'{folder / "val" / "images"} lacks {len(missing)} of the {len(val_files)} images '
@@ -309,6 +337,18 @@ def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
 
     # the official val split (labelled) is our test split; its test split has no labels
     return samples(train_files, train_labels), samples(val_files, val_labels), names
+
+
+def _listed_twice(*splits: List[Path]) -> Optional[str]:
+    """The first image file that two entries name (within a split or across splits, links resolved), if any."""
+    seen: Dict[str, Path] = {}
+    for files in splits:
+        for path in files:
+            real = os.path.realpath(path)
+            if real in seen:
+                return str(path) if seen[real] == path else f'{path} (also {seen[real]})'
+            seen[real] = path
+    return None
 
 
 def _digits() -> Tuple[Samples, Samples, List[str]]:

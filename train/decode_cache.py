@@ -10,6 +10,7 @@ in size, or a disk too full to hold the array, is read from its files as before 
 """
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -46,23 +47,34 @@ def _open(path: Path, count: int) -> Optional[np.ndarray]:
 
 def _build(samples, path: Path, log: Callable[[str], None]) -> Optional[np.ndarray]:
     """Decode every image into `path` (via a temporary file); None where the images differ in size or the disk
-    cannot hold them."""
+    cannot hold them.
+
+    Written with plain file writes, never through a memory map: a full disk under a mapped array is a SIGBUS
+    that kills the process with no word, where a write raises OSError. The free space is checked first, so a
+    disk that cannot hold the array is not filled by a partial one."""
     first = np.asarray(samples.load(0)[0])
+    shape = (len(samples), *first.shape)
+    header = {'descr': np.lib.format.dtype_to_descr(np.dtype(np.uint8)), 'fortran_order': False, 'shape': shape}
+    need = int(np.prod(shape)) + (1 << 20)  # the pixels, and room for the header and the file system's own
+    free = shutil.disk_usage(path.parent).free
+    if free < need:
+        log(f'note: the decode cache {path} needs {need / 2**20:,.0f} MiB and {path.parent} has {free / 2**20:,.0f} '
+            'MiB free; reading the image files instead. Free space there or choose another --decode-cache folder.')
+        return None
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
     try:
-        array = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(samples), *first.shape))
-        for index in range(len(samples)):
-            pixels = np.asarray(samples.load(index)[0])  # a corrupt file raises DataError naming it
-            if pixels.shape != first.shape:
-                log(f'note: {samples.name_fn(index)} is {pixels.shape[1]}x{pixels.shape[0]}, '
-                    f'{samples.name_fn(0)} {first.shape[1]}x{first.shape[0]}: images of different sizes are '
-                    'read from their files, not cached.')
-                return None
-            array[index] = pixels
-        array.flush()
-        del array
+        with open(tmp, 'wb') as f:
+            np.lib.format.write_array_header_1_0(f, header)
+            for index in range(len(samples)):
+                pixels = np.asarray(samples.load(index)[0])  # a corrupt file raises DataError naming it
+                if pixels.shape != first.shape:
+                    log(f'note: {samples.name_fn(index)} is {pixels.shape[1]}x{pixels.shape[0]}, '
+                        f'{samples.name_fn(0)} {first.shape[1]}x{first.shape[0]}: images of different sizes are '
+                        'read from their files, not cached.')
+                    return None
+                f.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
         os.replace(tmp, path)
-    except OSError as e:  # a full disk, most likely: training still works, from the files
+    except OSError as e:  # the disk filled up meanwhile, most likely: training still works, from the files
         log(f'note: could not write the decode cache {path} ({e}); reading the image files instead. Free space '
             'there or choose another --decode-cache folder.')
         return None
@@ -76,7 +88,8 @@ def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
     themselves where they have no files to fingerprint (array-backed data) or cannot be cached."""
     if samples.read_bytes is None or len(samples) == 0:
         return samples
-    path = cache_dir / f'decoded-{fingerprint(samples.read_bytes, samples.labels)[:40]}.npy'
+    digest = samples.fingerprint()
+    path = cache_dir / f'decoded-{digest[:40]}.npy'
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(path) + '.lock')
@@ -97,4 +110,4 @@ def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
         return samples
     labels = samples.labels
     return type(samples)(lambda i: (Image.fromarray(array[i]), labels[i]), samples.name_fn, labels,
-                         read_bytes=samples.read_bytes, pixels=array)
+                         read_bytes=samples.read_bytes, pixels=array, digest=digest)

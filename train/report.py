@@ -87,10 +87,19 @@ def _summary_value(key: str, value: str) -> Any:
 
 
 def read_summary(path: Path) -> List[Dict[str, Any]]:
+    """The rows of a summary.csv ([] where there is none); a file that is not one is named (ValueError)."""
     if not path.is_file():
         return []
-    with open(path, newline='') as f:
-        return [{k: _summary_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    try:
+        with open(path, newline='') as f:
+            rows = [{k: _summary_value(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except (ValueError, TypeError, csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f'{path} is not a summary.csv of this project ({e}); it was edited or cut short.') from None
+    missing = {'epoch'} - set(rows[0]) if rows else set()
+    if missing or any(None in row or None in row.values() for row in rows):  # a row longer or shorter than the header
+        raise ValueError(f'{path} is not a summary.csv of this project (columns missing or rows cut short: '
+                         f'{", ".join(sorted(missing)) or "a short row"}); it was edited or cut short.')
+    return rows
 
 
 def pyplot():

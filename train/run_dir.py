@@ -58,6 +58,19 @@ def dump_json(value: Any) -> str:
     return json.dumps(value, indent=2, allow_nan=False, default=str) + '\n'
 
 
+def check_not_a_run_file(path: Union[str, Path], flag: str) -> None:
+    """Refuse an output path that is one of a run's (or a Hub repository's) own files: a report written there would
+    replace the run's record or weights, silently."""
+    path = Path(path).expanduser()
+    folder = path.parent
+    is_run = any((folder / name).is_file() for name in (ARGS, RESULTS, LAST))
+    is_repo = (folder / REPO_CONFIG).is_file() or (folder / REPO_WEIGHTS).is_file()
+    if (is_run or is_repo) and path.name in (*RUN_FILES, REPO_CONFIG, REPO_WEIGHTS, 'README.md', 'history.json'):
+        what = 'run directory' if is_run else 'Hub repository'
+        raise RunError(f'{flag} {path} is a file of the {what} {folder}: writing there would replace its own '
+                       f'{path.name}. Write elsewhere, e.g. {folder.name}-{path.stem}-report{path.suffix}.')
+
+
 def comparable(value: Any) -> Any:
     """`value` as it reads back from JSON, so that tuples and lists compare equal, as they are stored."""
     return json.loads(json.dumps(value, default=str))
@@ -77,6 +90,12 @@ class DatasetRecord:
     image_size: int
     mean: List[float]
     std: List[float]
+    # SHA-256 over the train and test splits' images and labels (`Samples.fingerprint`): --resume and
+    # `train.validate --run` refuse other data. None in runs of versions that did not record it
+    fingerprint: Optional[str] = None
+
+
+OPTIONAL_DATASET = ('fingerprint',)  # fields a dataset record may lack (added later, with a default)
 
 
 @dataclass
@@ -150,7 +169,7 @@ class Results:
                            'or written by another timm-spa version.')
         dataset = data['dataset']
         data_names = {f.name for f in fields(DatasetRecord)}
-        if not isinstance(dataset, dict) or set(dataset) != data_names:
+        if not isinstance(dataset, dict) or not data_names - set(OPTIONAL_DATASET) <= set(dataset) <= data_names:
             raise RunError(f'{source}: its dataset record does not have the fields {sorted(data_names)}.')
         for key in ('val_top1', 'val_top5', 'test_top1', 'test_top5'):
             value = data[key]

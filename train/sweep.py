@@ -230,28 +230,39 @@ def dry_run(runs: List[dict], states: List[str], header: str) -> None:
           '(timed training steps, random data; loading and logging not included)', flush=True)
 
 
-def manifest(out: Path, args: argparse.Namespace, train_argv: List[str]) -> dict:
-    """The sweep folder's record of what it holds (the report's rows): one table per folder, and the models of
-    every custom sweep run into it so far, so that a second sweep never drops the first one's rows."""
+def manifest(out: Path, args: argparse.Namespace, train_argv: List[str], dataset: dict) -> dict:
+    """The sweep folder's record of what it holds (the report's rows): one table and one data set per folder, and
+    the models of every custom sweep run into it so far, so that a second sweep never drops the first one's rows."""
     try:
         previous = json.loads((out / MANIFEST).read_text())
     except (OSError, ValueError):
         previous = {}  # none yet, or cut short: the run directories below it still say what was run
-    table = previous.get('table') if isinstance(previous, dict) else None
+    previous = previous if isinstance(previous, dict) else {}
+    table = previous.get('table')
     if table not in (None, args.command):
         raise UsageError(f'{out} holds a {table} sweep ({MANIFEST}); a {args.command} sweep there would put two '
                          'tables in one report. Give it another --output.')
+    held = previous.get('dataset')
+    if held is not None and held != dataset:
+        raise UsageError(f'{out} holds a sweep on {_describe(held)} ({MANIFEST}); a sweep on {_describe(dataset)} '
+                         'there would put two data sets in one report. Give it another --output.')
     models = getattr(args, 'models', None)
     if models is not None:
         models = list(dict.fromkeys([*(previous.get('models') or []), *models]))
-    return dict(table=args.command, models=models, seeds=args.seeds, first_seed=args.first_seed,
+    return dict(table=args.command, dataset=dataset, models=models, seeds=args.seeds, first_seed=args.first_seed,
                 train_argv=train_argv)
+
+
+def _describe(dataset: dict) -> str:
+    label = dataset.get('label')
+    return f"--dataset {dataset.get('name')}" + (f' ({label})' if label else '')
 
 
 def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
     cells = custom(args.models) if args.command == 'custom' else TABLES[args.command]()
-    record = manifest(Path(args.output), args, train_argv)
     runs = plan(cells, args, train_argv)
+    first = runs[0]['args']
+    record = manifest(Path(args.output), args, train_argv, dict(name=first.dataset, label=first.dataset_label))
     states = [status(run) for run in runs]
     if args.dry_run:
         dry_run(runs, states, f'{len(runs)} runs ({len(cells)} cells x {args.seeds} seeds) in {args.output}:')
@@ -349,6 +360,10 @@ def report(out: Path) -> dict:
     check_report_folder(out)
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
     runs, skipped = _finished_runs(out)
+    labels = sorted({r['results'].dataset.label for r in runs})
+    if len(labels) > 1:
+        raise UsageError(f'{out} holds runs on {len(labels)} data sets ({"; ".join(labels)}): one report compares '
+                         'one data set. Move the runs of each into a sweep folder of its own.')
     table = manifest.get('table')
     if table in TABLES:
         cells = TABLES[table]()

@@ -12,6 +12,7 @@ epoch), `model_best.safetensors` (best on the validation split held out of train
 """
 import argparse
 import contextlib
+import difflib
 import json
 import math
 import signal
@@ -213,6 +214,7 @@ def check_args(args: argparse.Namespace) -> None:
         except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
             raise UsageError(f"--aa {args.aa!r} is not one of timm's augmentation policies ({e or type(e).__name__}): "
                              f'e.g. {AUGMENT_EXAMPLES}.') from None
+    check_optimizer_and_schedule(args)
     if (args.mixup or args.cutmix) and args.batch_size % 2:
         raise UsageError(f'--mixup/--cutmix mix a batch with itself reversed, so -b must be even (it is '
                          f'{args.batch_size}).')
@@ -222,6 +224,29 @@ def check_args(args: argparse.Namespace) -> None:
     check_device(args.device)
     check_model_name(args.model)
     check_torchcompile(args.torchcompile, args.device)
+
+
+# the names timm 1.0.31's create_scheduler_v2 takes (timm lists its optimizers, not its schedulers)
+TIMM_SCHEDULERS = ('cosine', 'tanh', 'step', 'multistep', 'plateau', 'poly', 'wsd', 'rsqrt', 'constant')
+
+
+def check_optimizer_and_schedule(args: argparse.Namespace) -> None:
+    """--opt and --sched as timm's factories take them, before the data set is read (minutes for Tiny-ImageNet):
+    a typo gets the closest names; a schedule timm refuses for these epochs gets timm's reason."""
+    from timm.optim import list_optimizers
+    known = list_optimizers()
+    if args.opt.lower() not in known:
+        close = difflib.get_close_matches(args.opt.lower(), known, n=3)
+        raise UsageError(f'--opt {args.opt}: timm has no such optimizer.' + (
+            f" Did you mean {' or '.join(close)}?" if close else ' timm.optim.list_optimizers() lists them.'))
+    probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=args.lr)
+    try:
+        create_scheduler_v2(probe, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr,
+                            warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr, decay_rate=args.decay_rate)
+    except ValueError as e:
+        close = difflib.get_close_matches(args.sched, TIMM_SCHEDULERS, n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close and args.sched not in TIMM_SCHEDULERS else ''
+        raise UsageError(f'--sched {args.sched}: {e}{hint}') from None
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -280,6 +305,9 @@ def _output(args: argparse.Namespace) -> RunDir:
 def _check_free(args: argparse.Namespace, run: RunDir) -> None:
     """A new run never lands beside another run's files, unless --overwrite asks to delete those."""
     held = run.held()
+    if held and not args.overwrite and not args.resume and not run.resumable:
+        raise UsageError(f'{run} holds {", ".join(held)} of a run that stopped before it saved a step, so there is '
+                         'nothing to resume: pass --overwrite to start it again, or choose another --output.')
     if held and not args.overwrite and not args.resume:
         raise UsageError(f'{run} already holds a run ({", ".join(held)}). Pass --resume {run} to continue it, '
                          '--overwrite to replace it, or another --output.')
@@ -303,6 +331,8 @@ def _check_same_data(saved: Optional[dict], now: DatasetRecord, run: RunDir) -> 
             'image_size')
     diffs = [f'{key}: run {saved.get(key)!r}, now {getattr(now, key)!r}' for key in keys
              if comparable(saved.get(key)) != comparable(getattr(now, key))]
+    if saved.get('fingerprint') and saved['fingerprint'] != now.fingerprint:  # same counts, other images or labels
+        diffs.append(f'its images and labels (fingerprint {saved["fingerprint"][:12]}, now {now.fingerprint[:12]})')
     if diffs:
         raise DataError(f'--resume {run}: the data set is not the one the run was trained on ({"; ".join(diffs)}). '
                         'Point --data-dir at that data set.')
@@ -384,7 +414,7 @@ def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None
         name=args.dataset, label=splits.label, notes=list(splits.notes), num_classes=num_classes,
         class_names=list(splits.class_names), train_images=len(sets[0]), val_images=len(sets[1]),
         test_images=len(sets[2]), val_split_seed=args.val_split_seed, image_size=image_size, mean=list(splits.mean),
-        std=list(splits.std))
+        std=list(splits.std), fingerprint=splits.fingerprint())
     loader_args = dict(workers=args.workers, seed=args.seed, rank=env.rank, world_size=env.world_size,
                        pin_memory=env.device.type == 'cuda')
     return _Data(splits, record, *(build_loader(s, args.batch_size, i == 0, **loader_args) for i, s in enumerate(sets)))
@@ -521,6 +551,8 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         state = _resume_state(run_dir)
         args = resume_args(args, given, state, run_dir)
         check_args(args)
+    if args.data_dir:  # recorded absolute: a resume or `train.validate --run` from another folder reads the same data
+        args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     env = init_distributed(args.device)
     log = partial(print, flush=True) if env.is_main else (lambda *_: None)
     amp_dtype, precision_warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)

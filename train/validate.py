@@ -19,11 +19,11 @@ from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
 
 from .checkpoint import load_weights
 from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
-from .data import DATASETS, TransformedSamples, build_loader, build_transforms, load_dataset
+from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv
 from .engine import evaluate
 from .precision import AMP_DTYPES, describe_precision, resolve_amp_dtype
-from .run_dir import RunDir
+from .run_dir import RunDir, check_not_a_run_file
 
 PROG = 'python -m train.validate'
 SPLITS = ('test', 'val', 'train')
@@ -55,8 +55,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def validate(args: argparse.Namespace) -> dict:
+    if args.output_json:  # before the evaluation, not after it
+        check_not_a_run_file(args.output_json, '--output-json')
+    recorded = None
     if args.run:
-        RunDir(args.run).read_finished(check_checkpoint=False).fill_unset(args)
+        finished = RunDir(args.run).read_finished(check_checkpoint=False)
+        finished.fill_unset(args)
+        recorded = finished.results.dataset
     if not args.model or not args.dataset:
         raise UsageError('name a --model and a --dataset (or a --run directory that records both).')
     if args.batch_size < 1 or args.workers < 0 or (args.img_size is not None and args.img_size < 1):
@@ -69,6 +74,12 @@ def validate(args: argparse.Namespace) -> dict:
     if warning:
         print(f'warning: {warning}', flush=True)
     splits = load_dataset(args.dataset, args.data_dir, args.val_size, args.val_split_seed or 0)
+    if recorded is not None and recorded.fingerprint and recorded.name == args.dataset and \
+            splits.fingerprint() != recorded.fingerprint:  # a changed copy of its own data set: not its number
+        raise DataError(f'--run {args.run} was trained and tested on other images or labels than {args.dataset} at '
+                        f'{args.data_dir} holds (fingerprint {recorded.fingerprint[:12]}, here '
+                        f'{splits.fingerprint()[:12]}). Point --data-dir at the data set the run used, or evaluate '
+                        'the weights without --run (--model and --checkpoint), under this data set\'s name.')
     model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=splits.num_classes,
                               **args.model_kwargs)
     if args.checkpoint:

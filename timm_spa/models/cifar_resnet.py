@@ -7,6 +7,7 @@ taps, `forward_intermediates`, gradient checkpointing and `group_matcher` unchan
 """
 import difflib
 import inspect
+import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -19,7 +20,14 @@ from torch import nn
 from .. import paper
 from ..layers import SalientPositionsAttention
 from .datasets import DATASET_CFGS
-from .published import DEFAULT_TAG, check_pretrained_available, hub_repo_id, published_names, raise_download_error
+from .published import (
+    DEFAULT_TAG,
+    PublishedRecordError,
+    check_pretrained_available,
+    hub_repo_id,
+    published_names,
+    raise_download_error,
+)
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS',
            'UnknownModelArguments']
@@ -160,7 +168,19 @@ MODEL_NAMES = (
     'resnet18_cifar', 'resnet50_cifar', 'resnet18_se', 'resnet50_se', 'resnet18_gc', 'resnet50_gc',
     'resnet18_nl', 'resnet50_nl', 'resnet18_spa', 'resnet50_spa',
 )
-_PUBLISHED = set(published_names())  # read once, at registration
+
+
+def _published_at_registration() -> set:
+    """The published names, read once; an unreadable record registers the models without weights (with a warning
+    naming the file) instead of breaking `import timm_spa`: `pretrained=True` then names the file again."""
+    try:
+        return set(published_names())
+    except PublishedRecordError as e:
+        warnings.warn(f'{e} No pretrained weights are listed until it is.', RuntimeWarning, stacklevel=2)
+        return set()
+
+
+_PUBLISHED = _published_at_registration()
 default_cfgs = generate_default_cfgs({
     # the cifar10 tag stays the default ('*') whichever tags have weights: num_classes=10 unless asked
     f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag, _PUBLISHED)

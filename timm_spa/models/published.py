@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, List, Optional
 
 __all__ = [
-    'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'WeightsDownloadError',
+    'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'PublishedRecordError',
+    'WeightsDownloadError',
     'check_pretrained_available', 'load_error_reason', 'raise_download_error',
     'hub_repo_id', 'published_names', 'published_record', 'record_published',
 ]
@@ -40,19 +41,44 @@ def published_record() -> Path:
     return Path(os.environ.get(RECORD_ENV) or PUBLISHED_RECORD)
 
 
+class PublishedRecordError(ValueError):
+    """The record of published names cannot be read: it says which file, and what to do."""
+
+
 def published_names(record: Optional[Path] = None) -> List[str]:
     """The `arch.tag` names with published weights, as recorded in `record` (default: the published record)."""
-    path = record or published_record()
-    return list(json.loads(path.read_text())) if path.is_file() else []
+    path = Path(record or published_record())
+    if not path.is_file():
+        if record is None and os.environ.get(RECORD_ENV):
+            raise PublishedRecordError(f'{RECORD_ENV}={path} names no file: point it at a JSON list of arch.tag '
+                                       'names (e.g. ["resnet18_spa.cifar10"]), or unset it for the library\'s own.')
+        return []
+    try:
+        names = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PublishedRecordError(f'the record of published weights {path} cannot be read ({e}): resolve a merge '
+                                   'conflict in it, or restore it from version control.') from None
+    if not isinstance(names, list) or not all(isinstance(n, str) and '.' in n for n in names):
+        raise PublishedRecordError(f'the record of published weights {path} is not a JSON list of arch.tag names '
+                                   f'(it holds a {type(names).__name__}): restore it from version control.')
+    return names
 
 
 def record_published(name: str, record: Optional[Path] = None) -> Path:
-    """Add `arch.tag` to `record` (default: the published record), idempotently; returns its path."""
-    path = record or published_record()
-    names = sorted(set(published_names(path)) | {name})
-    tmp = path.with_name(path.name + '.tmp')
-    tmp.write_text(json.dumps(names, indent=2) + '\n')
-    os.replace(tmp, path)
+    """Add `arch.tag` to `record` (default: the published record), idempotently; returns its path. Read, changed
+    and written under a lock beside it, through a temporary file of this process: two pushes of different names
+    both land."""
+    from filelock import FileLock  # huggingface_hub's dependency; only publishing needs it
+
+    path = Path(record or published_record())
+    with FileLock(path.with_name(f'.{path.name}.lock'), timeout=120):
+        names = sorted(set(published_names(path)) | {name})
+        tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+        try:
+            tmp.write_text(json.dumps(names, indent=2) + '\n')
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return path
 
 
@@ -77,9 +103,13 @@ def check_pretrained_available(variant: str, pretrained_cfg: Any = None, overlay
         "(timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file='model.safetensors'))).")
 
 
-def load_error_reason(error: Exception) -> str:
-    """Why a weights file did not load, in one line, without torch's advice to turn safe loading off."""
+def load_error_reason(error: Exception, path: Optional[Path] = None) -> str:
+    """Why a weights file (at `path`, where known) did not load, in one line, without torch's advice to turn safe
+    loading off."""
     text = str(error)
+    if path is not None and _is_json(Path(path)):  # torch reads it as a pickle and says 'Python objects'
+        return ('it is a JSON file (a config.json?), not weights: give the model.safetensors beside it, or the folder '
+                'that holds both.')
     if 'weights_only' in text:
         return ('it holds Python objects other than tensors and plain containers, which are not loaded '
                 '(weights_only=True: loading them could run code). Only safetensors files and PyTorch files of plain '
