@@ -406,6 +406,26 @@ def remeasure_edited_card(ws):
         return call(hub_main, argv)
 
 
+@probe('`releases/remeasured.json` edited to fields of the wrong type (`"10000"`, `"87.32"`, `null`, '
+       '`check_stride: 0`), then `python -m hub remeasure releases/ --check`', 'is not a re-measurement record',
+       'releases/remeasured.json', code=1)
+def remeasured_record_of_wrong_types(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('typed-record')
+    argv = ['remeasure', str(releases), '--data', f'folder={ws.data}']
+    assert call(hub_main, argv)[0] == 0
+    path = releases / 'remeasured.json'
+    good = json.loads(path.read_text())
+    entry = good['timm-spa/resnet18_spa.folder']
+    for key, value in (('images', str(entry['images'])), ('top1', str(entry['top1'])), ('top5', None),
+                       ('check_stride', 0)):
+        path.write_text(json.dumps({'timm-spa/resnet18_spa.folder': dict(entry, **{key: value})}))
+        with unchanged(path):
+            code, err = call(hub_main, [*argv, '--check'])
+        assert code == 1 and 'is not a re-measurement record' in err and 'Traceback' not in err, (key, err)
+    return code, err
+
+
 @probe('`python -m hub push M/models/ORG/NAME --mirror M`', 'overlap: replacing the destination would delete the '
        'files being published', 'the exported folder')
 def push_folder_inside_mirror(ws):
