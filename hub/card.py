@@ -33,7 +33,7 @@ DATASET_CAVEATS = {
 RECIPE_KEYS = ('epochs', 'batch_size', 'opt', 'lr', 'momentum', 'weight_decay', 'sched', 'decay_rate',
                'sched_on_updates',
                'min_lr', 'warmup_epochs', 'warmup_lr', 'smoothing', 'aa', 'reprob', 'remode', 'recount', 'mixup',
-               'cutmix', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch', 'model_ema',
+               'cutmix', 'mixup_prob', 'mixup_switch_prob', 'mixup_mode', 'mixup_off_epoch', 'dist_bn', 'model_ema',
                'model_ema_decay', 'amp', 'amp_dtype', 'channels_last', 'img_size', 'val_size', 'val_split_seed', 'seed',
                'workers', 'pretrained')
 _ACTIVATION_OPS = ('convolution', 'mm', 'addmm', 'bmm', 'baddbmm')  # fvcore's activation count: conv and matmul

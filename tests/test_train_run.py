@@ -621,6 +621,51 @@ def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
     assert done.stdout.count('test top-1') == 1  # only rank 0 reports and writes
 
 
+BN_PROBE = """
+import json, os, sys
+from train import train as train_script
+from train.distributed import gather_to_main
+real, spread = train_script.evaluate, []
+
+def evaluate(model, loader, env, *args, **kwargs):  # every rank's BatchNorm statistics, as it evaluates
+    stats = {k: v.detach().clone() for k, v in model.named_buffers() if 'running_' in k}
+    ranks = gather_to_main(stats, env)
+    if env.is_main:
+        spread.append(max((a[k] - b[k]).abs().max().item() for a in ranks for b in ranks for k in a))
+    return real(model, loader, env, *args, **kwargs)
+
+train_script.evaluate = evaluate
+train_script.main(sys.argv[2:])
+if os.environ['RANK'] == '0':
+    json.dump(spread, open(sys.argv[1], 'w'))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dist_bn', ['reduce', 'broadcast', ''])
+def test_ddp_ranks_evaluate_and_save_one_set_of_batch_norm_statistics(folder_data, tmp_path, dist_bn):
+    """Under torchrun (2 gloo processes), timm's --dist-bn: every rank holds the same BatchNorm statistics when it
+    evaluates (the EMA's too), and the validation top-1 the run recorded is what its saved weights give on one
+    process. With --dist-bn '' each rank keeps its own, which is what this test catches."""
+    (tmp_path / 'probe.py').write_text(BN_PROBE)
+    out = tmp_path / 'ddp'
+    done = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+         str(tmp_path / 'probe.py'), str(tmp_path / 'spread.json'), *TINY, '--data-dir', str(folder_data),
+         '--epochs', '2', '--model-ema', '--model-ema-decay', '0.5', '--dist-bn', dist_bn, '--output', str(out)],
+        cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    spread = json.loads((tmp_path / 'spread.json').read_text())
+    assert len(spread) == 3  # two validations, one test
+    if not dist_bn:
+        assert max(spread[:2]) > 0  # the ranks saw different shards: their statistics differ
+        return
+    assert spread == [0.0, 0.0, 0.0]
+    results = json.loads((out / 'results.json').read_text())
+    again = validate_script.main(['--run', str(out), '--split', 'val', '--workers', '0'])
+    assert again['images'] == results['dataset']['val_images'] and again['top1'] == results['val_top1']
+
+
 @pytest.mark.slow
 def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, capsys):
     """Two gloo processes stopped inside epoch 1 resume from the recovery checkpoint (each rank its own totals and

@@ -2,5 +2,5 @@
 from . import models  # noqa: F401  registers the models in timm's registry
 from .layers import SalientPositionsAttention, select_salient_positions
 
-__version__ = '0.2.0'
+__version__ = '0.3.0'
 __all__ = ['SalientPositionsAttention', 'select_salient_positions', '__version__']

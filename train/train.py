@@ -28,7 +28,7 @@ from timm.data import Mixup
 from timm.loss import SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from timm.utils import ModelEmaV3, random_seed
+from timm.utils import ModelEmaV3, distribute_bn, random_seed
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--mixup-mode', default='batch', choices=('batch', 'pair', 'elem'),
                    help='one mixing weight per batch, per pair of images or per image')
     g.add_argument('--mixup-off-epoch', type=int, default=0, help='stop mixing from this epoch on (0: never)')
+    g.add_argument('--dist-bn', default='reduce', choices=('reduce', 'broadcast', ''),
+                   help="timm's: under torchrun, average ('reduce') each rank's BatchNorm statistics, or take rank "
+                        "0's ('broadcast'), before every evaluation; '' leaves each rank its own")
     g.add_argument('--model-ema', action='store_true', help='keep an EMA of the weights; it is what gets validated')
     g.add_argument('--model-ema-decay', type=float, default=0.999)
     g.add_argument('--amp', action=argparse.BooleanOptionalAction, default=False,
@@ -536,6 +539,16 @@ def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tup
             torch.compile(eval_model, backend=args.torchcompile, dynamic=False))
 
 
+def _sync_batch_norm(how: str, training: '_Training', env: DistEnv) -> None:
+    """As timm's train.py before it validates: each rank's BatchNorm running statistics averaged over the ranks
+    ('reduce') or rank 0's everywhere ('broadcast'), the EMA's too, so that every rank evaluates and rank 0 saves
+    the model the whole run trained, not one rank's view of its shard."""
+    if not env.distributed or how not in ('reduce', 'broadcast'):
+        return
+    for model in (training.model, *((training.ema.module,) if training.ema is not None else ())):
+        distribute_bn(model, env.world_size, reduce=how == 'reduce')
+
+
 def _mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
     """timm's Mixup/CutMix as its train.py builds it: label smoothing moves into the soft targets it makes."""
     if not (args.mixup or args.cutmix):
@@ -622,6 +635,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                                        f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
                                        'a new run.') from None
             training.scheduler.step(epoch + 1)
+            _sync_batch_norm(args.dist_bn, training, env)
             val = evaluate(eval_forward, data.val, env, amp_dtype, args.channels_last)
             stopped_s, epoch_s = clock.stopped_s(), clock.running_s()  # SIGSTOP/Ctrl-Z: time the run did not run
             history = progress.history
