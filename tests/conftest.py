@@ -19,6 +19,8 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 
+ROOT = Path(__file__).resolve().parent.parent  # the repository: where commands run, releases/ and README.md lie
+
 # The real Tiny-ImageNet-200 (built by ../shared/tools/tiny-imagenet-200.sh); tests that need it skip where absent
 TINY_IMAGENET = Path(os.environ.get('TIMM_SPA_TINYIMAGENET', Path.home() / 'data' / 'tiny-imagenet-200'))
 
@@ -35,6 +37,29 @@ def slow_at_depth_50(name: str, *values):
     """A test parameter for model `name` (and `values`), marked slow for the depth-50 models: the fast loop
     (`-m "not slow"`) checks the depth-18 model of each attention type, CI all of them."""
     return pytest.param(name, *values, marks=[pytest.mark.slow] if name.startswith('resnet50') else [])
+
+
+def randomize_norm(norm: torch.nn.Module) -> None:
+    """A BatchNorm with weights, bias and running statistics away from their initial values."""
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+        norm.running_mean.uniform_(-0.5, 0.5)
+        norm.running_var.uniform_(0.5, 2.0)
+
+
+def activate_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Every attention block of `model` made to change its input (the blocks start as the identity, or nearly):
+    SPA's and non-local's last BatchNorm randomised, global context's last conv drawn at random."""
+    from timm_spa.capture import attention_blocks
+    torch.manual_seed(0)
+    for _, block, kind in attention_blocks(model):
+        if kind in ('spa', 'nl'):
+            randomize_norm(block.norm)
+        else:
+            with torch.no_grad():
+                block.mlp_add.fc2.weight.normal_(0, 0.1)
+    return model
 
 
 def _images(n, size=32, seed=0, classes=10):

@@ -3,11 +3,10 @@ timm is executed, however it is looked up or imported first, in fresh interprete
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 REGISTERED = "print('resnet18_spa' in timm.list_models(), 'timm_spa' in sys.modules)"
 
 

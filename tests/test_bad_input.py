@@ -22,12 +22,8 @@ from unittest import mock
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / 'tests'))
-from conftest import TINY_TRAIN as TINY  # noqa: E402
-from conftest import without_worker_death_reports, write_image_folders  # noqa: E402
+from conftest import ROOT, without_worker_death_reports, write_image_folders
+from conftest import TINY_TRAIN as TINY
 
 
 @dataclass

@@ -1,13 +1,11 @@
 """The cost benchmark runs end to end in its tiny configuration and reports every row."""
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import ROOT
 
 from benchmarks import attention_cost, train_throughput
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_readme_shows_the_measured_tables():

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import train_tiny, write_cifar
+from conftest import ROOT, train_tiny, write_cifar
 from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
@@ -34,7 +34,6 @@ from hub.repository import RepositoryError
 from train import train as train_script
 from train.run_dir import RunDir, RunError
 
-ROOT = Path(__file__).resolve().parent.parent
 REPO_ID = 'timm-spa/resnet18_spa.cifar10'
 PROBE = """
 import json, sys, torch, timm

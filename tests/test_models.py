@@ -1,13 +1,19 @@
 """The registered model family: names, parameter counts, attention placement, configs, bad input."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 import timm
 import torch
+from conftest import slow_at_depth_50
 from timm.layers import GlobalContext, NonLocalAttn, SEModule
 from timm.models import save_for_hf
 
 import timm_spa
 from timm_spa.layers import SalientPositionsAttention
-from timm_spa.models import HF_HUB_ORG, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
+from timm_spa.models import HF_HUB_ORG, PRETRAINED_TAGS, PretrainedWeightsUnavailable
 
 # SPEC section 2, "ours (exact)", num_classes=10
 PARAM_COUNTS = {
@@ -146,8 +152,6 @@ def test_pretrained_cfgs():
             assert cfg.crop_pct == 1.0 and cfg.first_conv == 'conv1' and cfg.classifier == 'fc'
             assert cfg.num_classes == {'cifar10': 10, 'cifar100': 100, 'tinyimagenet': 200}[tag]
             assert cfg.input_size == ((3, 64, 64) if tag == 'tinyimagenet' else (3, 32, 32))
-            assert cfg.pool_size == tuple(s // 8 for s in cfg.input_size[1:])
-            assert cfg.hf_hub_id == (f'{HF_HUB_ORG}/{name}.{tag}' if f'{name}.{tag}' in published_names() else None)
     assert timm.models.get_pretrained_cfg('resnet18_spa.cifar100').mean == (0.5071, 0.4865, 0.4409)
     assert timm.models.get_pretrained_cfg('resnet18_spa.cifar10').std == (0.2470, 0.2435, 0.2616)
     model = timm.create_model('resnet18_spa.tinyimagenet')
@@ -161,9 +165,30 @@ def test_pretrained_cfgs():
     assert {'apple', 'aquarium_fish', 'worm', 'willow_tree', 'sweet_pepper'} <= set(cifar100)
 
 
-def test_library_claims_only_published_weights():
-    assert set(timm.list_pretrained('resnet*_*')) & {f'{n}.{t}' for n in PARAM_COUNTS for t in PRETRAINED_TAGS} \
-        == set(published_names())
+@pytest.mark.parametrize('name', ['resnet18_spa', slow_at_depth_50('resnet50_gc')])
+@pytest.mark.parametrize('tag', PRETRAINED_TAGS)
+def test_pool_size_is_the_feature_map_the_model_makes(name, tag):
+    """The pretrained config's pool_size is the spatial size forward_features gives at its input size."""
+    cfg = timm.models.get_pretrained_cfg(f'{name}.{tag}')
+    model = timm.create_model(f'{name}.{tag}').eval()
+    with torch.no_grad():
+        features = model.forward_features(torch.zeros(1, *cfg.input_size))
+    assert tuple(features.shape[-2:]) == cfg.pool_size
+
+
+def test_library_claims_exactly_the_recorded_weights(tmp_path):
+    """In a fresh interpreter with its own record: timm lists exactly the recorded names as pretrained, and only
+    their configs name a Hub repository (what the library reads is the record, not a list of its own)."""
+    record = tmp_path / 'published.json'
+    record.write_text(json.dumps(['resnet50_gc.cifar100', 'resnet18_nl.tinyimagenet']))
+    code = ('import json, timm, timm_spa; ours = [n for n in timm.list_pretrained() if n.split(".")[0] in '
+            'timm_spa.models.MODEL_NAMES]; hubs = sorted(timm.models.get_pretrained_cfg(n).hf_hub_id or "" for n in '
+            'ours); print(json.dumps([ours, [h for h in hubs if h]]))')
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record)))
+    listed, hubs = json.loads(done.stdout)
+    assert sorted(listed) == ['resnet18_nl.tinyimagenet', 'resnet50_gc.cifar100'], done.stderr
+    assert hubs == [f'{HF_HUB_ORG}/resnet18_nl.tinyimagenet', f'{HF_HUB_ORG}/resnet50_gc.cifar100']
 
 
 def test_unpublished_weights_fail_clearly(monkeypatch):

@@ -12,13 +12,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import timm
 import torch
-from conftest import TINY_IMAGENET
+from conftest import ROOT, TINY_IMAGENET
 from safetensors.torch import load_file
 
 from hub.mirror import MirrorServer, build_mirror
@@ -33,7 +32,6 @@ from hub.repository import read_history
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
 from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
 
-ROOT = Path(__file__).resolve().parent.parent
 RELEASES = ROOT / 'releases'
 # where each data set of the releases is; a copy that is absent skips its check, saying so
 DATA = {'cifar10': ROOT.parent / 'shared' / 'data' / 'cifar10-jpeg', 'tinyimagenet': TINY_IMAGENET}

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 import timm
+from conftest import ROOT
 
 from timm_spa import paper
 from timm_spa.models import MODEL_NAMES
 from train import sweep
 from train.run_dir import RunError
 
-ROOT = Path(__file__).resolve().parent.parent
 # the embedded digits at their native 8x8, one epoch: a few dozen steps per run
 TINY = ['--dataset', 'digits', '--img-size', '8', '-b', '64', '--epochs', '1', '--workers', '0', '--log-interval', '0',
         '--no-progress']

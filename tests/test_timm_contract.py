@@ -5,32 +5,17 @@ depth-18 ones, CI all ten. The expensive ones run on a representative subset: `t
 resnet18_spa only (its first call costs ~40 s on CPU), ONNX export on one model per attention type (SPA
 also at depth 50); the others share the same code paths.
 """
-from pathlib import Path
 
 import pytest
 import timm
 import torch
-from conftest import slow_at_depth_50
+from conftest import ROOT, activate_attention, slow_at_depth_50
 
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import MODEL_NAMES
 
-ROOT = Path(__file__).resolve().parent.parent
-
 ALL_MODELS = [slow_at_depth_50(name) for name in MODEL_NAMES]
 ONNX_MODELS = ['resnet18_spa', 'resnet50_spa', 'resnet18_nl', 'resnet18_gc', 'resnet18_se', 'resnet18_cifar']
-
-
-def _active(model):
-    """Give every attention block a non-zero last BN so that it really changes the output."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, SalientPositionsAttention) or type(m).__name__ == 'NonLocalAttn':
-                m.norm.weight.uniform_(0.5, 1.5)
-            if type(m).__name__ == 'GlobalContext':
-                m.mlp_add.fc2.weight.normal_(0, 0.1)
-    return model
 
 
 def _images(batch=2, chans=3, size=32):
@@ -49,7 +34,7 @@ def test_forward_backward_with_overrides(name):
 
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_features_and_intermediates(name):
-    model = _active(timm.create_model(name)).eval()
+    model = activate_attention(timm.create_model(name)).eval()
     x = _images()
     with torch.no_grad():
         feats = model.forward_features(x)
@@ -96,7 +81,7 @@ def test_reset_classifier_and_unpooled(name):
 
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_grad_checkpointing_gives_same_output(name):
-    model = _active(timm.create_model(name)).eval()
+    model = activate_attention(timm.create_model(name)).eval()
     x = _images()
     expected = model(x)
     model.set_grad_checkpointing(True)
@@ -109,7 +94,7 @@ def test_grad_checkpointing_gives_same_output(name):
 
 @pytest.mark.parametrize('name', ALL_MODELS)
 def test_torchscript(name):
-    model = _active(timm.create_model(name)).eval()
+    model = activate_attention(timm.create_model(name)).eval()
     scripted = torch.jit.script(model)
     x = _images()
     with torch.no_grad():
@@ -119,7 +104,7 @@ def test_torchscript(name):
 
 @pytest.mark.slow
 def test_torch_compile_cpu():
-    model = _active(timm.create_model('resnet18_spa', attn_stages=(2, 3))).eval()
+    model = activate_attention(timm.create_model('resnet18_spa', attn_stages=(2, 3))).eval()
     compiled = torch.compile(model)
     x = _images()
     with torch.no_grad():
@@ -130,7 +115,7 @@ def test_torch_compile_cpu():
 @pytest.mark.parametrize('name', ONNX_MODELS)
 def test_onnx_export_matches_pytorch(name, tmp_path):
     onnxruntime = pytest.importorskip('onnxruntime')
-    model = _active(timm.create_model(name)).eval()
+    model = activate_attention(timm.create_model(name)).eval()
     x = _images()
     path = tmp_path / f'{name}.onnx'
     torch.onnx.export(
@@ -149,7 +134,7 @@ def test_onnx_export_matches_pytorch(name, tmp_path):
 def test_torch_compile_training_step_matches_eager():
     # training under torch.compile traces the SPA block's hand-written K K^T backward
     torch.manual_seed(0)
-    block = _active(torch.nn.Sequential(SalientPositionsAttention(16))).train()
+    block = activate_attention(torch.nn.Sequential(SalientPositionsAttention(16))).train()
     x = torch.randn(2, 16, 3, 4)  # n <= C': the materialised C' x C' softmax
     compiled = torch.compile(block, fullgraph=True)  # no graph break around the autograd Function
     grads = []

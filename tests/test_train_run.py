@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import timm
 import torch
+from conftest import ROOT, train_tiny
 from conftest import TINY_TRAIN as TINY
-from conftest import train_tiny
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
@@ -29,8 +29,6 @@ from train import validate as validate_script
 from train.checkpoint import load_training_state
 from train.report import read_summary, write_summary
 from train.run_dir import BEST, LAST, RECOVERY, RunDir, RunError
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(data, out, *extra):

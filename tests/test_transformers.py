@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from conftest import ROOT
 
 from hub.export import export_run
 from hub.mirror import MirrorServer, build_mirror
@@ -21,7 +22,6 @@ from timm_spa.models.published import RECORD_ENV
 
 pytest.importorskip('transformers')
 
-ROOT = Path(__file__).resolve().parent.parent
 RELEASES = ROOT / 'releases'
 DEMO_IMAGES = sorted((ROOT / 'docs' / 'demo-images').glob('*.png'))  # real CIFAR-10 test images, one per class
 
