@@ -16,7 +16,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from timm_spa import paper
 from train.lineage import totals
 from train.precision import describe_flags
-from train.run_dir import DatasetRecord, Results
+from train.run_dir import CURVES, DatasetRecord, Results
 
 from .releases import CHECK_IMAGES
 
@@ -278,6 +278,6 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
     lines += [f'| `{key}` | `{args[key]}` |' for key in RECIPE_KEYS if key in args]
     lines += [f'| `{key}` | `{value}` |' for key, value in sorted(args.items()) if key not in RECIPE_KEYS]
     if has_curves:
-        lines += ['', '## Training curves', '', '![training curves](curves.png)']
+        lines += ['', '## Training curves', '', f'![training curves]({CURVES})']
     lines += ['', '## Citation', '', '```bibtex', paper.BIBTEX, '```', '']
     return '\n'.join(lines)

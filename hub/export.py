@@ -91,12 +91,13 @@ def write_config(model, path: Path, results: Results, repo_id: str) -> None:
     records num_classes, in_chans and global_pool there, and transformers' TimmWrapper, which passes its
     num_labels as num_classes beside model_args, then fails on the repeated argument."""
     data, size = results.dataset, results.dataset.image_size
+    pool = -(-size // model.feature_info[-1]['reduction'])  # the last feature map's side at this input size
     save_config_for_hf(
         model, str(path),
         model_config=dict(
             label_names=data.class_names,
             pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
-                                crop_pct=1.0, pool_size=(-(-size // 8), -(-size // 8)), hf_hub_id=repo_id,
+                                crop_pct=1.0, pool_size=(pool, pool), hf_hub_id=repo_id,
                                 tag=results.hub_tag)))
     config = json.loads(path.read_text())
     config.pop('model_args', None)

@@ -36,6 +36,8 @@ CIFAR_URLS = {
 }
 TINY_IMAGENET_URL = 'http://cs231n.stanford.edu/tiny-imagenet-200.zip'
 KNOWN_SIZES = {'cifar10': (50000, 10000), 'cifar100': (50000, 10000), 'tinyimagenet': (100000, 10000)}
+# images held out of train to choose the checkpoint, by default; an image folder holds out a tenth of its train split
+VAL_SIZES = {'cifar10': 5000, 'cifar100': 5000, 'tinyimagenet': 10000, 'digits': 180}
 TAR_BLOCK = 512
 
 
@@ -391,7 +393,6 @@ def load_dataset(
     if dataset == 'digits':
         train, test, names = _digits()
         name, tag, size, native, hflip = 'scikit-learn digits (8x8 images)', None, 32, 8, False
-        default_val = 180
     elif dataset == 'tinyimagenet':
         if root is None or not root.exists():
             raise DataError(f'Tiny-ImageNet not found ({root}); download {TINY_IMAGENET_URL}, unzip it, and pass '
@@ -399,7 +400,6 @@ def load_dataset(
         train, test, names = _tiny_imagenet(root)
         name, tag, hflip = 'Tiny-ImageNet (official val split as test)', 'tinyimagenet', True
         size = native = DATASET_CFGS[tag]['input_size'][-1]
-        default_val = 10000
     elif dataset in CIFAR_URLS:
         if root is None:
             raise _missing(dataset, root)
@@ -418,7 +418,7 @@ def load_dataset(
             name = f'{pretty} (image-file copy at {root.name}/, not the official binary batches)'
             notes.append('Images were read from image files, not the official binary batches: '
                          'numbers are not the same measurement as on the official test batch.')
-        tag, hflip, default_val = dataset, True, 5000
+        tag, hflip = dataset, True
         size = native = DATASET_CFGS[tag]['input_size'][-1]
         expected = DATASET_CFGS[tag]['num_classes']
         if len(names) != expected:
@@ -429,14 +429,14 @@ def load_dataset(
             raise _missing(dataset, root)
         train, test, names = found
         name, tag, size, native, hflip = f'image folder {root.name}', None, 32, None, True
-        default_val = max(1, len(train) // 10)
 
     expected = KNOWN_SIZES.get(dataset)
     if expected and (len(train), len(test)) != expected:
         notes.append(f'A partial copy: {len(train):,} train and {len(test):,} test images, where {name.split(" (")[0]} '
                      f'has {expected[0]:,} and {expected[1]:,}. Numbers from it are not comparable to full-data-set '
                      'numbers.')
-    val_size = default_val if val_size is None else val_size
+    if val_size is None:
+        val_size = VAL_SIZES.get(dataset, max(1, len(train) // 10))
     if not 0 < val_size < len(train):
         raise DataError(f'--val-size {val_size} must be between 1 and {len(train) - 1} (the train split has '
                         f'{len(train)} images).')

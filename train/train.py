@@ -289,7 +289,7 @@ def resume_args(args: argparse.Namespace, given: Set[str], state: dict, run: Run
     return argparse.Namespace(**merged)
 
 
-def _output(args: argparse.Namespace) -> RunDir:
+def _run_directory(args: argparse.Namespace) -> RunDir:
     if args.resume:
         resume = Path(args.resume)
         run = RunDir(resume if resume.is_dir() or not resume.exists() else resume.parent)
@@ -322,7 +322,8 @@ def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
     random_seed((seed * 1_000_003 + epoch * 9_973) % 2**31, rank)  # timm's: torch, random and numpy
 
 
-def _arch(args: argparse.Namespace, num_classes: int) -> dict:
+def _model_args(args: argparse.Namespace, num_classes: int) -> dict:
+    """What rebuilds the architecture: the model's name, class count and keyword arguments."""
     return dict(model=args.model, num_classes=num_classes, model_kwargs=dict(args.model_kwargs))
 
 
@@ -359,7 +360,7 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
     if given is None:
         defaults = build_parser()
         given = {k for k, v in vars(args).items() if v != defaults.get_default(k)}
-    run_dir = _output(args)
+    run_dir = _run_directory(args)
     writer = launch_rank() == 0  # under torchrun, rank 0 writes the run
     with run_dir.lock() if writer else contextlib.nullcontext():
         if writer:
@@ -386,7 +387,7 @@ def _how_to_continue(run_dir: RunDir) -> str:
 
 
 @dataclass
-class _Data:
+class _RunData:
     """The three splits as loaders, and what results.json records about them."""
     splits: DataSplits
     record: DatasetRecord
@@ -395,7 +396,7 @@ class _Data:
     test: DataLoader
 
 
-def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None]) -> _Data:
+def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None]) -> _RunData:
     """Read the data set, decode every image once (a corrupt file stops the run before epoch 0), build loaders."""
     splits = load_dataset(args.dataset, args.data_dir, args.val_size, args.val_split_seed, args.download,
                           args.dataset_label, args.decode_cache, log)
@@ -420,11 +421,12 @@ def _load_data(args: argparse.Namespace, env: DistEnv, log: Callable[[str], None
         std=list(splits.std), fingerprint=splits.fingerprint())
     loader_args = dict(workers=args.workers, seed=args.seed, rank=env.rank, world_size=env.world_size,
                        pin_memory=env.device.type == 'cuda')
-    return _Data(splits, record, *(build_loader(s, args.batch_size, i == 0, **loader_args) for i, s in enumerate(sets)))
+    loaders = (build_loader(s, args.batch_size, i == 0, **loader_args) for i, s in enumerate(sets))
+    return _RunData(splits, record, *loaders)
 
 
 @dataclass
-class _Training:
+class _TrainingState:
     """The model and everything that steps with it: all of it goes into the checkpoint."""
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -450,7 +452,7 @@ class _Training:
 
 
 def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, updates_per_epoch: int,
-                    amp_dtype: Optional[str]) -> _Training:
+                    amp_dtype: Optional[str]) -> _TrainingState:
     """timm's optimizer, scheduler and EMA for the model, as timm's train.py builds them."""
     model = model.to(env.device)
     if args.channels_last:
@@ -463,11 +465,11 @@ def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, up
         updates_per_epoch=updates_per_epoch)
     ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
     scaler = torch.amp.GradScaler(env.device.type) if amp_dtype == 'float16' else None
-    return _Training(model, optimizer, scheduler, num_epochs, ema, scaler)
+    return _TrainingState(model, optimizer, scheduler, num_epochs, ema, scaler)
 
 
 @dataclass
-class _Progress:
+class _RunProgress:
     """Where the run stands: what a resumed run reads back from its checkpoint and summary."""
     run_id: str
     parent: Optional[dict]
@@ -492,13 +494,13 @@ def _resume_state(run_dir: RunDir) -> Dict[str, Any]:
     return last  # a kill between the end of an epoch's checkpoint and the recovery file's removal left it behind
 
 
-def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, data: _Data, run_dir: RunDir,
-            env: DistEnv, log: Callable[[str], None]) -> None:
+def _resume(state: dict, training: _TrainingState, progress: _RunProgress, model_args: dict, data: _RunData,
+            run_dir: RunDir, env: DistEnv, log: Callable[[str], None]) -> None:
     """Continue from the checkpoint after checking it belongs to these arguments and this data; a timm-spa
     0.1.0 checkpoint (no run id) is upgraded in place and its weights get the new id."""
-    if comparable(state['model_args']) != comparable(arch):
+    if comparable(state['model_args']) != comparable(model_args):
         raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
-                              f'{arch}: the checkpoint was edited or belongs to another run.')
+                              f'{model_args}: the checkpoint was edited or belongs to another run.')
     _check_same_data(state.get('dataset'), data.record, run_dir)
     recovery = state.get('recovery')
     if recovery is not None and recovery['world_size'] != env.world_size:
@@ -523,7 +525,8 @@ def _resume(state: dict, training: _Training, progress: _Progress, arch: dict, d
         f'{progress.best["top1"]:.2f} at epoch {progress.best["epoch"]})')
 
 
-def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tuple[nn.Module, nn.Module, nn.Module]:
+def _train_and_eval_models(args: argparse.Namespace, training: _TrainingState,
+                           env: DistEnv) -> Tuple[nn.Module, nn.Module, nn.Module]:
     """The module to train (DDP, then torch.compile, as timm's train.py), the one whose weights are evaluated
     and saved (the EMA when there is one), and the forward that evaluates it (compiled or not)."""
     train_model = DistributedDataParallel(
@@ -539,7 +542,7 @@ def _wrapped(args: argparse.Namespace, training: _Training, env: DistEnv) -> Tup
             torch.compile(eval_model, backend=args.torchcompile, dynamic=False))
 
 
-def _sync_batch_norm(how: str, training: '_Training', env: DistEnv) -> None:
+def _sync_batch_norm(how: str, training: '_TrainingState', env: DistEnv) -> None:
     """As timm's train.py before it validates: each rank's BatchNorm running statistics averaged over the ranks
     ('reduce') or rank 0's everywhere ('broadcast'), the EMA's too, so that every rank evaluates and rank 0 saves
     the model the whole run trained, not one rank's view of its shard."""
@@ -575,16 +578,16 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         data = _load_data(args, env, log)
         num_classes = data.record.num_classes
         _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
-        arch = _arch(args, num_classes)
+        model_args = _model_args(args, num_classes)
         model = _create_model(args, num_classes)
-        progress = _Progress(run_id=from_main(new_run_id(), env), parent=None)
+        progress = _RunProgress(run_id=from_main(new_run_id(), env), parent=None)
         if state is None and args.initial_checkpoint:  # a resumed run has its weights, and its parent's record
             progress.parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
             log(f'initial weights: {args.initial_checkpoint} ({describe_parent(progress.parent)})')
         training = _build_training(args, model, env, len(data.train), amp_dtype)
         if state is not None:
-            _resume(state, training, progress, arch, data, run_dir, env, log)
-        train_model, eval_model, eval_forward = _wrapped(args, training, env)
+            _resume(state, training, progress, model_args, data, run_dir, env, log)
+        train_model, eval_model, eval_forward = _train_and_eval_models(args, training, env)
 
         recorded = {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
         if env.is_main:
@@ -600,7 +603,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=args.smoothing)
 
         def checkpoint(epoch: int, **extra: Any) -> Dict[str, Any]:
-            return dict(training.state(), epoch=epoch, arch=args.model, best=progress.best, model_args=arch,
+            return dict(training.state(), epoch=epoch, arch=args.model, best=progress.best, model_args=model_args,
                         run_id=progress.run_id, args=comparable(recorded), dataset=comparable(asdict(data.record)),
                         parent=progress.parent, **extra)
 
@@ -618,7 +621,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         for epoch in range(progress.start_epoch, training.num_epochs):
             recovered, progress.recovery = progress.recovery, None
             clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
-            mine = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
+            rank_state = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
             _seed_epoch(args.seed, epoch, env.rank)
             data.train.sampler.set_epoch(epoch)
             if mixup is not None:
@@ -627,7 +630,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 stats = train_one_epoch(
                     train_model, data.train, training.optimizer, loss_fn, env, amp_dtype, training.scaler,
                     training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler,
-                    EpochTally(**mine['tally']), mine['rng'],
+                    EpochTally(**rank_state['tally']), rank_state['rng'],
                     partial(save_recovery, epoch, clock) if args.recovery_interval else None, mixup)
             except TrainingDiverged as e:
                 kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
@@ -650,7 +653,7 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
             if env.is_main:
                 if improved:
                     save_weights(run_dir.best, eval_model,
-                                 metadata=dict(arch=json.dumps(arch), epoch=str(epoch), run_id=progress.run_id))
+                                 metadata=dict(arch=json.dumps(model_args), epoch=str(epoch), run_id=progress.run_id))
                 write_summary(run_dir.summary, history)
                 save_training_state(run_dir.last, checkpoint(epoch, metric=val['top1']))
                 run_dir.recovery.unlink(missing_ok=True)  # it lies inside this epoch, which last.pth.tar now ends
@@ -662,13 +665,13 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
                 f"{to_go}"
                 f"{' *best*' if improved else ''}")
-        return _test_once(args, data, training, progress, eval_model, arch, recorded, run_dir, env, log)
+        return _test_once(args, data, training, progress, eval_model, model_args, recorded, run_dir, env, log)
     finally:
         cleanup(env)
 
 
-def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progress: _Progress,
-               eval_model: nn.Module, arch: dict, recorded: dict, run_dir: RunDir, env: DistEnv,
+def _test_once(args: argparse.Namespace, data: _RunData, training: _TrainingState, progress: _RunProgress,
+               eval_model: nn.Module, model_args: dict, recorded: dict, run_dir: RunDir, env: DistEnv,
                log: Callable[[str], None]) -> Results:
     """The checkpoint chosen on the validation split, evaluated once on the test split, and the results file."""
     best, record = progress.best, data.record
@@ -685,7 +688,7 @@ def _test_once(args: argparse.Namespace, data: _Data, training: _Training, progr
     splits = data.splits
     results = Results(
         run_id=progress.run_id, model=args.model,
-        tag=splits.tag if record.num_classes == splits.num_classes else None, model_args=arch,
+        tag=splits.tag if record.num_classes == splits.num_classes else None, model_args=model_args,
         param_count=sum(p.numel() for p in training.model.parameters()), dataset=record,
         epochs=training.num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
         val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
