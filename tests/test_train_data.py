@@ -164,7 +164,7 @@ def test_cifar_augmentation_is_pad_crop_and_flip(tmp_path):
     write_cifar(tmp_path, n_train=50)
     splits = load_dataset('cifar10', str(tmp_path), val_size=10)
     names = [type(t).__name__ for t in build_transforms(splits, 32, train=True).transforms]
-    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'ToTensor', 'Normalize']
+    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'MaybeToTensor', 'Normalize']
     assert build_transforms(splits, 32, train=True).transforms[0].padding == 4
     assert [type(t).__name__ for t in build_transforms(splits, 32, train=False).transforms] == ['ToTensor', 'Normalize']
     loader = build_loader(TransformedSamples(splits.test, None, build_transforms(splits, 32, False)), 8, False, 0, 0)
@@ -177,7 +177,7 @@ def test_timm_augmentation_and_random_erasing_add_to_the_training_transform(tmp_
     splits = load_dataset('cifar10', str(tmp_path), val_size=10)
     train_tf = build_transforms(splits, 32, True, aa='rand-m9-mstd0.5-inc1', reprob=1.0, remode='const')
     names = [type(t).__name__ for t in train_tf.transforms]
-    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'RandAugment', 'ToTensor', 'Normalize', 'RandomErasing']
+    assert names == ['RandomCrop', 'RandomHorizontalFlip', 'RandAugment', 'MaybeToTensor', 'Normalize', 'RandomErasing']
     augment = train_tf.transforms[2]
     assert augment.num_layers == 2 and all(op.magnitude == 9 for op in augment.ops)  # timm's parse of the string
     assert augment.ops[0].hparams['translate_const'] == int(32 * 0.45)
@@ -190,7 +190,9 @@ def test_timm_augmentation_and_random_erasing_add_to_the_training_transform(tmp_
     assert zero.sum() > 0 and zero[rows.min():rows.max() + 1, cols.min():cols.max() + 1].all()
     assert [type(t).__name__ for t in build_transforms(splits, 32, False, aa='v0', reprob=1.0).transforms] == \
         ['ToTensor', 'Normalize']  # evaluation is never augmented
-    assert type(build_transforms(splits, 32, True, aa='augmix-m5-w3').transforms[2]).__name__ == 'AugMixAugment'
+    augmix = build_transforms(splits, 32, True, aa='augmix-m5-w3').transforms[2]
+    assert type(augmix).__name__ == 'AugMixAugment'  # as timm's train.py sets it: relative translations up to 30%
+    assert [op.hparams['translate_pct'] for op in augmix.ops if op.name == 'TranslateXRel'] == [0.3]
     assert type(build_transforms(splits, 32, True, aa='original').transforms[2]).__name__ == 'AutoAugment'
 
 
@@ -402,3 +404,4 @@ def test_tar_reads_stay_correct_in_loader_workers_after_the_check(tmp_path):
         loader = build_loader(TransformedSamples(splits.train, None, transform), 16, False, workers=2, seed=0)
         got = torch.cat([images for images, _ in loader])
         assert torch.equal(got, expected)
+

@@ -17,9 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 from PIL import Image
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.data.auto_augment import augment_and_mix_transform, auto_augment_transform, rand_augment_transform
-from timm.data.random_erasing import RandomErasing
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -468,34 +466,32 @@ class TransformedSamples(Dataset):
 AUGMENT_EXAMPLES = "rand-m9-mstd0.5-inc1 (RandAugment), augmix-m5-w3 (AugMix), original or v0 (AutoAugment)"
 
 
-def auto_augment(policy: str, image_size: int, mean: Sequence[float]) -> Callable:
-    """timm's AutoAugment family from its config string, as timm's `--aa` builds it (`transforms_imagenet_train`):
-    'rand-...' RandAugment, 'augmix-...' AugMix, else an AutoAugment policy ('original', 'v0', ...)."""
-    params = dict(translate_const=int(image_size * 0.45), img_mean=tuple(min(255, round(255 * x)) for x in mean))
-    if policy.startswith('rand'):
-        return rand_augment_transform(policy, params)
-    if policy.startswith('augmix'):
-        return augment_and_mix_transform(policy, params)
-    return auto_augment_transform(policy, params)
+def timm_augmentation(image_size: int, mean: Sequence[float], std: Sequence[float], aa: Optional[str] = None,
+                      reprob: float = 0.0, remode: str = 'pixel', recount: int = 1) -> Tuple[Callable, Callable]:
+    """timm's training pipeline after its crop and flip, as `create_transform(..., separate=True)` builds it: the
+    `--aa` policy (RandAugment, AugMix, AutoAugment; no colour jitter), then to-tensor, normalisation and random
+    erasing (`--reprob`) on the normalised tensor."""
+    _, augment, final = create_transform(
+        image_size, is_training=True, auto_augment=aa, color_jitter=None, interpolation='random', mean=tuple(mean),
+        std=tuple(std), re_prob=reprob, re_mode=remode, re_count=recount, separate=True)
+    return augment, final
 
 
 def build_transforms(splits: DataSplits, image_size: int, train: bool, aa: Optional[str] = None,
                      reprob: float = 0.0, remode: str = 'pixel', recount: int = 1) -> Callable:
-    """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else; timm's
-    `--aa` policy after the flip and its random erasing (`--reprob`) on the normalised tensor add to it."""
+    """The paper's recipe: pad-4 random crop and horizontal flip for training, nothing else; timm's `--aa` policy
+    and random erasing (`--reprob`) add to it. The pad-4 crop is the one step timm has no transform for (its
+    training crop is a random-resized one)."""
     steps = []
     if splits.native_size != image_size:
         steps.append(transforms.Resize((image_size, image_size)))
-    if train:
-        steps.append(transforms.RandomCrop(image_size, padding=4))
-        if splits.hflip:
-            steps.append(transforms.RandomHorizontalFlip())
-        if aa:
-            steps.append(auto_augment(aa, image_size, splits.mean))
-    steps += [transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)]
-    if train and reprob > 0:
-        steps.append(RandomErasing(reprob, mode=remode, max_count=recount, device='cpu'))
-    return transforms.Compose(steps)
+    if not train:
+        return transforms.Compose([*steps, transforms.ToTensor(), transforms.Normalize(splits.mean, splits.std)])
+    steps.append(transforms.RandomCrop(image_size, padding=4))
+    if splits.hflip:
+        steps.append(transforms.RandomHorizontalFlip())
+    augment, final = timm_augmentation(image_size, splits.mean, splits.std, aa, reprob, remode, recount)
+    return transforms.Compose([*steps, *augment.transforms, *final.transforms])
 
 
 class ShardSampler(Sampler):

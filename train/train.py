@@ -64,10 +64,10 @@ from .data import (
     DataError,
     DataSplits,
     TransformedSamples,
-    auto_augment,
     build_loader,
     build_transforms,
     load_dataset,
+    timm_augmentation,
 )
 from .distributed import DistEnv, barrier, cleanup, from_main, gather_to_main, init_distributed, launch_rank
 from .engine import EpochTally, TrainingDiverged, evaluate, rng_state, train_one_epoch
@@ -213,7 +213,7 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f'--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}.')
     if args.aa:
         try:
-            auto_augment(args.aa, 32, (0.5, 0.5, 0.5))
+            timm_augmentation(32, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), args.aa)
         except (AssertionError, ValueError, KeyError, IndexError, TypeError) as e:
             raise UsageError(f"--aa {args.aa!r} is not one of timm's augmentation policies ({e or type(e).__name__}): "
                              f'e.g. {AUGMENT_EXAMPLES}.') from None
