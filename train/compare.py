@@ -1,6 +1,6 @@
 """Time to accuracy of several runs side by side: validation top-1 per epoch with the wall time it took.
 
-    python -m train.compare runs/paper-2ep runs/budget-2ep --output compare.png [--target 92]
+    python -m train.compare runs/v1-r18spa runs/v2-pilot-r18spa --output compare.png [--target 92]
 
 Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
 and elapsed wall time after each epoch, the test top-1 of finished runs and the machines each run
