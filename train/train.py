@@ -450,6 +450,21 @@ class _TrainingState:
         if self.scaler is not None and state.get('amp_scaler') is not None:
             self.scaler.load_state_dict(state['amp_scaler'])
 
+    def _models(self) -> Dict[str, nn.Module]:
+        return dict(model=self.model, **({'ema': self.ema.module} if self.ema is not None else {}))
+
+    def rank_buffers(self) -> Dict[str, torch.Tensor]:
+        """This rank's BatchNorm running statistics (the model's and the EMA's): inside an epoch each rank has its
+        own, which `--dist-bn` averages at the epoch's end, so a recovery checkpoint keeps every rank's."""
+        return {f'{owner}.{name}': buffer.detach().cpu().clone() for owner, module in self._models().items()
+                for name, buffer in module.named_buffers() if 'running_' in name}
+
+    def load_rank_buffers(self, buffers: Dict[str, torch.Tensor]) -> None:
+        for owner, module in self._models().items():
+            for name, buffer in module.named_buffers():
+                if f'{owner}.{name}' in buffers:
+                    buffer.copy_(buffers[f'{owner}.{name}'])
+
 
 def _build_training(args: argparse.Namespace, model: nn.Module, env: DistEnv, updates_per_epoch: int,
                     amp_dtype: Optional[str]) -> _TrainingState:
@@ -608,10 +623,11 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
                         parent=progress.parent, **extra)
 
         def save_recovery(epoch: int, clock: EpochClock, tally: EpochTally) -> None:
-            """Every --recovery-interval steps: the state, each rank's tally and random streams, the epoch's time."""
+            """Every --recovery-interval steps: the state, each rank's tally, random streams and BatchNorm statistics,
+            the epoch's time."""
             if tally.steps % args.recovery_interval or tally.steps == len(data.train):
                 return  # the epoch's own checkpoint follows the last step
-            ranks = gather_to_main(dict(tally=asdict(tally), rng=rng_state()), env)
+            ranks = gather_to_main(dict(tally=asdict(tally), rng=rng_state(), buffers=training.rank_buffers()), env)
             if env.is_main:
                 save_training_state(run_dir.recovery, checkpoint(epoch, metric=None, recovery=dict(
                     step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
@@ -622,6 +638,8 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
             recovered, progress.recovery = progress.recovery, None
             clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
             rank_state = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
+            if rank_state.get('buffers'):  # this rank's own statistics, as they were when the run stopped
+                training.load_rank_buffers(rank_state['buffers'])
             _seed_epoch(args.seed, epoch, env.rank)
             data.train.sampler.set_epoch(epoch)
             if mixup is not None:
