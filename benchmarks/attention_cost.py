@@ -8,12 +8,16 @@ Four tables: (1) one attention block, forward+backward time and peak memory at t
 CIFAR stage shapes, 64x64x64 and an ImageNet-size 256x56x56; (2) how time and memory grow with
 the number of positions (C = 64, H = W from 8 to 128), SPA against NL; (3) whole models, training
 step and inference images/s; (4) the two kernels SPA can compute softmax(K K^T) V with when
-n <= C', and which one the layer picks. Times are medians over repeats, taken in rounds that run every
-candidate once, so that all candidates see the same machine state. Peak memory is measured: on
-CUDA by the caching allocator, on CPU from the profiler's allocation events; "extra" memory is
-what a forward+backward allocates on top of the live input and parameters.
+n <= C', and which one the layer picks. A fifth, with `--released PATH/SPANet.py` (the authors' file,
+`git clone https://github.com/likyoo/SPANet`, read at run time): our block against the authors' own
+at the ResNet-18 stage shapes, with C' = C and k = 2 as in our models. Times are medians over
+repeats, taken in rounds that run every candidate once, so that all candidates see the same machine
+state. Peak memory is measured: on CUDA by the caching allocator, on CPU from the profiler's
+allocation events; "extra" memory is what a forward+backward allocates on top of the live input and
+parameters.
 """
 import argparse
+import importlib.util
 import json
 import os
 import statistics
@@ -36,7 +40,7 @@ from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel
 from train.cli import positive_int
 from train.engine import train_step
 from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype, strict_float32
-from train.report import hardware, pyplot, software
+from train.report import git_commit, hardware, pyplot, software
 
 BLOCK_SHAPES = [(64, 32, 32), (128, 16, 16), (256, 8, 8), (512, 4, 4), (64, 64, 64), (256, 56, 56)]
 BLOCKS = ('spa', 'spa_naive', 'nl', 'gc')
@@ -49,7 +53,8 @@ KERNEL_CHANNELS = (64, 128, 256, 512)
 KERNEL_POSITIONS = (4, 16, 36, 64, 144, 256)
 # kernels first: on CPU the materialised kernel's cost depends on whether the allocator still faults in
 # fresh pages for its C' x C' buffers, which glibc stops doing once the heap has grown (after the model table)
-TABLES = ('kernels', 'block', 'scaling', 'models')
+TABLES = ('kernels', 'block', 'scaling', 'models', 'released')
+RESNET18_SHAPES = BLOCK_SHAPES[:4]
 
 
 def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention] = None) -> nn.Module:
@@ -66,6 +71,27 @@ def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention
     if kind == 'gc':
         return GlobalContext(channels, fuse_add=True, fuse_scale=False, rd_ratio=1 / 8)
     raise ValueError(f'unknown block {kind!r}; choose from {BLOCKS}')
+
+
+def load_released_block(path: Path, spa: SalientPositionsAttention) -> nn.Module:
+    """The authors' `SPANet` block from their file at `path`, holding the weights of `spa` (C' = C, k = 2)."""
+    spec = importlib.util.spec_from_file_location('released_spanet', path)
+    if spec is None or not path.is_file():
+        raise SystemExit(f'--released {path}: not a file; give the SPANet.py of git clone https://github.com/likyoo/SPANet')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    channels = spa.in_channels
+    block = module.SPANet(channels, inter_channels=spa.rd_channels, k=spa.k)
+    rd = spa.rd_channels
+    with torch.no_grad():
+        block.theta.weight.copy_(spa.qv.weight[:rd])
+        block.theta.bias.copy_(spa.qv.bias[:rd])
+        block.g.weight.copy_(spa.qv.weight[rd:])
+        block.g.bias.copy_(spa.qv.bias[rd:])
+        block.W[0].weight.copy_(spa.proj.weight)
+        block.W[0].bias.zero_()  # the authors' W has a bias, ours none (the paper's parameter count)
+        block.W[1].load_state_dict(spa.norm.state_dict())
+    return block
 
 
 def _sync(device: torch.device) -> None:
@@ -148,12 +174,16 @@ def _compare_blocks(
         if kind == 'nl' and not _fits(_nl_bytes(batch, channels, size * size), budget):
             rows.append(dict(block=kind, skipped=f'needs ~{_nl_bytes(batch, channels, size * size) / 2**30:.1f} GiB'))
             continue
+        if kind == 'spa_released':
+            modules[kind] = load_released_block(args.released, modules['spa']).to(device).train()
+            continue
         modules[kind] = make_block(kind, channels, spa=modules.get('spa')).to(device).train()
-    if 'spa' in modules and 'spa_naive' in modules:  # the baseline must compute the same function
-        with torch.no_grad():
-            ours, naive = modules['spa'].eval()(x), modules['spa_naive'].eval()(x)
-        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-4)
-        modules['spa'].train(), modules['spa_naive'].train()
+    for kind in ('spa_naive', 'spa_released'):  # a baseline must compute the same function
+        if 'spa' in modules and kind in modules:
+            with torch.no_grad():
+                ours, theirs = modules['spa'].eval()(x), modules[kind].eval()(x)
+            torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4)
+            modules['spa'].train(), modules[kind].train()
     steps = {kind: _fwd_bwd(m, x) for kind, m in modules.items()}
     times = median_times(steps, args.repeats, args.warmup, device)
     for kind, step in steps.items():
@@ -168,6 +198,18 @@ def block_table(args, device: torch.device, budget: int) -> List[dict]:
     for channels, size, _ in BLOCK_SHAPES:
         rows += _compare_blocks(BLOCKS, channels, size, args.batch, args, device, budget)
         _print_progress(rows[-len(BLOCKS):])
+    return rows
+
+
+def released_table(args, device: torch.device, budget: int) -> List[dict]:
+    """Our block, the naive one and the authors' released block side by side at the ResNet-18 stage shapes."""
+    if args.released is None:
+        print('  skipped: no --released PATH (the SPANet.py of git clone https://github.com/likyoo/SPANet)')
+        return []
+    rows = []
+    for channels, size, _ in RESNET18_SHAPES:
+        rows += _compare_blocks(('spa', 'spa_naive', 'spa_released'), channels, size, args.batch, args, device, budget)
+        _print_progress(rows[-3:])
     return rows
 
 
@@ -229,7 +271,7 @@ def kernel_table(args, device: torch.device) -> List[dict]:
             steps = {name: partial(_kernel_step, name, keys, value) for name in kernels}
             times = median_times(steps, args.repeats, args.warmup, device)
             row = dict(channels=channels, positions=positions, batch=args.batch,
-                       layer_uses=attention_kernel(positions, channels))
+                       layer_uses=attention_kernel(positions, channels, 'auto', device.type))
             for name, step in steps.items():
                 row.update({f'{name}_ms': times[name] * 1e3,
                             f'{name}_peak_extra_mib': peak_extra_bytes(step, device) / 2**20})
@@ -246,9 +288,9 @@ def add_ratios(report: dict) -> None:
             out.setdefault((row['channels'], row['height'], row['batch']), {})[row['block']] = row
         return out.values()
 
-    for group in list(by_shape(report['block'])) + list(by_shape(report['scaling'])):
+    for group in [*by_shape(report['block']), *by_shape(report['scaling']), *by_shape(report.get('released', []))]:
         spa = group.get('spa')
-        for ref in ('spa_naive', 'nl'):
+        for ref in ('spa_naive', 'nl', 'spa_released'):
             if spa and ref in group and 'time_ms' in group[ref]:
                 spa[f'time_vs_{ref}'] = spa['time_ms'] / group[ref]['time_ms']
                 spa[f'memory_vs_{ref}'] = spa['peak_extra_mib'] / max(group[ref]['peak_extra_mib'], 1e-9)
@@ -263,7 +305,7 @@ def _fmt(value, spec):
     return format(value, spec) if isinstance(value, (int, float)) else '-'
 
 
-def markdown_tables(report: dict) -> str:
+def _block_markdown(report: dict) -> List[str]:
     lines = ['### Block: forward+backward, batch {}'.format(report['config']['batch']), '',
              '| C x H x W | block | time (ms) | peak extra (MiB) | time vs naive SPA | time vs NL | memory vs NL |',
              '|---|---|---:|---:|---:|---:|---:|']
@@ -273,9 +315,13 @@ def markdown_tables(report: dict) -> str:
             f"{_fmt(r.get('peak_extra_mib'), '.1f')} | {_fmt(r.get('time_vs_spa_naive'), '.2f')} | "
             f"{_fmt(r.get('time_vs_nl'), '.3f')} | {_fmt(r.get('memory_vs_nl'), '.3f')} |"
             + (f" skipped: {r['skipped']}" if 'skipped' in r else ''))
-    lines += ['', f"### Scaling with positions: C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']}", '',
-              '| H = W | n | SPA ms | NL ms | SPA MiB | NL MiB | time SPA/NL | memory SPA/NL |',
-              '|---:|---:|---:|---:|---:|---:|---:|---:|']
+    return lines
+
+
+def _scaling_markdown(report: dict) -> List[str]:
+    lines = [f"### Scaling with positions: C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']}", '',
+             '| H = W | n | SPA ms | NL ms | SPA MiB | NL MiB | time SPA/NL | memory SPA/NL |',
+             '|---:|---:|---:|---:|---:|---:|---:|---:|']
     sizes = sorted({r['height'] for r in report['scaling']})
     for size in sizes:
         spa = next(r for r in report['scaling'] if r['height'] == size and r['block'] == 'spa')
@@ -284,7 +330,11 @@ def markdown_tables(report: dict) -> str:
             f"| {size} | {size * size} | {_fmt(spa.get('time_ms'), '.2f')} | {_fmt(nl.get('time_ms'), '.2f')} | "
             f"{_fmt(spa.get('peak_extra_mib'), '.1f')} | {_fmt(nl.get('peak_extra_mib'), '.1f')} | "
             f"{_fmt(spa.get('time_vs_nl'), '.3f')} | {_fmt(spa.get('memory_vs_nl'), '.4f')} |")
-    lines += ['', '### Models: images/s, batch {}{}'.format(
+    return lines
+
+
+def _models_markdown(report: dict) -> List[str]:
+    lines = ['### Models: images/s, batch {}{}'.format(
         report['config']['model_batch'], ', ' + report['config']['precision']), '',
         '| model | input | train img/s | infer img/s | train step vs baseline | inference vs baseline |',
         '|---|---:|---:|---:|---:|---:|']
@@ -292,7 +342,11 @@ def markdown_tables(report: dict) -> str:
         lines.append(
             f"| {r['model']} | {r['size']}x{r['size']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
             f"{r['train_time_vs_baseline']:.3f}x | {r['infer_time_vs_baseline']:.3f}x |")
-    lines += ['', "### SPA's attention kernels for n <= C': forward+backward, batch {}, k = 2".format(
+    return lines
+
+
+def _kernels_markdown(report: dict) -> List[str]:
+    lines = ["### SPA's attention kernels for n <= C': forward+backward, batch {}, k = 2".format(
         report['config']['batch']), '',
         "| C' | n | materialised ms | fused ms | time fused / materialised | materialised MiB | fused MiB "
         "| layer uses |",
@@ -302,12 +356,45 @@ def markdown_tables(report: dict) -> str:
             f"| {r['channels']} | {r['positions']} | {r['materialised_ms']:.2f} | {r['fused_ms']:.2f} | "
             f"{r['fused_ms'] / r['materialised_ms']:.2f} | {r['materialised_peak_extra_mib']:.1f} | "
             f"{r['fused_peak_extra_mib']:.1f} | {r['layer_uses']} |")
+    return lines
+
+
+def _released_markdown(report: dict) -> List[str]:
+    lines = ["### Our block against the authors' released block: forward+backward, batch {}, C' = C, k = 2".format(
+        report['config']['batch']), '',
+        "| C x H x W | ours ms | naive ms | authors' ms | ours / authors' | naive / authors' | ours MiB "
+        "| authors' MiB |",
+        '|---|---:|---:|---:|---:|---:|---:|---:|']
+    shapes = {}
+    for r in report['released']:
+        shapes.setdefault((r['channels'], r['height'], r['width']), {})[r['block']] = r
+    for (channels, height, width), rows in shapes.items():
+        ours, naive, theirs = rows['spa'], rows['spa_naive'], rows['spa_released']
+        lines.append(
+            f"| {channels}x{height}x{width} | {ours['time_ms']:.2f} | {naive['time_ms']:.2f} | "
+            f"{theirs['time_ms']:.2f} | {ours['time_vs_spa_released']:.2f} | "
+            f"{naive['time_ms'] / theirs['time_ms']:.2f} | {ours['peak_extra_mib']:.1f} | "
+            f"{theirs['peak_extra_mib']:.1f} |")
+    return lines
+
+
+MARKDOWN = dict(block=_block_markdown, scaling=_scaling_markdown, models=_models_markdown,
+                kernels=_kernels_markdown, released=_released_markdown)
+MARKDOWN_ORDER = ('block', 'scaling', 'models', 'kernels', 'released')
+
+
+def markdown_tables(report: dict) -> str:
+    """The tables a report holds, in reading order (a report from before a table existed has no key for it)."""
+    lines = []
+    for name in MARKDOWN_ORDER:
+        if report.get(name):
+            lines += ([''] if lines else []) + MARKDOWN[name](report)
     return '\n'.join(lines)
 
 
-def plot_scaling(report: dict, path: Path) -> None:
+def plot_scaling(report: dict, path: Path) -> bool:
     if not report['scaling']:
-        return
+        return False
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for kind, style in (('spa', 'o-'), ('nl', 's--')):
@@ -328,6 +415,7 @@ def plot_scaling(report: dict, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+    return True
 
 
 def _print_progress(rows):
@@ -351,6 +439,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--memory-fraction', type=float, default=0.6,
                         help='skip NL rows whose attention matrices need more than this share of free memory')
     parser.add_argument('--tables', nargs='+', choices=TABLES, default=list(TABLES), help='which tables to run')
+    parser.add_argument('--released', type=Path, default=None,
+                        help="the authors' SPANet.py (git clone https://github.com/likyoo/SPANet): the fifth table")
     parser.add_argument('--tiny', action='store_true', help='every row at batch 1, one repeat: a smoke test')
     parser.add_argument('--output', type=Path, default=Path('benchmarks/results'))
     args = parser.parse_args(argv)
@@ -373,12 +463,13 @@ def main(argv: Optional[List[str]] = None) -> dict:
         meta=dict(
             date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=device.type,
             device_name=hardware(device, 1), command=' '.join(['python -m benchmarks.attention_cost', *argv]),
-            **software()),
+            commit=git_commit(), **software()),
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
                     repeats=args.repeats, warmup=args.warmup, precision=describe_precision(args.amp_dtype),
                     tiny=args.tiny))
     tables = dict(block=lambda: block_table(args, device, budget), scaling=lambda: scaling_table(args, device, budget),
-                  models=lambda: model_table(args, device), kernels=lambda: kernel_table(args, device))
+                  models=lambda: model_table(args, device), kernels=lambda: kernel_table(args, device),
+                  released=lambda: released_table(args, device, budget))
     with strict_float32():  # the float32 rows are float32 on CUDA too (TF32 would also fail the SPA == naive check)
         for name in TABLES:
             print(f'{name} table', flush=True)
@@ -386,14 +477,16 @@ def main(argv: Optional[List[str]] = None) -> dict:
     add_ratios(report)
 
     args.output.mkdir(parents=True, exist_ok=True)
-    stem = f"attention_cost_{device.type}{'_tiny' if args.tiny else ''}"
+    # a run of some tables only writes files of its own, never over a full run's
+    partial_run = '' if set(args.tables) >= set(TABLES) - {'released'} else '_' + '_'.join(args.tables)
+    stem = f"attention_cost_{device.type}{partial_run}{'_tiny' if args.tiny else ''}"
     (args.output / f'{stem}.json').write_text(json.dumps(report, indent=2))
     text = markdown_tables(report)
     (args.output / f'{stem}.md').write_text(text + '\n')
-    plot_scaling(report, args.output / f'{stem}.png')
+    plotted = plot_scaling(report, args.output / f'{stem}.png')
     print()
     print(text)
-    print(f"\nwrote {args.output / stem}.json, .md and .png")
+    print(f"\nwrote {args.output / stem}.json, .md{' and .png' if plotted else ''}")
     return report
 
 

@@ -70,9 +70,9 @@ def test_auto_kernel_reaches_the_forward(shape, fused):
 
 
 @pytest.mark.parametrize('attn_impl', ['fused', 'materialised'])
-@pytest.mark.parametrize('shape', [FUSED, MATERIALISED, (2, 24, 3, 3)])
+@pytest.mark.parametrize('shape', [MANY, FUSED, MATERIALISED, (2, 24, 3, 3)])
 def test_forced_attention_kernel_matches_plain_equations(attn_impl, shape):
-    # attn_impl picks the kernel for n <= C'; both compute Eq. 6-7 exactly
+    # both kernels compute Eq. 6-7 exactly, with W applied to A V or (materialised only) to A
     torch.manual_seed(0)
     block = SalientPositionsAttention(shape[1], k=3, attn_impl=attn_impl).double().eval()
     randomize_norm(block.norm)
@@ -99,6 +99,54 @@ def test_matches_plain_equations(scale, k, rd_ratio, shape):
     expected_scale = 1.0 if scale == 1.0 else 1.0 / block.rd_channels
     with torch.no_grad():
         torch.testing.assert_close(block(x), _reference_for(block, x, expected_scale), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('attn_impl', ['auto', 'materialised', 'fused'])
+@pytest.mark.parametrize('shape', [MANY, FUSED, MATERIALISED, (2, 8, 4, 2), (2, 8, 3, 3)])
+def test_projection_is_applied_to_the_affinity_where_positions_outnumber_channels(shape, attn_impl):
+    """W (A V) = (W A) V: `proj` maps A (B, C', C', 1) where n > C (cheaper), else A V (B, C', H, W); never A
+    with the fused kernel, which exists not to store A. Hooks on `proj` see what it computed."""
+    block = SalientPositionsAttention(shape[1], attn_impl=attn_impl).eval()
+    seen = []
+    block.proj.register_forward_hook(lambda module, inputs, output: seen.append((inputs[0].shape, output.shape)))
+    block(torch.randn(*shape))
+    batch, channels, height, width = shape
+    folded = height * width > channels and attn_impl != 'fused'
+    operand = (batch, channels, channels, 1) if folded else (batch, channels, height, width)
+    assert seen == [(operand, operand)]
+
+
+@pytest.mark.parametrize('shape', [MANY, FUSED, MATERIALISED])
+def test_channels_last_input_gives_channels_last_output(shape):
+    """Channels-last training keeps its layout through the block (a copy back and forth costs every step)."""
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(shape[1]).double().eval()
+    randomize_norm(block.norm)
+    x = torch.randn(*shape, dtype=torch.float64)
+    expected = block(x)
+    block = block.to(memory_format=torch.channels_last)
+    out = block(x.contiguous(memory_format=torch.channels_last))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_timm_fused_attention_switch_keeps_auto_off_the_fused_kernel():
+    """timm's own switch (TIMM_FUSED_ATTN=0, set_fused_attn(False), set_exportable) is read when a block is built,
+    as timm's attention layers read it: 'auto' then never calls SDPA; a forced 'fused' still does."""
+    from timm.layers import set_fused_attn, use_fused_attn
+    before = use_fused_attn()
+    set_fused_attn(False)
+    try:
+        blocks = [SalientPositionsAttention(FUSED[1], attn_impl=impl).eval() for impl in ('auto', 'fused')]
+    finally:
+        set_fused_attn(before)
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    x = torch.randn(*FUSED)
+    for block, fused in zip(blocks, (False, True), strict=True):
+        with mock.patch('torch.nn.functional.scaled_dot_product_attention', side_effect=sdpa) as kernel:
+            block(x)
+        assert kernel.called == fused
+    assert SalientPositionsAttention(FUSED[1]).fused_attn == before
 
 
 def test_inverse_channel_scale_changes_output():
@@ -217,19 +265,27 @@ def test_autocast_gives_finite_outputs_on_large_inputs(dtype, shape):
     randomize_norm(block.norm)
     block.train()
     x = torch.randn(*shape) * 1e3
-    calls, real = [], spa.channel_attention
+    calls, attention, affinity = [], spa.channel_attention, spa.channel_affinity
 
-    def recorded(keys, value, *args):  # what the forward itself computes for A V, and from what
-        calls.append((keys, value, real(keys, value, *args)))
+    def recorded_attention(keys, value, *args):  # what the forward itself computes for A V, and from what
+        calls.append((keys, value, attention(keys, value, *args)))
         return calls[-1][-1]
 
-    with torch.autocast('cpu', dtype=dtype), mock.patch.object(spa, 'channel_attention', recorded):
+    def recorded_affinity(keys, *args):  # A alone, where W is applied to A (more positions than channels)
+        calls.append((keys, None, affinity(keys, *args)))
+        return calls[-1][-1]
+
+    with torch.autocast('cpu', dtype=dtype), mock.patch.object(spa, 'channel_attention', recorded_attention), \
+            mock.patch.object(spa, 'channel_affinity', recorded_affinity):
         out = block(x)
-    keys, value, mixed = calls[0]
-    assert mixed.dtype == torch.float32 and torch.isfinite(mixed).all() and torch.isfinite(out).all()
-    keys64 = keys.double()  # the same A V in float64 from the same (low-precision) keys and values
-    expected = torch.softmax(keys64 @ keys64.transpose(1, 2) * block.scale, dim=-1) @ value.double()
-    torch.testing.assert_close(mixed.double(), expected, rtol=1e-4, atol=1e-3 * expected.abs().max().item())
+    [(keys, value, computed)] = calls
+    assert (value is None) == (shape is MANY)
+    assert computed.dtype == torch.float32 and torch.isfinite(computed).all() and torch.isfinite(out).all()
+    keys64 = keys.double()  # the same A (V) in float64 from the same (low-precision) keys and values
+    expected = torch.softmax(keys64 @ keys64.transpose(1, 2) * block.scale, dim=-1)
+    if value is not None:
+        expected = expected @ value.double()
+    torch.testing.assert_close(computed.double(), expected, rtol=1e-4, atol=1e-3 * expected.abs().max().item())
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in block.parameters())
 

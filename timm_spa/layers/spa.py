@@ -19,7 +19,7 @@ from contextlib import nullcontext
 from typing import Optional, Tuple, Type, Union
 
 import torch
-from timm.layers import make_divisible
+from timm.layers import make_divisible, use_fused_attn
 from torch import nn
 from torch.nn import functional as F
 
@@ -117,18 +117,32 @@ def _float32_affinity(keys: torch.Tensor, scale: float) -> torch.Tensor:
 ATTN_IMPLS = ('auto', 'fused', 'materialised')
 
 
-def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto') -> str:
-    """The kernel that computes softmax(K K^T) V for n positions and C' inner channels.
+def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto', device_type: str = 'cpu') -> str:
+    """The kernel that computes softmax(K K^T) V for n positions and C' inner channels on a device type.
 
     SDPA's 'fused' kernel never stores the C' x C' matrix but does about twice the products (the keys
-    are padded to n dimensions); the 'materialised' one forms the C' x C' softmax. On CPU the fused
-    kernel wins while n < C' / 4, where the matrix is large next to the products (`python -m
-    benchmarks.attention_cost --tables kernels` measures both); 'auto' applies that rule, and
-    `attn_impl` 'fused' or 'materialised' forces one kernel.
+    are padded to n dimensions); the 'materialised' one forms the C' x C' softmax. 'auto' applies the
+    rule `python -m benchmarks.attention_cost --tables kernels` measured on each device type (README):
+    on CPU the fused kernel wins while n < C' / 4, where the matrix is large next to the products; on
+    CUDA (H200) it is as fast or faster wherever n <= C'. Device types never measured get the
+    materialised softmax, the plain equations. 'fused' or 'materialised' forces one kernel.
     """
-    if attn_impl == 'auto':
-        return 'fused' if 4 * num_positions < channels else 'materialised'
-    return attn_impl
+    if attn_impl != 'auto':
+        return attn_impl
+    if device_type == 'cuda':
+        fused = num_positions <= channels
+    elif device_type == 'cpu':
+        fused = 4 * num_positions < channels
+    else:
+        fused = False
+    return 'fused' if fused else 'materialised'
+
+
+def folds_projection(num_positions: int, out_channels: int, attn_impl: str = 'auto') -> bool:
+    """Whether the block applies W to A rather than to A V: W (A V) = (W A) V, and W A costs C C'^2
+    products against A V's C'^2 n, so it is the cheaper order with more positions than output
+    channels. Never with the 'fused' kernel, which exists not to store A."""
+    return attn_impl != 'fused' and num_positions > out_channels
 
 
 def _materialised_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
@@ -148,7 +162,7 @@ def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float, at
     """softmax(K K^T * scale) V in float32 at least."""
     dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
     keys, value = keys.to(dtype), value.to(dtype)
-    if attention_kernel(value.shape[-1], value.shape[1], attn_impl) == 'fused':
+    if attention_kernel(value.shape[-1], value.shape[1], attn_impl, value.device.type) == 'fused':
         return _fused_attention(keys, value, scale)
     return _materialised_attention(keys, value, scale)
 
@@ -181,6 +195,29 @@ def _select_in(query: torch.Tensor, k: int, k_ratio: float) -> Tuple[torch.Tenso
     return select_salient_positions(query, resolve_num_positions(query.shape[-2] * query.shape[-1], k, k_ratio))
 
 
+def mixing_operand(keys: torch.Tensor, value: torch.Tensor, out_channels: int, scale: float,
+                   attn_impl: str) -> torch.Tensor:
+    """What the block's projection W is applied to, in the values' dtype: A as a (B, C', C', 1) map where
+    `folds_projection` (then `mix_values` forms (W A) V), else A V (Eq. 7) as (B, C', H, W). A and A V are
+    computed in float32."""
+    if folds_projection(value.shape[-2] * value.shape[-1], out_channels, attn_impl):
+        return channel_affinity(keys, scale).to(value.dtype).unsqueeze(-1)
+    return channel_attention(keys, value.flatten(2), scale, attn_impl).to(value.dtype).view_as(value)
+
+
+def mix_values(projected: torch.Tensor, value: torch.Tensor, attn_impl: str) -> torch.Tensor:
+    """W A V from W applied to `mixing_operand`'s result: (W A) V where the projection was folded."""
+    batch, rd, height, width = value.shape
+    channels = projected.shape[1]
+    if not folds_projection(height * width, channels, attn_impl):
+        return projected
+    weights = projected.flatten(2)  # W A: (B, C, C')
+    if value.stride(1) == 1:  # channels-last values: (V^T (W A)^T)^T keeps the output channels-last, without a copy
+        mixed = torch.bmm(value.permute(0, 2, 3, 1).reshape(batch, height * width, rd), weights.transpose(1, 2))
+        return mixed.view(batch, height, width, channels).permute(0, 3, 1, 2)
+    return torch.bmm(weights, value.flatten(2)).view(batch, channels, height, width)
+
+
 def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
     """`x` if it is (B, in_channels, H, W), else a ValueError that names the shape. Returns `x` so that
     FX graphs keep the check (a call whose result is used is never dropped as dead code)."""
@@ -198,7 +235,8 @@ def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
 # create_feature_extractor, timm's FX features), so the block traces and still checks its input
 torch.fx.wrap('check_spa_input')
 torch.fx.wrap('_select_in')
-torch.fx.wrap('channel_attention')
+torch.fx.wrap('mixing_operand')
+torch.fx.wrap('mix_values')
 
 
 class SalientPositions(nn.Module):
@@ -275,6 +313,9 @@ class SalientPositionsAttention(nn.Module):
         self.rd_channels = rd_channels
         self.scale = float(scale)
         self.attn_impl = attn_impl
+        # timm's switch, read as its attention layers read it: TIMM_FUSED_ATTN=0, set_fused_attn(False) or
+        # set_exportable(True) before building keep 'auto' on the materialised softmax
+        self.fused_attn = use_fused_attn()
         # theta (Eq. 3) and g (Eq. 4) as one conv: output channels [0, C') are Q, [C', 2C') are V
         self.qv = nn.Conv2d(in_channels, 2 * rd_channels, kernel_size=1, bias=True, **dd)
         self.select = SalientPositions(k, k_ratio or 0.)
@@ -314,5 +355,7 @@ class SalientPositionsAttention(nn.Module):
         x = check_spa_input(x, self.in_channels)
         query, value = self.qv(x).chunk(2, dim=1)  # Q = theta(X), V = g(X): (B, C', H, W) each
         keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
-        mixed = channel_attention(keys, value.flatten(2), self.scale, self.attn_impl)  # A V in float32
-        return x + self.norm(self.proj(mixed.to(value.dtype).view_as(value)))
+        attn_impl = self.attn_impl if self.fused_attn or self.attn_impl != 'auto' else 'materialised'
+        # W is linear: it maps A V, or A itself where that is cheaper (hooks on `proj` then see W A)
+        mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl)
+        return x + self.norm(mix_values(self.proj(mixing), value, attn_impl))
