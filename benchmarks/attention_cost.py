@@ -76,8 +76,6 @@ def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention
 def load_released_block(path: Path, spa: SalientPositionsAttention) -> nn.Module:
     """The authors' `SPANet` block from their file at `path`, holding the weights of `spa` (C' = C, k = 2)."""
     spec = importlib.util.spec_from_file_location('released_spanet', path)
-    if spec is None or not path.is_file():
-        raise SystemExit(f'--released {path}: not a file; give the SPANet.py of git clone https://github.com/likyoo/SPANet')
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     channels = spa.in_channels
@@ -444,6 +442,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--tiny', action='store_true', help='every row at batch 1, one repeat: a smoke test')
     parser.add_argument('--output', type=Path, default=Path('benchmarks/results'))
     args = parser.parse_args(argv)
+    if args.released is not None and not args.released.is_file():  # refused before hours of other tables
+        parser.error(f'--released {args.released}: not a file; give the SPANet.py of '
+                     'git clone https://github.com/likyoo/SPANet')
     if args.tiny:
         args.batch = args.scaling_batch = args.model_batch = args.repeats = 1
         args.warmup = 0

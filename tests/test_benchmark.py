@@ -107,6 +107,59 @@ def test_tiny_run_has_every_row(tmp_path):
     assert "### SPA's attention kernels" in (tmp_path / 'attention_cost_cpu_tiny.md').read_text()
 
 
+# the released block's constructor and attribute names (likyoo/SPANet, SPANet.py), the paper's computation written
+# here: CI never holds the authors' file, which `--released` reads at run time
+STAND_IN = """
+import torch
+from torch import nn
+
+
+class SPANet(nn.Module):
+    def __init__(self, in_channels, inter_channels=None, sub_sample=False, adaptive=False, k=8):
+        super().__init__()
+        self.k = k
+        self.g = nn.Conv2d(in_channels, inter_channels, 1)
+        self.theta = nn.Conv2d(in_channels, inter_channels, 1)
+        self.W = nn.Sequential(nn.Conv2d(inter_channels, in_channels, 1), nn.BatchNorm2d(in_channels))
+
+    def forward(self, x):
+        q = self.theta(x).flatten(2)
+        idx = q.pow(2).sum(1).topk(self.k, dim=-1).indices
+        keys = q.gather(2, idx[:, None].expand(-1, q.shape[1], -1))
+        attn = torch.softmax(keys @ keys.transpose(1, 2) * SCALE, dim=-1)
+        return x + self.W((attn @ self.g(x).flatten(2)).view(x.shape[0], -1, *x.shape[2:]))
+"""
+
+
+def test_released_table_times_the_authors_block_beside_ours(tmp_path):
+    path = tmp_path / 'SPANet.py'
+    path.write_text(STAND_IN.replace('SCALE', '1.0'))
+    report = attention_cost.main(['--tiny', '--tables', 'released', '--released', str(path), '--output', str(tmp_path)])
+    rows = {(r['channels'], r['height'], r['block']): r for r in report['released']}
+    kinds = ('spa', 'spa_naive', 'spa_released')
+    assert set(rows) == {(c, h, kind) for c, h, _ in attention_cost.RESNET18_SHAPES for kind in kinds}
+    for c, h, _ in attention_cost.RESNET18_SHAPES:
+        ours, theirs = rows[(c, h, 'spa')], rows[(c, h, 'spa_released')]
+        assert ours['time_vs_spa_released'] == pytest.approx(ours['time_ms'] / theirs['time_ms'])
+    table = (tmp_path / 'attention_cost_cpu_released_tiny.md').read_text()
+    assert table.startswith("### Our block against the authors' released block")
+    assert f"| 512x4x4 | {rows[(512, 4, 'spa')]['time_ms']:.2f} |" in table
+    assert not list(tmp_path.glob('attention_cost_cpu_tiny.*'))  # a partial run never writes a full run's files
+
+
+def test_released_table_refuses_a_block_that_computes_something_else(tmp_path):
+    path = tmp_path / 'SPANet.py'
+    path.write_text(STAND_IN.replace('SCALE', '0.5'))  # another logit scale: not the same function
+    with pytest.raises(AssertionError, match='Tensor-likes are not close'):
+        attention_cost.main(['--tiny', '--tables', 'released', '--released', str(path), '--output', str(tmp_path)])
+
+def test_released_table_refuses_a_missing_file_before_measuring_anything(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        attention_cost.main(['--tiny', '--released', str(tmp_path / 'nope.py'), '--output', str(tmp_path)])
+    assert 'not a file; give the SPANet.py of git clone https://github.com/likyoo/SPANet' in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
 def test_naive_baseline_computes_the_same_function():
     # the benchmark asserts this per shape; here both of our block's attention kernels are covered
     for channels, size in ((16, 8), (64, 4), (128, 4)):  # n > C folded, C / 3 < n <= C materialised, n <= C / 3 fused

@@ -12,7 +12,10 @@ logit scale 1.0 by default, zero-initialised last BN (identity at init), float32
 autocast, no device handling inside the block.
 
 The block calls its own modules (`qv`, `select`, `proj`, `norm`), so forward hooks, timm's
-`AttentionExtract`, quantisation and module swaps (LoRA wrapping `nn.Conv2d`) see every step.
+`AttentionExtract`, quantisation and module swaps (LoRA wrapping `nn.Conv2d`) see every step. Its
+speed comes from choosing what each computes: `proj` maps A itself, not A V, where the input has more
+positions than channels ((W A) V needs fewer products), and A V takes SDPA's fused kernel where that
+was measured to pay on the device type in use.
 """
 import math
 from contextlib import nullcontext
@@ -271,8 +274,9 @@ class SalientPositionsAttention(nn.Module):
         rd_divisor: C' is rounded to a multiple of this.
         scale: affinity logit scale; a float (1.0 as in the authors' code) or 'inv_channels' for 1 / C'.
         norm_layer: normalisation after the output projection; its weight starts at zero.
-        attn_impl: kernel for softmax(K K^T) V: 'auto' (the faster one for the input's size, as
-            measured on CPU), 'fused' (SDPA's kernel: never stores the C' x C' matrix) or 'materialised'.
+        attn_impl: kernel for softmax(K K^T) V: 'auto' (the faster one for the input's size on its device
+            type, as measured; never fused where timm's `use_fused_attn()` is off when the block is built),
+            'fused' (SDPA's kernel: never stores the C' x C' matrix) or 'materialised'.
     """
 
     def __init__(
