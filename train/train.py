@@ -577,6 +577,8 @@ def _mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
 
 
 def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
+    """A run as its steps: read what a resume continues, set everything up, train and validate each epoch,
+    test the chosen checkpoint once."""
     state = None
     if args.resume:
         state = _resume_state(run_dir)
@@ -585,146 +587,182 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     if args.data_dir:  # recorded absolute: a resume or `train.validate --run` from another folder reads the same data
         args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     env = init_distributed(args.device)
-    log = partial(print, flush=True) if env.is_main else (lambda *_: None)
-    amp_dtype, precision_warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)
-    if precision_warning:
-        log(f'warning: {precision_warning}')
     try:
-        data = _load_data(args, env, log)
-        num_classes = data.record.num_classes
-        _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
-        model_args = _model_args(args, num_classes)
-        model = _create_model(args, num_classes)
-        progress = _RunProgress(run_id=from_main(new_run_id(), env), parent=None)
-        if state is None and args.initial_checkpoint:  # a resumed run has its weights, and its parent's record
-            progress.parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
-            log(f'initial weights: {args.initial_checkpoint} ({describe_parent(progress.parent)})')
-        training = _build_training(args, model, env, len(data.train), amp_dtype)
-        if state is not None:
-            _resume(state, training, progress, model_args, data, run_dir, env, log)
-        train_model, eval_model, eval_forward = _train_and_eval_models(args, training, env)
-
-        recorded = {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
-        if env.is_main:
-            if state is None and args.overwrite:
-                run_dir.remove_run_files()  # only now: a typo above must not cost the old run
-            run_dir.write_args(dict(recorded, run_id=progress.run_id))
-            log(f'{args.model} on {data.splits.label}: {data.record.train_images} train / {data.record.val_images} '
-                f'val / {data.record.test_images} test images, {num_classes} classes, {training.num_epochs} '
-                f'epochs, {env.world_size} process(es) on {env.device.type} in {describe_precision(amp_dtype)}; '
-                f'run directory {run_dir}')
-        barrier(env)  # the old run's files are gone before any rank goes on
-        mixup = _mixup(args, num_classes)
-        loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=args.smoothing)
-
-        def checkpoint(epoch: int, **extra: Any) -> Dict[str, Any]:
-            return dict(training.state(), epoch=epoch, arch=args.model, best=progress.best, model_args=model_args,
-                        run_id=progress.run_id, args=comparable(recorded), dataset=comparable(asdict(data.record)),
-                        parent=progress.parent, **extra)
-
-        def save_recovery(epoch: int, clock: EpochClock, tally: EpochTally) -> None:
-            """Every --recovery-interval steps: the state, each rank's tally, random streams and BatchNorm statistics,
-            the epoch's time."""
-            if tally.steps % args.recovery_interval or tally.steps == len(data.train):
-                return  # the epoch's own checkpoint follows the last step
-            ranks = gather_to_main(dict(tally=asdict(tally), rng=rng_state(), buffers=training.rank_buffers()), env)
-            if env.is_main:
-                save_training_state(run_dir.recovery, checkpoint(epoch, metric=None, recovery=dict(
-                    step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
-                    stopped_s=clock.stopped_s())))
-
-        machine = hardware(env.device, env.world_size)  # per epoch: a resumed run may go on elsewhere
-        for epoch in range(progress.start_epoch, training.num_epochs):
-            recovered, progress.recovery = progress.recovery, None
-            clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
-            rank_state = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
-            if rank_state.get('buffers'):  # this rank's own statistics, as they were when the run stopped
-                training.load_rank_buffers(rank_state['buffers'])
-            _seed_epoch(args.seed, epoch, env.rank)
-            data.train.sampler.set_epoch(epoch)
-            if mixup is not None:
-                mixup.mixup_enabled = not args.mixup_off_epoch or epoch < args.mixup_off_epoch
-            try:
-                stats = train_one_epoch(
-                    train_model, data.train, training.optimizer, loss_fn, env, amp_dtype, training.scaler,
-                    training.ema, args.channels_last, epoch, args.log_interval, args.progress, log, training.scheduler,
-                    EpochTally(**rank_state['tally']), rank_state['rng'],
-                    partial(save_recovery, epoch, clock) if args.recovery_interval else None, mixup)
-            except TrainingDiverged as e:
-                kept = f'{run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
-                raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
-                                       f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
-                                       'a new run.') from None
-            training.scheduler.step(epoch + 1)
-            _sync_batch_norm(args.dist_bn, training, env)
-            val = evaluate(eval_forward, data.val, env, amp_dtype, args.channels_last)
-            stopped_s, epoch_s = clock.stopped_s(), clock.running_s()  # SIGSTOP/Ctrl-Z: time the run did not run
-            history = progress.history
-            history.append(dict(
-                epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
-                val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s, stopped_s=stopped_s,
-                elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
-                precision=describe_precision(amp_dtype), hardware=machine))
-            improved = val['top1'] > progress.best['top1']
-            if improved:
-                progress.best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
-            if env.is_main:
-                if improved:
-                    save_weights(run_dir.best, eval_model,
-                                 metadata=dict(arch=json.dumps(model_args), epoch=str(epoch), run_id=progress.run_id))
-                write_summary(run_dir.summary, history)
-                save_training_state(run_dir.last, checkpoint(epoch, metric=val['top1']))
-                run_dir.recovery.unlink(missing_ok=True)  # it lies inside this epoch, which last.pth.tar now ends
-            left = training.num_epochs - epoch - 1  # at this epoch's pace: the hours a CPU user plans around
-            plural = 's' if left > 1 else ''
-            to_go = f', ~{left * epoch_s / 3600:.1f} h for the {left} epoch{plural} left' if left else ''
-            log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
-                f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
-                f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
-                f"{to_go}"
-                f"{' *best*' if improved else ''}")
-        return _test_once(args, data, training, progress, eval_model, model_args, recorded, run_dir, env, log)
+        run = _set_up(args, state, run_dir, env)
+        for epoch in range(run.progress.start_epoch, run.training.num_epochs):
+            stats, clock = run.train_epoch(epoch)
+            run.end_epoch(epoch, stats, clock)
+        return run.test_once()
     finally:
         cleanup(env)
 
 
-def _test_once(args: argparse.Namespace, data: _RunData, training: _TrainingState, progress: _RunProgress,
-               eval_model: nn.Module, model_args: dict, recorded: dict, run_dir: RunDir, env: DistEnv,
-               log: Callable[[str], None]) -> Results:
-    """The checkpoint chosen on the validation split, evaluated once on the test split, and the results file."""
-    best, record = progress.best, data.record
-    barrier(env)  # rank 0 wrote it
-    run_dir.load_best(eval_model, progress.run_id, best['epoch'], args.model)
-    # in float32 whatever the training precision: the number anyone reloading the weights reproduces
-    clock = EpochClock()
-    test = evaluate(eval_model, data.test, env, None, args.channels_last)
-    if test['count'] != record.test_images:
-        raise RuntimeError(f'evaluated {test["count"]} test images, expected {record.test_images}')
-    test_stopped_s = clock.stopped_s()
-    wall_time_s = progress.history[-1]['elapsed_s'] + clock.running_s()
-    stopped = [row.get('stopped_s', math.nan) for row in progress.history]  # NaN: not measured (older run)
-    splits = data.splits
-    results = Results(
-        run_id=progress.run_id, model=args.model,
-        tag=splits.tag if record.num_classes == splits.num_classes else None, model_args=model_args,
-        param_count=sum(p.numel() for p in training.model.parameters()), dataset=record,
-        epochs=training.num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
-        val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
-        checkpoint_selection=f'best validation top-1 on {record.val_images} images held out of train '
-                             f'(split seed {args.val_split_seed}); test split evaluated once, every image '
-                             'once, in float32',
-        wall_time_s=wall_time_s, lineage=lineage_record(progress.parent, training.num_epochs, wall_time_s),
-        stopped_s=sum(stopped) + test_stopped_s if all(map(math.isfinite, stopped)) else None,
-        hardware=hardware_record(progress.history), world_size=env.world_size,
-        precision=precision_record([row['precision'] for row in progress.history], env.device),
-        software=software(), git_commit=git_commit(), args=comparable(recorded))
+@dataclass
+class _Run:
+    """A run once set up: what its epochs read, and where they write."""
+    args: argparse.Namespace
+    run_dir: RunDir
+    env: DistEnv
+    log: Callable[[str], None]
+    amp_dtype: Optional[str]
+    data: _RunData
+    training: _TrainingState
+    progress: _RunProgress
+    model_args: dict
+    recorded: dict  # the arguments results.json and the checkpoints record
+    train_model: nn.Module
+    eval_model: nn.Module
+    eval_forward: nn.Module
+    mixup: Optional[Mixup]
+    loss_fn: nn.Module
+    machine: str  # where this process trains: a resumed run may go on elsewhere
+
+    def checkpoint(self, epoch: int, **extra: Any) -> Dict[str, Any]:
+        return dict(self.training.state(), epoch=epoch, arch=self.args.model, best=self.progress.best,
+                    model_args=self.model_args, run_id=self.progress.run_id, args=comparable(self.recorded),
+                    dataset=comparable(asdict(self.data.record)), parent=self.progress.parent, **extra)
+
+    def save_recovery(self, epoch: int, clock: EpochClock, tally: EpochTally) -> None:
+        """Every --recovery-interval steps: the state, each rank's tally, random streams and BatchNorm statistics,
+        the epoch's time."""
+        if tally.steps % self.args.recovery_interval or tally.steps == len(self.data.train):
+            return  # the epoch's own checkpoint follows the last step
+        env = self.env
+        ranks = gather_to_main(dict(tally=asdict(tally), rng=rng_state(), buffers=self.training.rank_buffers()), env)
+        if env.is_main:
+            save_training_state(self.run_dir.recovery, self.checkpoint(epoch, metric=None, recovery=dict(
+                step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
+                stopped_s=clock.stopped_s())))
+
+    def train_epoch(self, epoch: int) -> Tuple[Dict[str, float], EpochClock]:
+        """One epoch of training, from where a recovery checkpoint stopped inside it if there is one."""
+        args, training, env = self.args, self.training, self.env
+        recovered, self.progress.recovery = self.progress.recovery, None
+        clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
+        rank_state = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
+        if rank_state.get('buffers'):  # this rank's own statistics, as they were when the run stopped
+            training.load_rank_buffers(rank_state['buffers'])
+        _seed_epoch(args.seed, epoch, env.rank)
+        self.data.train.sampler.set_epoch(epoch)
+        if self.mixup is not None:
+            self.mixup.mixup_enabled = not args.mixup_off_epoch or epoch < args.mixup_off_epoch
+        try:
+            stats = train_one_epoch(
+                self.train_model, self.data.train, training.optimizer, self.loss_fn, env, self.amp_dtype,
+                training.scaler, training.ema, args.channels_last, epoch, args.log_interval, args.progress, self.log,
+                training.scheduler, EpochTally(**rank_state['tally']), rank_state['rng'],
+                partial(self.save_recovery, epoch, clock) if args.recovery_interval else None, self.mixup)
+        except TrainingDiverged as e:
+            kept = f'{self.run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
+            raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
+                                   f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
+                                   'a new run.') from None
+        training.scheduler.step(epoch + 1)
+        return stats, clock
+
+    def end_epoch(self, epoch: int, stats: Dict[str, float], clock: EpochClock) -> None:
+        """Validate, add the epoch to the history, keep the best weights and the checkpoint, say how it went."""
+        training, progress, run_dir, env = self.training, self.progress, self.run_dir, self.env
+        _sync_batch_norm(self.args.dist_bn, training, env)
+        val = evaluate(self.eval_forward, self.data.val, env, self.amp_dtype, self.args.channels_last)
+        stopped_s, epoch_s = clock.stopped_s(), clock.running_s()  # SIGSTOP/Ctrl-Z: time the run did not run
+        history = progress.history
+        history.append(dict(
+            epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
+            val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s, stopped_s=stopped_s,
+            elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
+            precision=describe_precision(self.amp_dtype), hardware=self.machine))
+        improved = val['top1'] > progress.best['top1']
+        if improved:
+            progress.best = dict(top1=val['top1'], top5=val['top5'], epoch=epoch)
+        if env.is_main:
+            if improved:
+                save_weights(run_dir.best, self.eval_model, metadata=dict(
+                    arch=json.dumps(self.model_args), epoch=str(epoch), run_id=progress.run_id))
+            write_summary(run_dir.summary, history)
+            save_training_state(run_dir.last, self.checkpoint(epoch, metric=val['top1']))
+            run_dir.recovery.unlink(missing_ok=True)  # it lies inside this epoch, which last.pth.tar now ends
+        left = training.num_epochs - epoch - 1  # at this epoch's pace: the hours a CPU user plans around
+        plural = 's' if left > 1 else ''
+        to_go = f', ~{left * epoch_s / 3600:.1f} h for the {left} epoch{plural} left' if left else ''
+        self.log(f"epoch {epoch}: train loss {stats['train_loss']:.4f} top-1 {stats['train_top1']:.2f} | val "
+                 f"top-1 {val['top1']:.2f} top-5 {val['top5']:.2f} | {stats['img_s']:.1f} img/s, data "
+                 f"{100 * stats['data_share']:.0f}% of step time, {epoch_s / 60:.1f} min"
+                 f"{to_go}"
+                 f"{' *best*' if improved else ''}")
+
+    def test_once(self) -> Results:
+        """The checkpoint chosen on the validation split, evaluated once on the test split, and the results file."""
+        args, data, training, progress, run_dir, env = (
+            self.args, self.data, self.training, self.progress, self.run_dir, self.env)
+        best, record = progress.best, data.record
+        barrier(env)  # rank 0 wrote it
+        run_dir.load_best(self.eval_model, progress.run_id, best['epoch'], args.model)
+        # in float32 whatever the training precision: the number anyone reloading the weights reproduces
+        clock = EpochClock()
+        test = evaluate(self.eval_model, data.test, env, None, args.channels_last)
+        if test['count'] != record.test_images:
+            raise RuntimeError(f'evaluated {test["count"]} test images, expected {record.test_images}')
+        test_stopped_s = clock.stopped_s()
+        wall_time_s = progress.history[-1]['elapsed_s'] + clock.running_s()
+        stopped = [row.get('stopped_s', math.nan) for row in progress.history]  # NaN: not measured (older run)
+        splits = data.splits
+        results = Results(
+            run_id=progress.run_id, model=args.model,
+            tag=splits.tag if record.num_classes == splits.num_classes else None, model_args=self.model_args,
+            param_count=sum(p.numel() for p in training.model.parameters()), dataset=record,
+            epochs=training.num_epochs, seed=args.seed, best_epoch=best['epoch'], val_top1=best['top1'],
+            val_top5=best['top5'], test_top1=test['top1'], test_top5=test['top5'], test_loss=test['loss'],
+            checkpoint_selection=f'best validation top-1 on {record.val_images} images held out of train '
+                                 f'(split seed {args.val_split_seed}); test split evaluated once, every image '
+                                 'once, in float32',
+            wall_time_s=wall_time_s, lineage=lineage_record(progress.parent, training.num_epochs, wall_time_s),
+            stopped_s=sum(stopped) + test_stopped_s if all(map(math.isfinite, stopped)) else None,
+            hardware=hardware_record(progress.history), world_size=env.world_size,
+            precision=precision_record([row['precision'] for row in progress.history], env.device),
+            software=software(), git_commit=git_commit(), args=comparable(self.recorded))
+        if env.is_main:
+            plot_curves(run_dir.curves, progress.history, f'{args.model} on {splits.label}')
+            run_dir.write_results(results)
+            self.log(f"test top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} ({test['count']} images) for the "
+                     f"epoch-{best['epoch']} checkpoint chosen on validation top-1 {best['top1']:.2f}")
+            self.log(f'wrote {run_dir.results}, {run_dir.best}, {run_dir.summary}, {run_dir.curves}')
+        return results
+
+
+def _set_up(args: argparse.Namespace, state: Optional[dict], run_dir: RunDir, env: DistEnv) -> _Run:
+    """Data, model, optimizer and the rest (from the checkpoint when resuming); a new run's arguments are written,
+    and `--overwrite` removes the old run's files only now that nothing above failed."""
+    log = partial(print, flush=True) if env.is_main else (lambda *_: None)
+    amp_dtype, precision_warning = resolve_amp_dtype(args.amp, args.amp_dtype, env.device)
+    if precision_warning:
+        log(f'warning: {precision_warning}')
+    data = _load_data(args, env, log)
+    num_classes = data.record.num_classes
+    _seed_epoch(args.seed, -1, 0)  # identical initial weights on every rank
+    model_args = _model_args(args, num_classes)
+    model = _create_model(args, num_classes)
+    progress = _RunProgress(run_id=from_main(new_run_id(), env), parent=None)
+    if state is None and args.initial_checkpoint:  # a resumed run has its weights, and its parent's record
+        progress.parent = load_initial_checkpoint(model, args.initial_checkpoint, args.model)
+        log(f'initial weights: {args.initial_checkpoint} ({describe_parent(progress.parent)})')
+    training = _build_training(args, model, env, len(data.train), amp_dtype)
+    if state is not None:
+        _resume(state, training, progress, model_args, data, run_dir, env, log)
+    recorded = {k: v for k, v in vars(args).items() if k not in NOT_RECORDED}
     if env.is_main:
-        plot_curves(run_dir.curves, progress.history, f'{args.model} on {splits.label}')
-        run_dir.write_results(results)
-        log(f"test top-1 {test['top1']:.2f} top-5 {test['top5']:.2f} ({test['count']} images) for the "
-            f"epoch-{best['epoch']} checkpoint chosen on validation top-1 {best['top1']:.2f}")
-        log(f'wrote {run_dir.results}, {run_dir.best}, {run_dir.summary}, {run_dir.curves}')
-    return results
+        if state is None and args.overwrite:
+            run_dir.remove_run_files()  # only now: a typo above must not cost the old run
+        run_dir.write_args(dict(recorded, run_id=progress.run_id))
+        log(f'{args.model} on {data.splits.label}: {data.record.train_images} train / {data.record.val_images} '
+            f'val / {data.record.test_images} test images, {num_classes} classes, {training.num_epochs} '
+            f'epochs, {env.world_size} process(es) on {env.device.type} in {describe_precision(amp_dtype)}; '
+            f'run directory {run_dir}')
+    barrier(env)  # the old run's files are gone before any rank goes on
+    mixup = _mixup(args, num_classes)
+    loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=args.smoothing)
+    return _Run(args, run_dir, env, log, amp_dtype, data, training, progress, model_args, recorded,
+                *_train_and_eval_models(args, training, env), mixup, loss_fn, hardware(env.device, env.world_size))
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Results]:
