@@ -53,7 +53,7 @@ def _reference_for(block, x, scale):
         (norm.weight, norm.bias, norm.running_mean, norm.running_var, norm.eps), block.k, scale)
 
 
-# A V runs in the fused attention kernel (n <= C' / 3 on CPU) or through a materialised C' x C' softmax;
+# A V runs in the fused attention kernel (n < C' / 4 on CPU) or through a materialised C' x C' softmax;
 # MANY has more positions than channels (the early stages, large images)
 MANY, FUSED, MATERIALISED = (2, 8, 5, 6), (2, 64, 3, 3), (2, 16, 3, 4)
 PATH_SHAPES = [MANY, FUSED, MATERIALISED, (1, 80, 9, 8)]
@@ -61,7 +61,7 @@ PATH_SHAPES = [MANY, FUSED, MATERIALISED, (1, 80, 9, 8)]
 
 @pytest.mark.parametrize('shape,fused', [(MANY, False), (FUSED, True), (MATERIALISED, False)])
 def test_auto_kernel_reaches_the_forward(shape, fused):
-    """attn_impl='auto' runs SDPA's fused kernel only where there are at most C' / 3 positions (CPU's rule)."""
+    """attn_impl='auto' runs SDPA's fused kernel only where there are fewer than C' / 4 positions (CPU's rule)."""
     block = SalientPositionsAttention(shape[1]).eval()
     sdpa = torch.nn.functional.scaled_dot_product_attention
     with mock.patch('torch.nn.functional.scaled_dot_product_attention', side_effect=sdpa) as kernel:
@@ -88,8 +88,8 @@ def test_forced_attention_kernel_matches_plain_equations(attn_impl, shape):
 @pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
 @pytest.mark.parametrize('k,rd_ratio,shape', [
     (2, 1.0, (2, 8, 5, 6)), (7, 0.5, (3, 12, 4, 4)), (1, 1.0, (1, 4, 3, 7)),  # n > C'
-    (2, 1.0, FUSED), (5, 0.5, (2, 96, 3, 3)), (1, 1.0, (1, 8, 1, 1)),  # n <= C' / 3: fused attention
-    (2, 1.0, MATERIALISED), (5, 0.5, (2, 24, 3, 3)), (3, 1.0, (1, 96, 9, 9)),  # C' / 3 < n <= C': materialised
+    (2, 1.0, FUSED), (5, 0.5, (2, 96, 3, 3)), (1, 1.0, (1, 8, 1, 1)),  # n < C' / 4: fused attention
+    (2, 1.0, MATERIALISED), (5, 0.5, (2, 24, 3, 3)), (3, 1.0, (1, 96, 9, 9)),  # C' / 4 <= n <= C': materialised
 ])
 def test_matches_plain_equations(scale, k, rd_ratio, shape):
     torch.manual_seed(0)
