@@ -17,7 +17,8 @@ def test_readme_shows_the_measured_tables():
         saved = json.loads(md.with_suffix('.json').read_text())
         assert md.read_text().strip() == attention_cost.markdown_tables(saved).strip(), md
         assert md.read_text().strip() in (ROOT / 'README.md').read_text(), f'paste {md.name} into README.md'
-        assert md.with_suffix('.png').stat().st_size > 0
+        if saved.get('scaling'):  # the plot is of the scaling table; a run without it has none
+            assert md.with_suffix('.png').stat().st_size > 0
     for md in sorted(results.glob('train_throughput_*.md')):
         context = md.read_text().split('\n', 1)[0]
         saved = json.loads(md.with_suffix('.json').read_text())
