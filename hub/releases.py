@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import timm
 import torch
@@ -29,6 +29,8 @@ from train.distributed import DistEnv
 from train.engine import evaluate
 from train.lineage import describe, totals
 from train.report import hardware, software
+from train.run_dir import Results
+from train.train import NOT_RECORDED, RESUME_SAFE, build_parser
 
 from .release_slot import recover_releases
 from .repository import WEIGHTS, Repository, RepositoryError, read_history, read_repository
@@ -76,19 +78,60 @@ PEERS_CIFAR10_RESNET18 = (
 )
 
 
+def training_recipe(results: Results) -> Dict[str, Any]:
+    """The arguments that decide what a release's run trained, beside the model: not where its data lay or how
+    fast it ran (what `--resume` lets change). A data set's releases compare like with like where these agree.
+    A flag added after a run was made has its default there: what that run did (new flags start off)."""
+    defaults = vars(build_parser().parse_known_args([])[0])
+    args = {k: v for k, v in defaults.items() if k not in NOT_RECORDED} | results.args
+    return {k: v for k, v in args.items() if k != 'model' and k not in RESUME_SAFE}
+
+
+def _recipe_labels(repos: List[Repository]) -> Dict[str, Dict[str, str]]:
+    """Per data-set tag, each distinct recipe (as JSON) and its letter, in the order of the releases."""
+    labels: Dict[str, Dict[str, str]] = {}
+    for repo in repos:
+        recipes = labels.setdefault(repo.results.tag, {})
+        recipes.setdefault(json.dumps(training_recipe(repo.results), sort_keys=True), chr(ord('A') + len(recipes)))
+    return labels
+
+
+def _recipe_notes(labels: Dict[str, Dict[str, str]]) -> List[str]:
+    """For each data set whose releases come from more than one recipe, how each differs from the first."""
+    notes = []
+    for tag, recipes in labels.items():
+        if len(recipes) < 2:
+            continue
+        (first, first_label), *others = [(json.loads(k), v) for k, v in recipes.items()]
+        differences = []
+        for recipe, label in others:
+            keys = sorted(k for k in set(first) | set(recipe) if first.get(k) != recipe.get(k))
+            differences.append(f'{label} differs from {first_label} in ' + ', '.join(
+                f'`{k}` {recipe.get(k)!r} ({first_label}: {first.get(k)!r})' for k in keys))
+        notes += ['', f'The `{tag}` releases come from {len(recipes)} recipes (column recipe): compare rows within '
+                      f'one recipe only. Recipe {"; ".join(differences)}.']
+    return notes
+
+
 def release_table(repos: List[Repository]) -> str:
     """The README's table of released weights, every number read from the release folders, and what the paper
-    and other model zoos publish for the same architectures."""
-    lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | wall time | lineage | '
-             'hardware, precision | paper top-1 |', '|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|']
+    and other model zoos publish for the same architectures. Where a data set's releases come from different
+    recipes (a new recipe replaces an old one model by model), a column says which, and a note how they differ."""
+    labels = _recipe_labels(repos)
+    mixed = any(len(recipes) > 1 for recipes in labels.values())
+    lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | ' + ('recipe | ' if mixed else '')
+             + 'wall time | lineage | hardware, precision | paper top-1 |',
+             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + '---:|---|---|---:|']
     for repo in repos:
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
+        recipe = labels[r.tag][json.dumps(training_recipe(r), sort_keys=True)] + ' | ' if mixed else ''
         lines.append(
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
-            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {seconds / 3600:.2f} h | {describe(r)} | '
+            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{seconds / 3600:.2f} h | {describe(r)} | '
             f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
+    lines += _recipe_notes(labels)
     if any(r.results.tag == 'cifar10' for r in repos):
         peers = '; '.join(f'[{name}]({url}) {top1:.2f} ({budget})'
                           for name, url, top1, budget in PEERS_CIFAR10_RESNET18)

@@ -8,6 +8,7 @@ and the 1,000 test images CI re-measures (every 10th) must be classified as that
 release's data set is absent (../shared/data/cifar10-jpeg in a user's own clone; Tiny-ImageNet outside
 ~/data/tiny-imagenet-200 or $TIMM_SPA_TINYIMAGENET) that check is skipped, saying so.
 """
+import dataclasses
 import json
 import os
 import subprocess
@@ -27,6 +28,7 @@ from hub.releases import (
     read_remeasured,
     release_table,
     released_repositories,
+    training_recipe,
 )
 from hub.repository import read_history
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
@@ -93,15 +95,41 @@ def test_release_folders_hold_exactly_what_push_uploads(released):
         assert all(v.dtype == torch.float32 for v in weights.values() if v.is_floating_point())
         card = (repo.folder / 'README.md').read_text()
         assert f'{repo.results.test_top1:.2f}' in card and 'single training run' in card
-    # one recipe, budget and seed for all of a data set's releases: their cards compare like with like
+    # a data set's releases share one recipe, budget and seed, or the table says which rows share which
+    table = release_table(released)
     for dataset in {r.results.tag for r in released}:
-        recipes = {json.dumps({k: v for k, v in r.results.args.items() if k != 'model'}, sort_keys=True)
-                   for r in released if r.results.tag == dataset}
-        assert len(recipes) == 1, dataset
+        recipes = {json.dumps(training_recipe(r.results), sort_keys=True) for r in released if r.results.tag == dataset}
+        assert len(recipes) == 1 or f'The `{dataset}` releases come from {len(recipes)} recipes' in table, dataset
 
 
 def test_readme_table_is_generated_from_the_releases(releases):
     assert release_table(releases) in (ROOT / 'README.md').read_text()
+
+
+def test_table_into_a_closed_pipe_is_quiet(released):
+    """`python -m hub table releases/ | head -1`: the reader leaving early is no error worth a traceback."""
+    done = subprocess.run(['bash', '-c', 'set -o pipefail; "$0" -m hub table releases/ | true', sys.executable],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.stderr == '' and done.returncode == 141
+
+
+def test_table_marks_each_rows_recipe_while_a_new_recipe_replaces_an_old_one(released):
+    """Releasing v2 model by model leaves a data set with two recipes for a while: the table then says which row
+    has which, and how they differ in what was trained (not where the data lay)."""
+    assert '| recipe |' not in release_table(released)  # one recipe per data set today
+    spa = next(r for r in released if r.folder.name == 'resnet18_spa.cifar10')
+    args = dict(spa.results.args, epochs=30, sched='poly', data_dir='/elsewhere', workers=9)
+    v2 = dataclasses.replace(spa, results=dataclasses.replace(spa.results, args=args))
+    table = release_table([v2 if r is spa else r for r in released])
+    rows = {line.split(' | ')[0] + ' ' + line.split(' | ')[1]: line for line in table.splitlines()
+            if line.startswith('| `')}
+    assert ' | 15 | B | ' in rows['| `resnet18_spa` `cifar10`']  # the epochs column is the run's own
+    assert ' | 15 | A | ' in rows['| `resnet18_cifar` `cifar10`']
+    assert ' | 3 | A | ' in rows['| `resnet18_spa` `tinyimagenet`']  # its own data set, its own letters
+    note = next(line for line in table.splitlines() if line.startswith('The `cifar10` releases come from 2 recipes'))
+    assert "`epochs` 30 (A: 15)" in note and "`sched` 'poly' (A: 'cosine')" in note
+    assert 'data_dir' not in note and 'workers' not in note
+    assert 'tinyimagenet` releases come from' not in table
 
 
 @pytest.mark.slow

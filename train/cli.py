@@ -106,6 +106,9 @@ def run_cli(prog: str, body: Callable[[], Any], debug: bool = False,
             raise
         print(f'{prog}: error: {message(e)}', file=sys.stderr)
         raise SystemExit(1) from None
+    except BrokenPipeError:  # the reader left (`| head`): quiet, as shell tools are (Python's own recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to flush at exit
+        raise SystemExit(128 + signal.SIGPIPE) from None
     except (WorkerDied, RuntimeError, ConnectionError, EOFError) as e:
         ignore_worker_deaths()
         said = str(e) if isinstance(e, WorkerDied) else worker_died(e)
