@@ -303,77 +303,74 @@ def _fmt(value, spec):
     return format(value, spec) if isinstance(value, (int, float)) else '-'
 
 
+def _table(title: str, header: str, align: str, rows: List[str]) -> List[str]:
+    return [title, '', header, align, *rows]
+
+
 def _block_markdown(report: dict) -> List[str]:
-    lines = ['### Block: forward+backward, batch {}'.format(report['config']['batch']), '',
-             '| C x H x W | block | time (ms) | peak extra (MiB) | time vs naive SPA | time vs NL | memory vs NL |',
-             '|---|---|---:|---:|---:|---:|---:|']
-    for r in report['block']:
-        lines.append(
-            f"| {r['channels']}x{r['height']}x{r['width']} | {r['block']} | {_fmt(r.get('time_ms'), '.2f')} | "
-            f"{_fmt(r.get('peak_extra_mib'), '.1f')} | {_fmt(r.get('time_vs_spa_naive'), '.2f')} | "
-            f"{_fmt(r.get('time_vs_nl'), '.3f')} | {_fmt(r.get('memory_vs_nl'), '.3f')} |"
-            + (f" skipped: {r['skipped']}" if 'skipped' in r else ''))
-    return lines
+    return _table(
+        '### Block: forward+backward, batch {}'.format(report['config']['batch']),
+        '| C x H x W | block | time (ms) | peak extra (MiB) | time vs naive SPA | time vs NL | memory vs NL |',
+        '|---|---|---:|---:|---:|---:|---:|',
+        [f"| {r['channels']}x{r['height']}x{r['width']} | {r['block']} | {_fmt(r.get('time_ms'), '.2f')} | "
+         f"{_fmt(r.get('peak_extra_mib'), '.1f')} | {_fmt(r.get('time_vs_spa_naive'), '.2f')} | "
+         f"{_fmt(r.get('time_vs_nl'), '.3f')} | {_fmt(r.get('memory_vs_nl'), '.3f')} |"
+         + (f" skipped: {r['skipped']}" if 'skipped' in r else '') for r in report['block']])
 
 
 def _scaling_markdown(report: dict) -> List[str]:
-    lines = [f"### Scaling with positions: C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']}", '',
-             '| H = W | n | SPA ms | NL ms | SPA MiB | NL MiB | time SPA/NL | memory SPA/NL |',
-             '|---:|---:|---:|---:|---:|---:|---:|---:|']
-    sizes = sorted({r['height'] for r in report['scaling']})
-    for size in sizes:
+    rows = []
+    for size in sorted({r['height'] for r in report['scaling']}):
         spa = next(r for r in report['scaling'] if r['height'] == size and r['block'] == 'spa')
         nl = next(r for r in report['scaling'] if r['height'] == size and r['block'] == 'nl')
-        lines.append(
+        rows.append(
             f"| {size} | {size * size} | {_fmt(spa.get('time_ms'), '.2f')} | {_fmt(nl.get('time_ms'), '.2f')} | "
             f"{_fmt(spa.get('peak_extra_mib'), '.1f')} | {_fmt(nl.get('peak_extra_mib'), '.1f')} | "
             f"{_fmt(spa.get('time_vs_nl'), '.3f')} | {_fmt(spa.get('memory_vs_nl'), '.4f')} |")
-    return lines
+    return _table(
+        f"### Scaling with positions: C = {SCALING_CHANNELS}, batch {report['config']['scaling_batch']}",
+        '| H = W | n | SPA ms | NL ms | SPA MiB | NL MiB | time SPA/NL | memory SPA/NL |',
+        '|---:|---:|---:|---:|---:|---:|---:|---:|', rows)
 
 
 def _models_markdown(report: dict) -> List[str]:
-    lines = ['### Models: images/s, batch {}{}'.format(
-        report['config']['model_batch'], ', ' + report['config']['precision']), '',
+    return _table(
+        '### Models: images/s, batch {}, {}'.format(report['config']['model_batch'], report['config']['precision']),
         '| model | input | train img/s | infer img/s | train step vs baseline | inference vs baseline |',
-        '|---|---:|---:|---:|---:|---:|']
-    for r in report['models']:
-        lines.append(
-            f"| {r['model']} | {r['size']}x{r['size']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
-            f"{r['train_time_vs_baseline']:.3f}x | {r['infer_time_vs_baseline']:.3f}x |")
-    return lines
+        '|---|---:|---:|---:|---:|---:|',
+        [f"| {r['model']} | {r['size']}x{r['size']} | {r['train_img_s']:.1f} | {r['infer_img_s']:.1f} | "
+         f"{r['train_time_vs_baseline']:.3f}x | {r['infer_time_vs_baseline']:.3f}x |" for r in report['models']])
 
 
 def _kernels_markdown(report: dict) -> List[str]:
-    lines = ["### SPA's attention kernels for n <= C': forward+backward, batch {}, k = 2".format(
-        report['config']['batch']), '',
+    return _table(
+        "### SPA's attention kernels for n <= C': forward+backward, batch {}, k = 2".format(report['config']['batch']),
         "| C' | n | materialised ms | fused ms | time fused / materialised | materialised MiB | fused MiB "
         "| layer uses |",
-        '|---:|---:|---:|---:|---:|---:|---:|---|']
-    for r in report['kernels']:
-        lines.append(
-            f"| {r['channels']} | {r['positions']} | {r['materialised_ms']:.2f} | {r['fused_ms']:.2f} | "
-            f"{r['fused_ms'] / r['materialised_ms']:.2f} | {r['materialised_peak_extra_mib']:.1f} | "
-            f"{r['fused_peak_extra_mib']:.1f} | {r['layer_uses']} |")
-    return lines
+        '|---:|---:|---:|---:|---:|---:|---:|---|',
+        [f"| {r['channels']} | {r['positions']} | {r['materialised_ms']:.2f} | {r['fused_ms']:.2f} | "
+         f"{r['fused_ms'] / r['materialised_ms']:.2f} | {r['materialised_peak_extra_mib']:.1f} | "
+         f"{r['fused_peak_extra_mib']:.1f} | {r['layer_uses']} |" for r in report['kernels']])
 
 
 def _released_markdown(report: dict) -> List[str]:
-    lines = ["### Our block against the authors' released block: forward+backward, batch {}, C' = C, k = 2".format(
-        report['config']['batch']), '',
-        "| C x H x W | ours ms | naive ms | authors' ms | ours / authors' | naive / authors' | ours MiB "
-        "| authors' MiB |",
-        '|---|---:|---:|---:|---:|---:|---:|---:|']
     shapes = {}
     for r in report['released']:
         shapes.setdefault((r['channels'], r['height'], r['width']), {})[r['block']] = r
-    for (channels, height, width), rows in shapes.items():
-        ours, naive, theirs = rows['spa'], rows['spa_naive'], rows['spa_released']
-        lines.append(
+    rows = []
+    for (channels, height, width), blocks in shapes.items():
+        ours, naive, theirs = blocks['spa'], blocks['spa_naive'], blocks['spa_released']
+        rows.append(
             f"| {channels}x{height}x{width} | {ours['time_ms']:.2f} | {naive['time_ms']:.2f} | "
             f"{theirs['time_ms']:.2f} | {ours['time_vs_spa_released']:.2f} | "
             f"{naive['time_ms'] / theirs['time_ms']:.2f} | {ours['peak_extra_mib']:.1f} | "
             f"{theirs['peak_extra_mib']:.1f} |")
-    return lines
+    return _table(
+        "### Our block against the authors' released block: forward+backward, batch {}, C' = C, k = 2".format(
+            report['config']['batch']),
+        "| C x H x W | ours ms | naive ms | authors' ms | ours / authors' | naive / authors' | ours MiB "
+        "| authors' MiB |",
+        '|---|---:|---:|---:|---:|---:|---:|---:|', rows)
 
 
 MARKDOWN = dict(block=_block_markdown, scaling=_scaling_markdown, models=_models_markdown,
