@@ -73,13 +73,25 @@ def make_block(kind: str, channels: int, spa: Optional[SalientPositionsAttention
     raise ValueError(f'unknown block {kind!r}; choose from {BLOCKS}')
 
 
-def load_released_block(path: Path, spa: SalientPositionsAttention) -> nn.Module:
-    """The authors' `SPANet` block from their file at `path`, holding the weights of `spa` (C' = C, k = 2)."""
+def released_block_class(path: Path) -> type:
+    """The authors' `SPANet` class from their file at `path` (their repository's SPANet.py), read at run time."""
     spec = importlib.util.spec_from_file_location('released_spanet', path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    channels = spa.in_channels
-    block = module.SPANet(channels, inter_channels=spa.rd_channels, k=spa.k)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:  # whatever a wrong file raises, said in one line before anything is measured
+        raise ValueError(f'--released {path}: the file does not run ({type(e).__name__}: {e}); give the SPANet.py '
+                         'of git clone https://github.com/likyoo/SPANet') from None
+    block = getattr(module, 'SPANet', None)
+    if not isinstance(block, type) or not issubclass(block, nn.Module):
+        raise ValueError(f'--released {path}: defines no SPANet module; give the SPANet.py of '
+                         'git clone https://github.com/likyoo/SPANet')
+    return block
+
+
+def load_released_block(released: type, spa: SalientPositionsAttention) -> nn.Module:
+    """The authors' `SPANet` block holding the weights of `spa` (C' = C, k = 2)."""
+    block = released(spa.in_channels, inter_channels=spa.rd_channels, k=spa.k)
     rd = spa.rd_channels
     with torch.no_grad():
         block.theta.weight.copy_(spa.qv.weight[:rd])
@@ -173,7 +185,7 @@ def _compare_blocks(
             rows.append(dict(block=kind, skipped=f'needs ~{_nl_bytes(batch, channels, size * size) / 2**30:.1f} GiB'))
             continue
         if kind == 'spa_released':
-            modules[kind] = load_released_block(args.released, modules['spa']).to(device).train()
+            modules[kind] = load_released_block(args.released_block, modules['spa']).to(device).train()
             continue
         modules[kind] = make_block(kind, channels, spa=modules.get('spa')).to(device).train()
     for kind in ('spa_naive', 'spa_released'):  # a baseline must compute the same function
@@ -442,6 +454,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     if args.released is not None and not args.released.is_file():  # refused before hours of other tables
         parser.error(f'--released {args.released}: not a file; give the SPANet.py of '
                      'git clone https://github.com/likyoo/SPANet')
+    if args.released is None and 'released' in args.tables and set(args.tables) != set(TABLES):
+        parser.error('--tables released needs --released PATH: the SPANet.py of '
+                     'git clone https://github.com/likyoo/SPANet')
     if args.tiny:
         args.batch = args.scaling_batch = args.model_batch = args.repeats = 1
         args.warmup = 0
@@ -452,6 +467,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[List[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
+    try:  # a wrong file is refused before hours of other tables
+        args.released_block = released_block_class(args.released) if args.released else None
+    except ValueError as e:
+        raise SystemExit(f'python -m benchmarks.attention_cost: error: {e}') from None
     device = torch.device(args.device)
     args.amp_dtype, warning = resolve_amp_dtype(args.amp, args.amp_dtype, device)
     if warning:

@@ -155,11 +155,29 @@ def test_released_table_refuses_a_block_that_computes_something_else(tmp_path):
     with pytest.raises(AssertionError, match='Tensor-likes are not close'):
         attention_cost.main(['--tiny', '--tables', 'released', '--released', str(path), '--output', str(tmp_path)])
 
-def test_released_table_refuses_a_missing_file_before_measuring_anything(tmp_path, capsys):
+@pytest.mark.parametrize('content,says', [
+    (None, 'not a file; give the SPANet.py of git clone https://github.com/likyoo/SPANet'),
+    ('import torch\nclass Other(torch.nn.Module): pass\n', 'defines no SPANet module; give the SPANet.py'),
+    ('def broken(:\n', 'the file does not run (SyntaxError'),
+    ('import not_a_module_anywhere\n', 'the file does not run (ModuleNotFoundError'),
+])
+def test_released_table_refuses_a_wrong_file_before_measuring_anything(tmp_path, capsys, content, says):
+    path = tmp_path / 'given' / 'SPANet.py'
+    if content is not None:
+        path.parent.mkdir()
+        path.write_text(content)
+    output = tmp_path / 'out'
+    with pytest.raises(SystemExit) as exit_info:
+        attention_cost.main(['--tiny', '--released', str(path), '--output', str(output)])
+    assert says in f'{exit_info.value.code} {capsys.readouterr().err}'
+    assert not output.exists()
+
+
+def test_released_table_alone_needs_the_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
-        attention_cost.main(['--tiny', '--released', str(tmp_path / 'nope.py'), '--output', str(tmp_path)])
-    assert 'not a file; give the SPANet.py of git clone https://github.com/likyoo/SPANet' in capsys.readouterr().err
-    assert not list(tmp_path.iterdir())
+        attention_cost.main(['--tiny', '--tables', 'released', '--output', str(tmp_path / 'out')])
+    assert '--tables released needs --released PATH' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
 
 
 def test_naive_baseline_computes_the_same_function():
