@@ -9,7 +9,7 @@ also at depth 50); the others share the same code paths.
 import pytest
 import timm
 import torch
-from conftest import ROOT, activate_attention, slow_at_depth_50
+from conftest import ROOT, activate_attention, randomize_norm, slow_at_depth_50
 
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import MODEL_NAMES
@@ -172,9 +172,11 @@ def test_fx_feature_extraction(name):
 
 def test_spa_block_traced_alone_checks_its_input():
     block = SalientPositionsAttention(16).eval()
+    randomize_norm(block.norm)  # an active block: the identity would hide a wrong branch
     traced = torch.fx.symbolic_trace(block)
-    x = torch.randn(2, 16, 5, 5)
-    torch.testing.assert_close(traced(x), block(x))
+    for size in (5, 3, 1):  # W applied to A (n > C), then to A V (materialised, fused): decided when it runs
+        x = torch.randn(2, 16, size, size)
+        torch.testing.assert_close(traced(x), block(x))
     with pytest.raises(ValueError, match='built for in_channels=16 got an input with 8 channels'):
         traced(torch.randn(2, 8, 5, 5))
 
