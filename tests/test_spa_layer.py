@@ -116,6 +116,25 @@ def test_projection_is_applied_to_the_affinity_where_positions_outnumber_channel
     assert seen == [(operand, operand)]
 
 
+def test_a_projection_swapped_for_one_with_a_bias_is_applied_to_a_v():
+    """(W A) V = W (A V) holds for W without a bias only: a `proj` swapped for a biased one must not be folded."""
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(MANY[1], k=3).double().eval()
+    biased = torch.nn.Conv2d(MANY[1], MANY[1], 1, bias=True).double()
+    with torch.no_grad():
+        biased.weight.copy_(block.proj.weight)
+        biased.bias.uniform_(-1, 1)
+    block.proj, block.norm = biased, torch.nn.Identity()
+    x = torch.randn(*MANY, dtype=torch.float64)
+    ones, zeros = torch.ones(MANY[1], dtype=torch.float64), torch.zeros(MANY[1], dtype=torch.float64)
+    rd = block.rd_channels
+    w = block.qv.weight[:, :, 0, 0]
+    expected = reference_spa(x, w[:rd], block.qv.bias[:rd], w[rd:], block.qv.bias[rd:], biased.weight[:, :, 0, 0],
+                             (ones, zeros, zeros, ones, 0.0), 3, 1.0)  # a BatchNorm that changes nothing
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), expected + biased.bias[:, None, None], rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize('shape', [MANY, FUSED, MATERIALISED])
 def test_channels_last_input_gives_channels_last_output(shape):
     """Channels-last training keeps its layout through the block (a copy back and forth costs every step)."""

@@ -144,11 +144,12 @@ def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto',
     return 'fused' if fused else 'materialised'
 
 
-def folds_projection(num_positions: int, out_channels: int, attn_impl: str = 'auto') -> bool:
+def folds_projection(num_positions: int, out_channels: int, attn_impl: str = 'auto', linear: bool = True) -> bool:
     """Whether the block applies W to A rather than to A V: W (A V) = (W A) V, and W A costs C C'^2
     products against A V's C'^2 n, so it is the cheaper order with more positions than output
-    channels. Never with the 'fused' kernel, which exists not to store A."""
-    return attn_impl != 'fused' and num_positions > out_channels
+    channels. Only for a `linear` projection (no bias: a module swapped in with one is applied to A V),
+    and never with the 'fused' kernel, which exists not to store A."""
+    return linear and attn_impl != 'fused' and num_positions > out_channels
 
 
 def _materialised_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
@@ -202,20 +203,20 @@ def _select_in(query: torch.Tensor, k: int, k_ratio: float) -> Tuple[torch.Tenso
 
 
 def mixing_operand(keys: torch.Tensor, value: torch.Tensor, out_channels: int, scale: float,
-                   attn_impl: str) -> torch.Tensor:
+                   attn_impl: str, linear: bool) -> torch.Tensor:
     """What the block's projection W is applied to, in the values' dtype: A as a (B, C', C', 1) map where
     `folds_projection` (then `mix_values` forms (W A) V), else A V (Eq. 7) as (B, C', H, W). A and A V are
     computed in float32."""
-    if folds_projection(value.shape[-2] * value.shape[-1], out_channels, attn_impl):
+    if folds_projection(value.shape[-2] * value.shape[-1], out_channels, attn_impl, linear):
         return channel_affinity(keys, scale).to(value.dtype).unsqueeze(-1)
     return channel_attention(keys, value.flatten(2), scale, attn_impl).to(value.dtype).view_as(value)
 
 
-def mix_values(projected: torch.Tensor, value: torch.Tensor, attn_impl: str) -> torch.Tensor:
+def mix_values(projected: torch.Tensor, value: torch.Tensor, attn_impl: str, linear: bool) -> torch.Tensor:
     """W A V from W applied to `mixing_operand`'s result: (W A) V where the projection was folded."""
     batch, rd, height, width = value.shape
     channels = projected.shape[1]
-    if not folds_projection(height * width, channels, attn_impl):
+    if not folds_projection(height * width, channels, attn_impl, linear):
         return projected
     weights = projected.flatten(2)  # W A: (B, C, C')
     if value.stride(1) == 1:  # channels-last values: (V^T (W A)^T)^T keeps the output channels-last, without a copy
@@ -364,5 +365,6 @@ class SalientPositionsAttention(nn.Module):
         keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
         attn_impl = self.attn_impl if self.fused_attn or self.attn_impl != 'auto' else 'materialised'
         # W is linear: it maps A V, or A itself where that is cheaper (hooks on `proj` then see W A)
-        mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl)
-        return x + self.norm(mix_values(self.proj(mixing), value, attn_impl))
+        linear = getattr(self.proj, 'bias', None) is None
+        mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl, linear)
+        return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
