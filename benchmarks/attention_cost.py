@@ -37,6 +37,7 @@ from torch import nn
 
 from benchmarks.naive_spa import NaiveSalientPositionsAttention
 from timm_spa.layers import SalientPositionsAttention, attention_kernel, channel_attention
+from train.checkpoint import file_sha256
 from train.cli import positive_int
 from train.engine import train_step
 from train.precision import AMP_DTYPES, autocast_context, describe_precision, resolve_amp_dtype, strict_float32
@@ -464,6 +465,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return args
 
 
+def portable_command(argv: List[str]) -> str:
+    """The command as recorded in a committed report: a file given by absolute path is named by its file name
+    (the authors' SPANet.py lies wherever a user cloned it; `released_sha256` says which file it was)."""
+    return ' '.join(['python -m benchmarks.attention_cost',
+                     *(Path(a).name if os.path.isabs(a) and Path(a).is_file() else a for a in argv)])
+
+
 def main(argv: Optional[List[str]] = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -479,8 +487,8 @@ def main(argv: Optional[List[str]] = None) -> dict:
     report = dict(
         meta=dict(
             date=datetime.now(timezone.utc).isoformat(timespec='seconds'), device=device.type,
-            device_name=hardware(device, 1), command=' '.join(['python -m benchmarks.attention_cost', *argv]),
-            commit=git_commit(), **software()),
+            device_name=hardware(device, 1), command=portable_command(argv), commit=git_commit(),
+            released_sha256=file_sha256(args.released) if args.released else None, **software()),
         config=dict(batch=args.batch, scaling_batch=args.scaling_batch, model_batch=args.model_batch,
                     repeats=args.repeats, warmup=args.warmup, precision=describe_precision(args.amp_dtype),
                     tiny=args.tiny))

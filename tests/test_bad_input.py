@@ -524,7 +524,7 @@ def forged_release_passes_no_check(ws):
         return call(hub_main, ['remeasure', str(releases), '--check', '--data', f'folder={ws.data}'])
 
 
-@probe('`python -m hub push REPO --releases /tmp/anything` (a scratch folder) for a name with a tag',
+@probe('`python -m hub push REPO --releases SCRATCH` (a scratch folder outside the project) for a name with a tag',
        "is not the project's releases/ folder: recorded in", "the library's record of released weights "
        '(`timm.list_pretrained()`)', code=0)
 def scratch_push_keeps_the_library_record(ws):

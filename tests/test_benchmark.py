@@ -1,4 +1,5 @@
 """The cost benchmark runs end to end in its tiny configuration and reports every row."""
+import hashlib
 import json
 
 import pytest
@@ -137,6 +138,8 @@ def test_released_table_times_the_authors_block_beside_ours(tmp_path):
     path = tmp_path / 'SPANet.py'
     path.write_text(STAND_IN.replace('SCALE', '1.0'))
     report = attention_cost.main(['--tiny', '--tables', 'released', '--released', str(path), '--output', str(tmp_path)])
+    assert '--released SPANet.py ' in report['meta']['command']  # no machine's path in a committed report
+    assert report['meta']['released_sha256'] == hashlib.sha256(path.read_bytes()).hexdigest()
     rows = {(r['channels'], r['height'], r['block']): r for r in report['released']}
     kinds = ('spa', 'spa_naive', 'spa_released')
     assert set(rows) == {(c, h, kind) for c, h, _ in attention_cost.RESNET18_SHAPES for kind in kinds}
