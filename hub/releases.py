@@ -30,7 +30,7 @@ from train.engine import evaluate
 from train.lineage import describe, totals
 from train.report import hardware, software
 from train.run_dir import Results
-from train.train import NOT_RECORDED, RESUME_SAFE, build_parser
+from train.train import RESUME_SAFE, run_arguments
 
 from .release_slot import recover_releases
 from .repository import WEIGHTS, Repository, RepositoryError, read_history, read_repository
@@ -82,9 +82,7 @@ def training_recipe(results: Results) -> Dict[str, Any]:
     """The arguments that decide what a release's run trained, beside the model: not where its data lay or how
     fast it ran (what `--resume` lets change). A data set's releases compare like with like where these agree.
     A flag added after a run was made has its default there: what that run did (new flags start off)."""
-    defaults = vars(build_parser().parse_known_args([])[0])
-    args = {k: v for k, v in defaults.items() if k not in NOT_RECORDED} | results.args
-    return {k: v for k, v in args.items() if k != 'model' and k not in RESUME_SAFE}
+    return {k: v for k, v in run_arguments(results.args).items() if k != 'model' and k not in RESUME_SAFE}
 
 
 def _recipe_labels(repos: List[Repository]) -> Dict[str, Dict[str, str]]:

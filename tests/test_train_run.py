@@ -321,12 +321,15 @@ def test_label_smoothing_and_augmentation_reach_the_run(folder_data, tmp_path):
     (tmp_path / 'b' / 'results.json').unlink()  # as if b were still training
     text = compare_script.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
     lines = text.splitlines()
-    assert lines[0] == '| run | --smoothing | val top-1 after epoch 0 (elapsed) | test top-1 | trained on |'
+    assert lines[0] == ('| run | --smoothing | val top-1 after epoch 0 (elapsed) | best val top-1 (epoch) | '
+                        'test top-1 | median train img/s | trained on |')
     row = read_summary(tmp_path / 'a' / 'summary.csv')[0]
     assert lines[2] == (f"| a | `0.0` | {plain['val_top1']:.2f} ({row['elapsed_s'] / 60:.1f} min) | "
-                        f"{plain['test_top1']:.2f} | {row['hardware']} |")
+                        f"{plain['val_top1']:.2f} (0) | {plain['test_top1']:.2f} | {row['img_s']:.1f} | "
+                        f"{row['hardware']} |")
     assert row['hardware'] == plain['hardware'] and 'cores' in row['hardware']
-    assert lines[3].startswith('| b | `0.5` | ') and lines[3].endswith(f" | - | {row['hardware']} |")
+    assert lines[3].startswith('| b | `0.5` | ') and f" | - | {row['hardware']} |" not in lines[3]  # its img/s
+    assert lines[3].endswith(f" | {row['hardware']} |")
     assert (tmp_path / 'cmp.png').stat().st_size > 0
     (tmp_path / 'b' / 'args.json').write_text('{"cut')
     with pytest.raises(RunError, match='args.json cannot be read'):
@@ -384,26 +387,55 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     def run(name, val, parent=None):
         folder = tmp_path / name
         folder.mkdir()
-        write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, epoch_s=1800.0, elapsed_s=1800.0 * (e + 1))
+        write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, epoch_s=1800.0, elapsed_s=1800.0 * (e + 1),
+                                                    img_s=None if parent else 100.0 + 20 * e)
                                                for e, v in enumerate(val)])
-        (folder / 'args.json').write_text(json.dumps(dict(lr=0.1 if parent else 0.2)))
+        # the warm run recorded --dist-bn at its default, the cold one predates the flag: no column for it
+        (folder / 'args.json').write_text(json.dumps(dict(lr=0.1, dist_bn='reduce') if parent else dict(lr=0.2)))
         torch.save(dict(version=2, model_args={}, epoch=len(val) - 1, parent=parent), folder / LAST)
         return str(folder)
     warm = run('warm', [90.0, 91.99, 92.0, 93.1], dict(total_epochs=15, total_wall_time_s=36000.0))
     cold = run('cold', [80.0, 91.5])
     text = compare_script.compare([warm, cold], target=92)
     lines = text.splitlines()
-    assert lines[0].endswith('| test top-1 | trained on | time to 92% val top-1 |')
+    assert lines[0].endswith('| test top-1 | median train img/s | trained on | time to 92% val top-1 |')
     # epoch 2, 3 x 0.5 h + 10 h; summaries from before the hardware column
     assert lines[2].endswith('| - | not recorded for epochs 0-3 (2.00 h) | 3 epochs, 1.50 h; in all 18 epochs, '
                              '11.50 h |')
     assert lines[3].endswith('| not reached in 2 epochs (best 91.50 at epoch 1) |')
     assert len({line.count('|') for line in lines}) == 1
+    # --at-epochs: columns only after those epoch counts (from 1), '-' where a run is shorter; the best still shows
+    picked = compare_script.compare([warm, cold], at_epochs=[4, 2, 2]).splitlines()
+    assert picked[0] == ('| run | --lr | val top-1 after 2 epochs (elapsed) | val top-1 after 4 epochs (elapsed) | '
+                         'best val top-1 (epoch) | test top-1 | median train img/s | trained on |')
+    # the warm run's summary predates the img/s column; the cold one's median of 100 and 120
+    assert picked[2].startswith('| warm | `0.1` | 91.99 (60.0 min) | 93.10 (120.0 min) | 93.10 (3) | - | - |')
+    assert picked[3].startswith('| cold | `0.2` | 91.50 (60.0 min) | - | 91.50 (1) | - | 110.0 |')
+    with pytest.raises(SystemExit) as exit_info:
+        compare_script.main([warm, '--at-epochs', '0', '15'])
+    assert exit_info.value.code == 2 and '--at-epochs 0 is not a number of epochs trained' in capsys.readouterr().err
     alone = compare_script.compare([cold], target=92).splitlines()  # no argument differs: no empty column
     assert alone[0].startswith('| run | val top-1 after epoch 0') and len({line.count('|') for line in alone}) == 1
     with pytest.raises(SystemExit) as exit_info:
         compare_script.main([warm, '--target', '920'])
     assert exit_info.value.code == 2 and '--target 920 is not a top-1 in percent' in capsys.readouterr().err
+
+
+# the README's comparison of CIFAR-10 recipes: the records (args.json, summary.csv, results.json) of the runs behind it
+README_RUNS = ('docs/runs/v2-pilot-r18spa-e15', 'docs/runs/v2-resnet18_spa-e30')
+README_AT_EPOCHS = (5, 10, 15, 20, 25, 30)
+
+
+def test_readme_recipe_comparison_is_what_train_compare_prints_from_the_committed_runs():
+    """No number of that table typed by hand: the README shows the command and its output for the committed runs."""
+    command = (f"python -m train.compare {' '.join(README_RUNS)} --at-epochs {' '.join(map(str, README_AT_EPOCHS))} "
+               "--target 92 --output docs/figures/v2_pilot_cpu.png")
+    readme = (ROOT / 'README.md').read_text()
+    assert command in ' '.join(readme.replace('\\\n', ' ').split()), 'the README names another command'
+    table = compare_script.compare([str(ROOT / run) for run in README_RUNS], target=92,
+                                   at_epochs=list(README_AT_EPOCHS))
+    assert table in readme, 'paste the output of the README command into README.md'
+    assert (ROOT / 'docs/figures/v2_pilot_cpu.png').is_file()
 
 
 @pytest.mark.parametrize('bf16, kernels, native', [

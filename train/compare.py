@@ -1,10 +1,13 @@
 """Time to accuracy of several runs side by side: validation top-1 per epoch with the wall time it took.
 
     python -m train.compare runs/v1-r18spa runs/v2-pilot-r18spa --output compare.png [--target 92]
+        [--at-epochs 5 10 15 30]
 
 Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
-and elapsed wall time after each epoch, the test top-1 of finished runs and the machines each run
-trained on, with their epochs and hours where it moved) and plots validation top-1 against epochs and
+and elapsed wall time after each epoch, or after the epoch counts `--at-epochs` names, the best
+validation top-1, the test top-1 of finished runs, the median training images/s (hours compare only where
+it is alike: a run that shared its cores took longer) and the machines each run trained on, with their
+epochs and hours where it moved) and plots validation top-1 against epochs and
 against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
 the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
 behind its `--initial-checkpoint` (the parent's record in the checkpoint). Reads only what each run
@@ -13,6 +16,8 @@ in progress.
 """
 import argparse
 import json
+import math
+import statistics
 from pathlib import Path
 from typing import List, Optional
 
@@ -20,6 +25,7 @@ from .checkpoint import load_training_state
 from .cli import UsageError, add_debug_flag, run_cli
 from .report import hardware_record, pyplot, read_summary
 from .run_dir import RunDir, RunError, check_not_a_run_file
+from .train import run_arguments
 
 PROG = 'python -m train.compare'
 IGNORED = ('output', 'resume', 'overwrite', 'run_id', 'log_interval', 'progress', 'workers', 'debug')
@@ -37,7 +43,11 @@ def _load(path: str) -> dict:
     rows = read_summary(run.summary)
     if rows and not {'val_top1', 'elapsed_s'} <= set(rows[0]):
         raise UsageError(f'{run.summary} is not a summary.csv of this project (no val_top1 or elapsed_s column).')
-    return dict(name=path, args=run.read_args(), rows=rows, test=test, parent=parent)
+    return dict(name=path, args=run_arguments(run.read_args()), rows=rows, test=test, parent=parent)
+
+
+def _best(rows: List[dict]) -> dict:
+    return max(rows, key=lambda row: row['val_top1'])
 
 
 def time_to(run: dict, target: float) -> str:
@@ -46,7 +56,7 @@ def time_to(run: dict, target: float) -> str:
     rows = run['rows']
     hit = next((row for row in rows if row['val_top1'] >= target), None)
     if hit is None:
-        best = max(rows, key=lambda row: row['val_top1'])
+        best = _best(rows)
         return f"not reached in {len(rows)} epochs (best {best['val_top1']:.2f} at epoch {best['epoch']})"
     epochs, hours = hit['epoch'] + 1, hit['elapsed_s'] / 3600
     text = f'{epochs} epochs, {hours:.2f} h'
@@ -59,9 +69,15 @@ def time_to(run: dict, target: float) -> str:
             f"{hours + parent['total_wall_time_s'] / 3600:.2f} h")
 
 
-def compare(paths: List[str], output: Optional[str] = None, target: Optional[float] = None) -> str:
+def compare(paths: List[str], output: Optional[str] = None, target: Optional[float] = None,
+            at_epochs: Optional[List[int]] = None) -> str:
+    """The Markdown table (printed and returned) and, with `output`, the figure; `at_epochs` (epochs trained,
+    from 1) keeps the table readable where runs are long."""
     if target is not None and not 0 < target <= 100:
         raise UsageError(f'--target {target:g} is not a top-1 in percent; give one in (0, 100], e.g. 92.')
+    if at_epochs is not None and min(at_epochs) < 1:
+        raise UsageError(f'--at-epochs {min(at_epochs)} is not a number of epochs trained; give counts from 1, '
+                         'e.g. --at-epochs 5 10 15.')
     if output:
         check_not_a_run_file(output, '--output')
     runs = [_load(p) for p in paths]
@@ -71,17 +87,27 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
                          'for its first epoch, or leave it out.')
     keys = sorted({k for r in runs for k in r['args']} - set(IGNORED))
     differ = [k for k in keys if len({json.dumps(r['args'].get(k), sort_keys=True) for r in runs}) > 1]
-    epochs = max(len(r['rows']) for r in runs)
-    header = ['run', *(f'--{k.replace("_", "-")}' for k in differ),
-              *(f'val top-1 after epoch {e} (elapsed)' for e in range(epochs)), 'test top-1', 'trained on',
+    if at_epochs is None:
+        counts = range(1, max(len(r['rows']) for r in runs) + 1)
+        titles = [f'val top-1 after epoch {n - 1} (elapsed)' for n in counts]
+    else:
+        counts = sorted(set(at_epochs))
+        titles = [f'val top-1 after {n} epochs (elapsed)' for n in counts]
+    header = ['run', *(f'--{k.replace("_", "-")}' for k in differ), *titles, 'best val top-1 (epoch)',
+              'test top-1', 'median train img/s', 'trained on',
               *([f'time to {target:g}% val top-1'] if target is not None else [])]
-    align = ['---'] * (1 + len(differ)) + ['---:'] * (epochs + 1) + ['---'] * (1 + (target is not None))
+    align = ['---'] * (1 + len(differ)) + ['---:'] * (len(counts) + 3) + ['---'] * (1 + (target is not None))
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(align) + '|']
     for r in runs:
+        by_count = {row['epoch'] + 1: row for row in r['rows']}
         cells = [f'`{r["args"].get(k)}`' for k in differ]
-        cells += [f"{row['val_top1']:.2f} ({row['elapsed_s'] / 60:.1f} min)" for row in r['rows']]
-        cells += ['-'] * (epochs - len(r['rows']))
+        cells += [f"{by_count[n]['val_top1']:.2f} ({by_count[n]['elapsed_s'] / 60:.1f} min)" if n in by_count
+                  else '-' for n in counts]
+        best = _best(r['rows']) if r['rows'] else None
+        cells.append(f"{best['val_top1']:.2f} ({best['epoch']})" if best else '-')
         cells.append(f"{r['test']:.2f}" if r['test'] is not None else '-')
+        speeds = [row['img_s'] for row in r['rows'] if not math.isnan(row.get('img_s', math.nan))]  # NaN: not written
+        cells.append(f'{statistics.median(speeds):.1f}' if speeds else '-')
         cells.append(hardware_record(r['rows']))  # hours compare only on like machines
         if target is not None:
             cells.append(time_to(r, target))
@@ -122,9 +148,11 @@ def main(argv: Optional[List[str]] = None) -> str:
     parser.add_argument('--output', default=None, help='PNG of validation top-1 against hours')
     parser.add_argument('--target', type=float, default=None, metavar='PCT',
                         help='add the epochs and hours to this validation top-1, in percent (e.g. 92)')
+    parser.add_argument('--at-epochs', type=int, nargs='+', default=None, metavar='N',
+                        help='table columns only after these numbers of epochs trained (default: every epoch)')
     add_debug_flag(parser)
     args = parser.parse_args(argv)
-    return run_cli(PROG, lambda: compare(args.runs, args.output, args.target), args.debug)
+    return run_cli(PROG, lambda: compare(args.runs, args.output, args.target, args.at_epochs), args.debug)
 
 
 if __name__ == '__main__':

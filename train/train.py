@@ -204,6 +204,13 @@ _CHECKS = (
 )
 
 
+def run_arguments(recorded: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's recorded arguments, with each flag added after the run was made at its default: what that run did,
+    as new flags start off. How the recording process was started (`NOT_RECORDED`) is left out."""
+    defaults = vars(build_parser().parse_args([]))
+    return {k: v for k, v in (defaults | recorded).items() if k not in NOT_RECORDED}
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse values no run can start with, naming the flag; raises `UsageError`."""
     for key, test, allowed in _CHECKS:
@@ -281,8 +288,7 @@ def resume_args(args: argparse.Namespace, given: Set[str], state: dict, run: Run
         raise UsageError(f'--resume {run} continues that run with its own arguments, and these differ: '
                          f'{"; ".join(diffs)}. Drop them to continue it, or start a new run with another --output. '
                          f'Only {", ".join("--" + k.replace("_", "-") for k in RESUME_SAFE)} may change on resume.')
-    merged = vars(parser.parse_args([]))  # arguments newer than the run take their defaults
-    merged.update({k: v for k, v in saved.items() if k in merged and k not in NOT_RECORDED})
+    merged = run_arguments(saved)
     merged.update({k: getattr(args, k) for k in given & set(RESUME_SAFE)})
     merged.update(resume=args.resume, output=str(run), overwrite=False, debug=args.debug,
                   progress=args.progress if 'progress' in given or 'progress' not in saved else saved['progress'])
