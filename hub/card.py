@@ -272,7 +272,8 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         '## Recipe', '',
         "Every argument of the run (`python -m train` of timm-spa). Its defaults are the paper's recipe: SGD "
         'with momentum 0.9, lr 0.1, batch 128, weight decay 5e-4, cosine schedule stepped per epoch, pad-4 random '
-        'crop and horizontal flip, nothing else.', '',
+        'crop and horizontal flip, nothing else. Paths are named as from the timm-spa checkout the run was '
+        'started in, `~` being the home folder of the machine it trained on.', '',
         '| argument | value |', '|---|---|',
     ]
     lines += [f'| `{key}` | `{args[key]}` |' for key in RECIPE_KEYS if key in args]

@@ -28,6 +28,7 @@ from timm.data import create_transform, resolve_model_data_config
 
 from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
 from train.cli import add_debug_flag, run_cli
+from train.report import CHECKOUT
 from train.run_dir import RunDir
 from visualize.figure import Request, draw_attention
 
@@ -36,9 +37,8 @@ from .mirror import MirrorServer, ServerError, build_mirror
 from .push import publish
 from .releases import released_repositories
 
-ROOT = Path(__file__).resolve().parent.parent
-RELEASES = ROOT / 'releases'
-DEMO_IMAGES = ROOT / 'docs' / 'demo-images'
+RELEASES = CHECKOUT / 'releases'
+DEMO_IMAGES = CHECKOUT / 'docs' / 'demo-images'
 DEMO_MODEL = 'resnet18_spa'
 
 
@@ -64,7 +64,7 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
                    '--img-size', str(data.image_size)]
         if trained.get('data_dir'):
             command += ['--data-dir', str(trained['data_dir'])]
-        subprocess.run(command, env=_env(workdir, server.endpoint), check=True, cwd=ROOT)
+        subprocess.run(command, env=_env(workdir, server.endpoint), check=True, cwd=CHECKOUT)
     report = json.loads((workdir / 'reloaded.json').read_text())
     card = finished.results
     print(f"\n| {repo_id} | test top-1 | test top-5 |\n|---|---:|---:|\n"
@@ -88,7 +88,7 @@ def publish_and_release(run_dir: str, workdir: Path) -> None:
     with MirrorServer(mirror, workdir / 'olah-releases') as server:
         with tempfile.TemporaryFile('w+') as lines:
             child = subprocess.Popen(command, env=_env(workdir, server.endpoint), stdout=lines,
-                                     stderr=subprocess.STDOUT, cwd=ROOT, text=True)
+                                     stderr=subprocess.STDOUT, cwd=CHECKOUT, text=True)
             try:
                 publish_and_reload(run_dir, workdir)
             except BaseException:

@@ -9,6 +9,9 @@ metadata; a run whose files disagree (results, weights, checkpoint from differen
 Given an exported repository (a release) instead of a run, export writes its config and card anew from its
 results around the very same weights file, byte for byte: how a release takes a fix of its config or card
 without a new release (`hub push` then sees the same weights and keeps the history as it is).
+
+What is published names no place on the training machine: the paths among a run's arguments and its
+lineage are written as `portable_path` names them, the rest of its record (every number) as it is.
 """
 import json
 import os
@@ -16,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 import timm
 from safetensors.torch import save_file
@@ -24,6 +27,7 @@ from timm.models._hub import save_config_for_hf  # not re-exported by timm.model
 
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
+from train.report import CHECKOUT
 from train.run_dir import RESULTS, RUN_FILES, Results, RunDir, dump_json
 
 from .card import model_card
@@ -49,6 +53,32 @@ def _read_source(path: Path) -> _Source:
     run = RunDir(path)
     results = run.read_finished().results
     return _Source(path, results, run.best, run.curves, False, default_repo_id(results))
+
+
+def portable_path(value: Any, home: Path, checkout: Path) -> Any:
+    """An absolute path as a published record names it: under the home folder as `~/...`; else, beside the
+    timm-spa checkout, relative to it (as the README's commands, run from the checkout, name `../shared/...`);
+    else as it is. Anything else (a relative path, `hf-hub:ORG/NAME`, a number) as it is."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    path = Path(os.path.normpath(value))
+    if path.is_relative_to(home):
+        return str(Path('~') / path.relative_to(home)) if path != home else '~'
+    if checkout.parent != Path(checkout.anchor) and path.is_relative_to(checkout.parent):
+        return os.path.relpath(path, checkout)
+    return value
+
+
+def portable_record(record: Dict[str, Any], home: Optional[Path] = None, checkout: Path = CHECKOUT) -> Dict[str, Any]:
+    """A results record with the paths of its arguments (`--data-dir`, `--decode-cache`,
+    `--initial-checkpoint`, ...) and of its lineage's parent written by `portable_path`; every number as it
+    is. The machine's paths say nothing about the weights and do not exist for a reader."""
+    home = home or Path.home()
+    out = dict(record, args={k: portable_path(v, home, checkout) for k, v in record['args'].items()})
+    if record.get('lineage'):
+        parent = {k: portable_path(v, home, checkout) for k, v in record['lineage']['parent'].items()}
+        out['lineage'] = dict(record['lineage'], parent=parent)
+    return out
 
 
 def default_repo_id(results: Results) -> str:
@@ -113,7 +143,8 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
     config and card are written anew around the same weights file) into `output`; refuses what it cannot vouch
     for."""
     src, out = _read_source(Path(source).expanduser()), Path(output).expanduser()
-    results = src.results
+    record = portable_record(src.results.to_dict())
+    results = Results.from_dict(record)
     arch = results.model_args  # checked against the weights' own metadata
     repo_id = check_repo_id(repo_id or src.repo_id)
     check_output(out, src.path, overwrite, 'repository' if src.is_repository else 'run')
@@ -142,10 +173,11 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
         else:  # one weights file, with what ties it to the run and its numbers
             save_file(state, str(staging / WEIGHTS), metadata=dict(
                 format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
-        if src.is_repository:  # the published record, untouched
+        published = json.loads((src.path / RESULTS).read_text()) if src.is_repository else None
+        if published is not None and portable_record(published) == published:  # the published record, untouched
             shutil.copyfile(src.path / RESULTS, staging / RESULTS)
-        else:
-            (staging / RESULTS).write_text(dump_json(results.to_dict()))
+        else:  # a run's record, or a release's that named the training machine's paths: only those rewritten
+            (staging / RESULTS).write_text(dump_json(portable_record(published) if published else record))
         if src.curves.is_file():
             shutil.copy(src.curves, staging / CURVES)
         (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=src.curves.is_file()))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 from benchmarks.startup_time import measure
 from hub.__main__ import main as hub_main
 from hub.card import model_card, model_profile
-from hub.export import export_run
+from hub.export import export_run, portable_path
 from hub.mirror import MirrorServer, build_mirror, free_port
 from hub.push import publish
 from hub.releases import released_repositories
@@ -381,6 +381,56 @@ def test_a_config_repeating_timms_recorded_arguments_is_refused_and_exported_ane
     assert publish(str(fresh), dry_run=True)['repo_id'] == REPO_ID
     with pytest.raises(RepositoryError, match='overwrite or delete the repository'):
         export_run(str(fresh), str(fresh), overwrite=True)
+
+
+def test_portable_path_names_home_and_checkout_neighbours_portably(tmp_path):
+    home, checkout = tmp_path / 'home' / 'me', tmp_path / 'work' / 'timm-spa'
+    cases = {
+        str(home / '.cache' / 'timm-spa'): '~/.cache/timm-spa',
+        str(home): '~',
+        str(home / 'runs' / '..' / 'data'): '~/data',
+        str(tmp_path / 'work' / 'shared' / 'data' / 'cifar10-jpeg'): '../shared/data/cifar10-jpeg',
+        str(checkout / 'data'): 'data',
+        str(tmp_path / 'home' / 'other'): str(tmp_path / 'home' / 'other'),  # neither: as it is
+        '../shared/data/cifar10-jpeg': '../shared/data/cifar10-jpeg',  # already relative
+        'hf-hub:timm-spa/resnet18_spa.cifar10': 'hf-hub:timm-spa/resnet18_spa.cifar10',
+        None: None, 5e-4: 5e-4, True: True,
+    }
+    assert {value: portable_path(value, home, checkout) for value in cases} == cases
+    # a checkout at the file system's top: its parent is everything, so nothing is named relative to it
+    assert portable_path('/opt/data', home, Path('/timm-spa')) == '/opt/data'
+
+
+def test_export_names_no_path_of_the_training_machine(trained_run, tmp_path, monkeypatch):
+    """A run's data folder, decode cache and initial checkpoint lie on the machine that trained it: the published
+    record and card name them from the home folder, every number as the run wrote it; a release exported before
+    this rule is mended by `hub export FOLDER` with only those values rewritten (same weights, so `hub push`
+    keeps its history)."""
+    run = _copy_run(trained_run, tmp_path / 'run')
+    written = json.loads((run / 'results.json').read_text())
+    assert os.path.isabs(written['args']['data_dir'])  # what a run records: the absolute path it read
+    lineage = dict(parent=dict(source=str(tmp_path / 'parent-run'), run_dir=str(tmp_path / 'parent-run'),
+                               weights_sha256='0' * 64), totals_known=False, total_epochs=1, total_wall_time_s=1.0)
+    recorded = dict(written, args=dict(written['args'], data_dir=str(tmp_path / 'datasets' / 'cifar10'),
+                                       decode_cache=str(tmp_path / '.cache' / 'timm-spa')), lineage=lineage)
+    (run / 'results.json').write_text(json.dumps(recorded, indent=2) + '\n')
+    monkeypatch.setenv('HOME', str(tmp_path))
+    out = export_run(str(run), str(tmp_path / 'repo'))
+    published = json.loads((out / 'results.json').read_text())
+    assert (published['args']['data_dir'], published['args']['decode_cache']) == \
+        ('~/datasets/cifar10', '~/.cache/timm-spa')
+    assert published['lineage']['parent']['source'] == published['lineage']['parent']['run_dir'] == '~/parent-run'
+    unchanged = {k: v for k, v in recorded.items() if k not in ('args', 'lineage')}
+    assert {k: v for k, v in published.items() if k not in ('args', 'lineage')} == unchanged
+    card = (out / 'README.md').read_text()
+    assert str(tmp_path) not in card and '| `decode_cache` | `~/.cache/timm-spa` |' in card
+    # a release published with the machine's paths: exported anew, only they change; a portable one is untouched
+    (out / 'results.json').write_text(json.dumps(recorded, indent=2) + '\n')
+    mended = export_run(str(out), str(tmp_path / 'mended'))
+    assert json.loads((mended / 'results.json').read_text()) == published
+    assert (mended / 'model.safetensors').read_bytes() == (out / 'model.safetensors').read_bytes()
+    again = export_run(str(mended), str(tmp_path / 'again'))
+    assert (again / 'results.json').read_bytes() == (mended / 'results.json').read_bytes()
 
 
 def test_config_this_version_cannot_build(tmp_path):

@@ -21,6 +21,8 @@ import torch
 from conftest import ROOT, TINY_IMAGENET
 from safetensors.torch import load_file
 
+from hub.card import with_history
+from hub.export import export_run
 from hub.mirror import MirrorServer, build_mirror
 from hub.releases import (
     check_remeasured,
@@ -100,6 +102,29 @@ def test_release_folders_hold_exactly_what_push_uploads(released):
     for dataset in {r.results.tag for r in released}:
         recipes = {json.dumps(training_recipe(r.results), sort_keys=True) for r in released if r.results.tag == dataset}
         assert len(recipes) == 1 or f'The `{dataset}` releases come from {len(recipes)} recipes' in table, dataset
+
+
+def _strings(value):
+    """Every string in a parsed JSON value."""
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_release_folders_are_what_export_writes_today_and_name_no_machine_path(released, tmp_path):
+    """Each release's config, card and record are what `hub export` writes for it now around the same weights (a
+    card gone stale since, or a record naming where its run lay on the training machine, fails here; `hub export
+    FOLDER` then `hub push` mends it without a new release), and nothing published is an absolute path."""
+    for repo in released:
+        record = json.loads((repo.folder / 'results.json').read_text())
+        assert not [s for s in _strings(record) if os.path.isabs(s)], repo.folder
+        fresh = export_run(str(repo.folder), str(tmp_path / repo.folder.name))
+        for name in ('config.json', 'results.json', 'model.safetensors', 'curves.png'):
+            assert (fresh / name).read_bytes() == (repo.folder / name).read_bytes(), (repo.folder, name)
+        card = with_history((fresh / 'README.md').read_text(), read_history(repo.folder))
+        assert card == (repo.folder / 'README.md').read_text(), repo.folder
 
 
 def test_readme_table_is_generated_from_the_releases(releases):

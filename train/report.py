@@ -15,6 +15,7 @@ import timm_spa
 from .checkpoint import atomic_write
 from .precision import cpu_capability
 
+CHECKOUT = Path(__file__).resolve().parent.parent  # the timm-spa source tree this code runs from
 TEXT_COLUMNS = ('precision', 'hardware')  # summary.csv columns that are not numbers
 
 
@@ -56,11 +57,10 @@ def software() -> Dict[str, str]:
 
 def git_commit() -> str:
     """The commit the code ran from, with '+dirty' if the tree had changes; 'unknown' outside git."""
-    root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=root, capture_output=True, text=True,
+        commit = subprocess.run(['git', 'rev-parse', 'HEAD'], cwd=CHECKOUT, capture_output=True, text=True,
                                 check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=root,
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=CHECKOUT,
                                capture_output=True, text=True, check=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return 'unknown'
