@@ -114,17 +114,24 @@ def _recipe_notes(labels: Dict[str, Dict[str, str]]) -> List[str]:
 def release_table(repos: List[Repository]) -> str:
     """The README's table of released weights, every number read from the release folders, and what the paper
     and other model zoos publish for the same architectures. Where a data set's releases come from different
-    recipes (a new recipe replaces an old one model by model), a column says which, and a note how they differ."""
+    recipes (a new recipe replaces an old one model by model), a column says which, and a note how they differ.
+    Where a release replaced an earlier one, a column gives that one's test top-1 and epochs (from its history)."""
     labels = _recipe_labels(repos)
     mixed = any(len(recipes) > 1 for recipes in labels.values())
+    replaced = [read_history(repo.folder)[-1:] for repo in repos]  # the release each one replaced, if any
     lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | ' + ('recipe | ' if mixed else '')
+             + ('replaced release, test top-1 | ' if any(replaced) else '')
              + 'wall time | lineage | hardware, precision | paper top-1 |',
-             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + '---:|---|---|---:|']
-    for repo in repos:
+             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + ('---|' if any(replaced) else '')
+             + '---:|---|---|---:|']
+    for repo, before in zip(repos, replaced, strict=True):
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
         recipe = labels[r.tag][json.dumps(training_recipe(r), sort_keys=True)] + ' | ' if mixed else ''
+        if any(replaced):
+            recipe += (f"{before[0]['test_top1']:.2f} ({before[0]['epochs']} epochs) | " if before
+                       else '- | ')
         lines.append(
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{seconds / 3600:.2f} h | {describe(r)} | '

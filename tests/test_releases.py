@@ -163,6 +163,26 @@ def test_table_marks_each_rows_recipe_while_a_new_recipe_replaces_an_old_one(rel
     assert 'tinyimagenet` releases come from' not in table
 
 
+def test_table_gives_the_release_each_row_replaced(released, tmp_path):
+    """A release that replaced an earlier one shows that one's test top-1 and epochs (the latest of its history)
+    beside its own; a table where no release replaced another has no such column."""
+    def moved(repo, history, state):
+        folder = tmp_path / state / repo.folder.name
+        folder.mkdir(parents=True)
+        if history:
+            (folder / 'history.json').write_text(json.dumps(history))
+        return dataclasses.replace(repo, folder=folder)
+
+    assert 'replaced release' not in release_table([moved(r, [], 'none') for r in released])
+    older = [dict(run_id='a' * 32, test_top1=80.004, epochs=5), dict(run_id='b' * 32, test_top1=87.045, epochs=15)]
+    table = release_table([moved(r, older if r is released[0] else [], 'first') for r in released])
+    rows = [line for line in table.splitlines() if line.startswith('| `')]
+    columns = table.splitlines()[0].split(' | ')
+    cells = [row.split(' | ')[columns.index('replaced release, test top-1')] for row in rows]
+    assert cells == [f'{87.045:.2f} (15 epochs)'] + ['-'] * (len(released) - 1)
+    assert {len(row.split(' | ')) for row in rows} == {len(columns)}  # every row has every column
+
+
 @pytest.mark.slow
 def test_served_release_loads_with_pretrained_true(released, tmp_path):
     names = [r.folder.name for r in released]

@@ -28,7 +28,8 @@ from .run_dir import RunDir, RunError, check_not_a_run_file
 from .train import run_arguments
 
 PROG = 'python -m train.compare'
-IGNORED = ('output', 'resume', 'overwrite', 'run_id', 'log_interval', 'progress', 'workers', 'debug')
+# how loudly or with how many loader workers a run went; how it was started never reaches run_arguments
+IGNORED = ('run_id', 'log_interval', 'progress', 'workers')
 
 
 def _load(path: str) -> dict:
