@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import timm
 from safetensors.torch import save_file
@@ -79,6 +79,15 @@ def portable_record(record: Dict[str, Any], home: Optional[Path] = None, checkou
         parent = {k: portable_path(v, home, checkout) for k, v in record['lineage']['parent'].items()}
         out['lineage'] = dict(record['lineage'], parent=parent)
     return out
+
+
+def machine_paths(record: Dict[str, Any]) -> List[str]:
+    """The values of a results record that `portable_record` rewrites: paths of the machine that trained it."""
+    portable = portable_record(record)
+    pairs = [(record['args'], portable['args'])]
+    if record.get('lineage'):
+        pairs.append((record['lineage']['parent'], portable['lineage']['parent']))
+    return sorted({str(held[k]) for held, written in pairs for k in held if written[k] != held[k]})
 
 
 def default_repo_id(results: Results) -> str:
@@ -174,7 +183,7 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
             save_file(state, str(staging / WEIGHTS), metadata=dict(
                 format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
         published = json.loads((src.path / RESULTS).read_text()) if src.is_repository else None
-        if published is not None and portable_record(published) == published:  # the published record, untouched
+        if published is not None and not machine_paths(published):  # the published record, untouched
             shutil.copyfile(src.path / RESULTS, staging / RESULTS)
         else:  # a run's record, or a release's that named the training machine's paths: only those rewritten
             (staging / RESULTS).write_text(dump_json(portable_record(published) if published else record))

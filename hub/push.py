@@ -31,10 +31,12 @@ from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV, record_publi
 from train.checkpoint import current_umask, file_sha256
 
 from .card import with_history
+from .export import machine_paths
 from .release_slot import ReleaseSlot
 from .repository import (
     CARD,
     HISTORY,
+    RESULTS,
     WEIGHTS,
     Repository,
     RepositoryError,
@@ -241,6 +243,12 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
     check_matches_tag(repo, repo_id)
+    named = machine_paths(json.loads((repo.folder / RESULTS).read_text()))
+    if named:
+        raise RepositoryError(f'{repo.folder / RESULTS} names paths of the machine that trained it '
+                              f'({", ".join(named)}): write it anew with `python -m hub export {folder} --output '
+                              'NEW_FOLDER` (the same weights and numbers, those paths named from ~ or the checkout), '
+                              'then push that.')
     if mirror and releases:
         raise RepositoryError('give --mirror or --releases, not both.')
     destination = str(Path(mirror) / 'models' / repo_id) if mirror else str(Path(releases) / repo_id) if releases \

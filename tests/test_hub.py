@@ -404,8 +404,8 @@ def test_portable_path_names_home_and_checkout_neighbours_portably(tmp_path):
 def test_export_names_no_path_of_the_training_machine(trained_run, tmp_path, monkeypatch):
     """A run's data folder, decode cache and initial checkpoint lie on the machine that trained it: the published
     record and card name them from the home folder, every number as the run wrote it; a release exported before
-    this rule is mended by `hub export FOLDER` with only those values rewritten (same weights, so `hub push`
-    keeps its history)."""
+    this rule is refused by `hub push` and mended by `hub export FOLDER`, with only those values rewritten (same
+    weights, so `hub push` keeps its history)."""
     run = _copy_run(trained_run, tmp_path / 'run')
     written = json.loads((run / 'results.json').read_text())
     assert os.path.isabs(written['args']['data_dir'])  # what a run records: the absolute path it read
@@ -426,8 +426,12 @@ def test_export_names_no_path_of_the_training_machine(trained_run, tmp_path, mon
     assert str(tmp_path) not in card and '| `decode_cache` | `~/.cache/timm-spa` |' in card
     # a release published with the machine's paths: exported anew, only they change; a portable one is untouched
     (out / 'results.json').write_text(json.dumps(recorded, indent=2) + '\n')
+    with pytest.raises(RepositoryError, match=f"names paths of the machine that trained it .*{tmp_path}/datasets/"
+                                              f"cifar10.*hub export {out} --output NEW_FOLDER"):
+        publish(str(out), dry_run=True)  # push never uploads them
     mended = export_run(str(out), str(tmp_path / 'mended'))
     assert json.loads((mended / 'results.json').read_text()) == published
+    assert publish(str(mended), dry_run=True)['repo_id'] == REPO_ID
     assert (mended / 'model.safetensors').read_bytes() == (out / 'model.safetensors').read_bytes()
     again = export_run(str(mended), str(tmp_path / 'again'))
     assert (again / 'results.json').read_bytes() == (mended / 'results.json').read_bytes()
