@@ -13,6 +13,7 @@ without a new release (`hub push` then sees the same weights and keeps the histo
 What is published names no place on the training machine: the paths among a run's arguments and its
 lineage are written as `portable_path` names them, the rest of its record (every number) as it is.
 """
+import copy
 import json
 import os
 import shutil
@@ -69,25 +70,26 @@ def portable_path(value: Any, home: Path, checkout: Path) -> Any:
     return value
 
 
+def _path_holders(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """The parts of a results record whose values may be paths: its arguments and its lineage's parent."""
+    return [record['args']] + ([record['lineage']['parent']] if record.get('lineage') else [])
+
+
 def portable_record(record: Dict[str, Any], home: Optional[Path] = None, checkout: Path = CHECKOUT) -> Dict[str, Any]:
     """A results record with the paths of its arguments (`--data-dir`, `--decode-cache`,
     `--initial-checkpoint`, ...) and of its lineage's parent written by `portable_path`; every number as it
     is. The machine's paths say nothing about the weights and do not exist for a reader."""
     home = home or Path.home()
-    out = dict(record, args={k: portable_path(v, home, checkout) for k, v in record['args'].items()})
-    if record.get('lineage'):
-        parent = {k: portable_path(v, home, checkout) for k, v in record['lineage']['parent'].items()}
-        out['lineage'] = dict(record['lineage'], parent=parent)
+    out = copy.deepcopy(record)
+    for holder in _path_holders(out):
+        holder.update({k: portable_path(v, home, checkout) for k, v in holder.items()})
     return out
 
 
 def machine_paths(record: Dict[str, Any]) -> List[str]:
     """The values of a results record that `portable_record` rewrites: paths of the machine that trained it."""
-    portable = portable_record(record)
-    pairs = [(record['args'], portable['args'])]
-    if record.get('lineage'):
-        pairs.append((record['lineage']['parent'], portable['lineage']['parent']))
-    return sorted({str(held[k]) for held, written in pairs for k in held if written[k] != held[k]})
+    pairs = zip(_path_holders(record), _path_holders(portable_record(record)), strict=True)
+    return sorted({str(v) for held, written in pairs for k, v in held.items() if written[k] != v})
 
 
 def default_repo_id(results: Results) -> str:
@@ -152,7 +154,9 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
     config and card are written anew around the same weights file) into `output`; refuses what it cannot vouch
     for."""
     src, out = _read_source(Path(source).expanduser()), Path(output).expanduser()
-    record = portable_record(src.results.to_dict())
+    # a repository's record as published (its bytes are kept where nothing in it changes), or the run's
+    held = json.loads((src.path / RESULTS).read_text()) if src.is_repository else src.results.to_dict()
+    record = portable_record(held)
     results = Results.from_dict(record)
     arch = results.model_args  # checked against the weights' own metadata
     repo_id = check_repo_id(repo_id or src.repo_id)
@@ -182,11 +186,10 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
         else:  # one weights file, with what ties it to the run and its numbers
             save_file(state, str(staging / WEIGHTS), metadata=dict(
                 format='pt', run_id=results.run_id, epoch=str(results.best_epoch), arch=dump_json(arch)))
-        published = json.loads((src.path / RESULTS).read_text()) if src.is_repository else None
-        if published is not None and not machine_paths(published):  # the published record, untouched
+        if src.is_repository and record == held:  # the published record, untouched
             shutil.copyfile(src.path / RESULTS, staging / RESULTS)
         else:  # a run's record, or a release's that named the training machine's paths: only those rewritten
-            (staging / RESULTS).write_text(dump_json(portable_record(published) if published else record))
+            (staging / RESULTS).write_text(dump_json(record))
         if src.curves.is_file():
             shutil.copy(src.curves, staging / CURVES)
         (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=src.curves.is_file()))

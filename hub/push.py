@@ -243,7 +243,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
     check_matches_tag(repo, repo_id)
-    named = machine_paths(json.loads((repo.folder / RESULTS).read_text()))
+    named = machine_paths(repo.results.to_dict())
     if named:
         raise RepositoryError(f'{repo.folder / RESULTS} names paths of the machine that trained it '
                               f'({", ".join(named)}): write it anew with `python -m hub export {folder} --output '

@@ -119,22 +119,23 @@ def release_table(repos: List[Repository]) -> str:
     labels = _recipe_labels(repos)
     mixed = any(len(recipes) > 1 for recipes in labels.values())
     replaced = [read_history(repo.folder)[-1:] for repo in repos]  # the release each one replaced, if any
+    any_replaced = any(replaced)
     lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | ' + ('recipe | ' if mixed else '')
-             + ('replaced release, test top-1 | ' if any(replaced) else '')
+             + ('replaced release, test top-1 | ' if any_replaced else '')
              + 'wall time | lineage | hardware, precision | paper top-1 |',
-             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + ('---|' if any(replaced) else '')
+             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + ('---|' if any_replaced else '')
              + '---:|---|---|---:|']
     for repo, before in zip(repos, replaced, strict=True):
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
         recipe = labels[r.tag][json.dumps(training_recipe(r), sort_keys=True)] + ' | ' if mixed else ''
-        if any(replaced):
-            recipe += (f"{before[0]['test_top1']:.2f} ({before[0]['epochs']} epochs) | " if before
-                       else '- | ')
+        earlier = '' if not any_replaced else '- | ' if not before else \
+            f"{before[0]['test_top1']:.2f} ({before[0]['epochs']} epochs) | "
         lines.append(
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
-            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{seconds / 3600:.2f} h | {describe(r)} | '
+            f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{earlier}{seconds / 3600:.2f} h | '
+            f'{describe(r)} | '
             f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
     lines += _recipe_notes(labels)
     if any(r.results.tag == 'cifar10' for r in repos):
