@@ -33,6 +33,7 @@ from train.checkpoint import current_umask, file_sha256
 from .card import with_history
 from .export import machine_paths
 from .release_slot import ReleaseSlot
+from .releases import needs_remeasure
 from .repository import (
     CARD,
     HISTORY,
@@ -281,7 +282,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
         print(f'{destination} already holds exactly this; nothing to publish.')
         return summary
     print(f'published {repo_id} to {destination}' + (f'; recorded {name} in {summary["record"]}' if name else ''))
-    if releases:
+    if releases and needs_remeasure(Path(releases), repo_id, repo):
         print(f'next: python -m hub remeasure {releases} --data {repo.results.dataset.name}=DIR (the whole test '
               'split, recorded; CI refuses a release without it)')
     return summary

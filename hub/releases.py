@@ -86,11 +86,14 @@ def training_recipe(results: Results) -> Dict[str, Any]:
 
 
 def _recipe_labels(repos: List[Repository]) -> Dict[str, Dict[str, str]]:
-    """Per data-set tag, each distinct recipe (as JSON) and its letter, in the order of the releases."""
+    """Per data-set tag, each distinct recipe (as JSON) and its letter, in the order of the releases. Letters run
+    on across data sets, so that no two recipes share one (recipes of different data sets never compare)."""
     labels: Dict[str, Dict[str, str]] = {}
     for repo in repos:
+        recipe = json.dumps(training_recipe(repo.results), sort_keys=True)
         recipes = labels.setdefault(repo.results.tag, {})
-        recipes.setdefault(json.dumps(training_recipe(repo.results), sort_keys=True), chr(ord('A') + len(recipes)))
+        if recipe not in recipes:
+            recipes[recipe] = chr(ord('A') + sum(map(len, labels.values())))
     return labels
 
 
@@ -260,6 +263,17 @@ def _agrees_with_card(measured: dict, repo: Repository) -> bool:
 
 def _repo_id(repo: Repository) -> str:
     return f'{repo.folder.parent.name}/{repo.folder.name}'
+
+
+def needs_remeasure(releases: Path, repo_id: str, repo: Repository) -> bool:
+    """Whether RELEASES/remeasured.json lacks what CI asks of `repo` released as `repo_id`: a whole-split
+    re-measurement of its very weights that agrees with its card (a push of a new card alone keeps it)."""
+    try:
+        entry = read_remeasured(Path(releases)).get(repo_id)
+    except RepositoryError:
+        return True
+    return not (entry and entry['weights_sha256'] == file_sha256(repo.folder / WEIGHTS)
+                and entry['images'] == repo.results.dataset.test_images and _agrees_with_card(entry, repo))
 
 
 def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:

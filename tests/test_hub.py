@@ -660,8 +660,8 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     says otherwise); `--check` (CI's) measures the first images again and refuses a release without a current
     record, a record that disagrees with the card, or predictions that moved."""
     releases = tmp_path / 'releases'
-    publish(str(export_run(str(trained_run), str(tmp_path / 'repo'))), REPO_ID, releases=str(releases),
-            record=tmp_path / 'published.json')
+    source = export_run(str(trained_run), str(tmp_path / 'repo'))
+    publish(str(source), REPO_ID, releases=str(releases), record=tmp_path / 'published.json')
     folder, record_path = releases / REPO_ID, releases / 'remeasured.json'
     data = ['--data', f'cifar10={trained_run.parent / "data"}']
     assert f'next: python -m hub remeasure {releases} --data cifar10=DIR' in capsys.readouterr().out
@@ -681,6 +681,12 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     assert entry['images'] == 20 and entry['check_stride'] == 1 and entry['check_predictions'] == plain
     assert entry['top1'] == pytest.approx(100 * sum(p == t for p, t in zip(plain, labels, strict=True)) / 20)
     assert entry['top1'] == pytest.approx(results['test_top1']) and entry['top5'] == pytest.approx(results['test_top5'])
+    # a new card for the same weights: their record still covers them, so push asks for no re-measurement
+    (source / 'README.md').write_text((source / 'README.md').read_text() + '\nOne more sentence.\n')
+    capsys.readouterr()
+    assert publish(str(source), REPO_ID, releases=str(releases), record=tmp_path / 'published.json',
+                   replace=True)['changed']
+    assert 'hub remeasure' not in capsys.readouterr().out
     checked = hub_main(['remeasure', str(releases), *data, '--check'])
     assert checked['resnet18_spa.cifar10']['flips'] == [] and json.loads(record_path.read_text()) == record
     assert '0 prediction(s) differ from the record' in capsys.readouterr().out

@@ -322,11 +322,11 @@ def test_label_smoothing_and_augmentation_reach_the_run(folder_data, tmp_path):
     text = compare_script.compare([str(tmp_path / 'a'), str(tmp_path / 'b')], str(tmp_path / 'cmp.png'))
     lines = text.splitlines()
     assert lines[0] == ('| run | --smoothing | val top-1 after epoch 0 (elapsed) | best val top-1 (epoch) | '
-                        'test top-1 | median train img/s | trained on |')
+                        'test top-1 | train top-1, last epoch | median train img/s | trained on |')
     row = read_summary(tmp_path / 'a' / 'summary.csv')[0]
     assert lines[2] == (f"| a | `0.0` | {plain['val_top1']:.2f} ({row['elapsed_s'] / 60:.1f} min) | "
-                        f"{plain['val_top1']:.2f} (0) | {plain['test_top1']:.2f} | {row['img_s']:.1f} | "
-                        f"{row['hardware']} |")
+                        f"{plain['val_top1']:.2f} (0) | {plain['test_top1']:.2f} | {row['train_top1']:.2f} | "
+                        f"{row['img_s']:.1f} | {row['hardware']} |")
     assert row['hardware'] == plain['hardware'] and 'cores' in row['hardware']
     assert lines[3].startswith('| b | `0.5` | ') and f" | - | {row['hardware']} |" not in lines[3]  # its img/s
     assert lines[3].endswith(f" | {row['hardware']} |")
@@ -388,7 +388,8 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
         folder = tmp_path / name
         folder.mkdir()
         write_summary(folder / 'summary.csv', [dict(epoch=e, val_top1=v, epoch_s=1800.0, elapsed_s=1800.0 * (e + 1),
-                                                    img_s=None if parent else 100.0 + 20 * e)
+                                                    img_s=None if parent else 100.0 + 20 * e,
+                                                    train_top1=None if parent else 70.0 + 10 * e)
                                                for e, v in enumerate(val)])
         # the warm run recorded --dist-bn at its default, the cold one predates the flag: no column for it
         (folder / 'args.json').write_text(json.dumps(dict(lr=0.1, dist_bn='reduce') if parent else dict(lr=0.2)))
@@ -398,7 +399,8 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     cold = run('cold', [80.0, 91.5])
     text = compare_script.compare([warm, cold], target=92)
     lines = text.splitlines()
-    assert lines[0].endswith('| test top-1 | median train img/s | trained on | time to 92% val top-1 |')
+    assert lines[0].endswith('| test top-1 | train top-1, last epoch | median train img/s | trained on | '
+                             'time to 92% val top-1 |')
     # epoch 2, 3 x 0.5 h + 10 h; summaries from before the hardware column
     assert lines[2].endswith('| - | not recorded for epochs 0-3 (2.00 h) | 3 epochs, 1.50 h; in all 18 epochs, '
                              '11.50 h |')
@@ -407,10 +409,12 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     # --at-epochs: columns only after those epoch counts (from 1), '-' where a run is shorter; the best still shows
     picked = compare_script.compare([warm, cold], at_epochs=[4, 2, 2]).splitlines()
     assert picked[0] == ('| run | --lr | val top-1 after 2 epochs (elapsed) | val top-1 after 4 epochs (elapsed) | '
-                         'best val top-1 (epoch) | test top-1 | median train img/s | trained on |')
-    # the warm run's summary predates the img/s column; the cold one's median of 100 and 120
-    assert picked[2].startswith('| warm | `0.1` | 91.99 (60.0 min) | 93.10 (120.0 min) | 93.10 (3) | - | - |')
-    assert picked[3].startswith('| cold | `0.2` | 91.50 (60.0 min) | - | 91.50 (1) | - | 110.0 |')
+                         'best val top-1 (epoch) | test top-1 | train top-1, last epoch | median train img/s | '
+                         'trained on |')
+    # the warm run's summary predates the train top-1 and img/s columns; the cold one's last train top-1 (80, not
+    # the first epoch's 70) and its median img/s of 100 and 120
+    assert picked[2].startswith('| warm | `0.1` | 91.99 (60.0 min) | 93.10 (120.0 min) | 93.10 (3) | - | - | - |')
+    assert picked[3].startswith('| cold | `0.2` | 91.50 (60.0 min) | - | 91.50 (1) | - | 80.00 | 110.0 |')
     with pytest.raises(SystemExit) as exit_info:
         compare_script.main([warm, '--at-epochs', '0', '15'])
     assert exit_info.value.code == 2 and '--at-epochs 0 is not a number of epochs trained' in capsys.readouterr().err

@@ -5,10 +5,11 @@
 
 Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
 and elapsed wall time after each epoch, or after the epoch counts `--at-epochs` names, the best
-validation top-1, the test top-1 of finished runs, the median training images/s (hours compare only where
-it is alike: a run that shared its cores took longer) and the machines each run trained on, with their
-epochs and hours where it moved) and plots validation top-1 against epochs and
-against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
+validation top-1, the test top-1 of finished runs, the training top-1 of the last epoch (on the augmented
+images: below validation the recipe underfits, far above it the network fits its training images), the median
+training images/s (hours compare only where it is alike: a run that shared its cores took longer) and the
+machines each run trained on, with their epochs and hours where it moved) and plots validation top-1 against
+epochs and against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
 the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
 behind its `--initial-checkpoint` (the parent's record in the checkpoint). Reads only what each run
 directory holds (`args.json`, `summary.csv`, `last.pth.tar`, `results.json`), so it works on runs still
@@ -95,9 +96,9 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
         counts = sorted(set(at_epochs))
         titles = [f'val top-1 after {n} epochs (elapsed)' for n in counts]
     header = ['run', *(f'--{k.replace("_", "-")}' for k in differ), *titles, 'best val top-1 (epoch)',
-              'test top-1', 'median train img/s', 'trained on',
+              'test top-1', 'train top-1, last epoch', 'median train img/s', 'trained on',
               *([f'time to {target:g}% val top-1'] if target is not None else [])]
-    align = ['---'] * (1 + len(differ)) + ['---:'] * (len(counts) + 3) + ['---'] * (1 + (target is not None))
+    align = ['---'] * (1 + len(differ)) + ['---:'] * (len(counts) + 4) + ['---'] * (1 + (target is not None))
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '|'.join(align) + '|']
     for r in runs:
         by_count = {row['epoch'] + 1: row for row in r['rows']}
@@ -107,6 +108,8 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
         best = _best(r['rows']) if r['rows'] else None
         cells.append(f"{best['val_top1']:.2f} ({best['epoch']})" if best else '-')
         cells.append(f"{r['test']:.2f}" if r['test'] is not None else '-')
+        last_train = r['rows'][-1].get('train_top1', math.nan) if r['rows'] else math.nan  # NaN: not written
+        cells.append('-' if math.isnan(last_train) else f'{last_train:.2f}')
         speeds = [row['img_s'] for row in r['rows'] if not math.isnan(row.get('img_s', math.nan))]  # NaN: not written
         cells.append(f'{statistics.median(speeds):.1f}' if speeds else '-')
         cells.append(hardware_record(r['rows']))  # hours compare only on like machines
