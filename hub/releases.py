@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -256,9 +256,15 @@ def _is_entry(entry) -> bool:
 
 
 def _agrees_with_card(measured: dict, repo: Repository) -> bool:
-    """Whether a whole-split top-1 and top-5 are the card's, within `TOLERANCE` points."""
+    """Whether a whole-split top-1 and top-5 are the card's, within `TOLERANCE` points, on as many images."""
     card = repo.results
-    return abs(measured['top1'] - card.test_top1) <= TOLERANCE and abs(measured['top5'] - card.test_top5) <= TOLERANCE
+    return (abs(measured['top1'] - card.test_top1) <= TOLERANCE and abs(measured['top5'] - card.test_top5) <= TOLERANCE
+            and measured['images'] == card.dataset.test_images)
+
+
+def _of_current_weights(entry: Optional[dict], repo: Repository) -> bool:
+    """Whether a re-measurement record entry was measured on the weights the release holds now."""
+    return entry is not None and entry['weights_sha256'] == file_sha256(repo.folder / WEIGHTS)
 
 
 def _repo_id(repo: Repository) -> str:
@@ -272,8 +278,7 @@ def needs_remeasure(releases: Path, repo_id: str, repo: Repository) -> bool:
         entry = read_remeasured(Path(releases)).get(repo_id)
     except RepositoryError:
         return True
-    return not (entry and entry['weights_sha256'] == file_sha256(repo.folder / WEIGHTS)
-                and entry['images'] == repo.results.dataset.test_images and _agrees_with_card(entry, repo))
+    return not (_of_current_weights(entry, repo) and _agrees_with_card(entry, repo))
 
 
 def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
@@ -294,7 +299,7 @@ def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
         card, started, name = repo.results, time.time(), repo.results.dataset.name
         if name not in data_dirs:  # kept while it still describes the same weights; CI refuses a missing one
             entry = old.get(_repo_id(repo))
-            if entry and entry['weights_sha256'] == file_sha256(repo.folder / WEIGHTS):
+            if _of_current_weights(entry, repo):
                 record[_repo_id(repo)] = entry
             print(f'{repo.name}: not measured (no --data {name}=DIR); '
                   + ('its earlier record is kept' if _repo_id(repo) in record else 'it has no record'))
@@ -333,10 +338,10 @@ def check_remeasured(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dic
     test_images, problems, checked = DecodedTestImages(data_dirs), [], {}
     for repo in repos:
         entry, card = record.get(_repo_id(repo)), repo.results
-        if entry is None or entry['weights_sha256'] != file_sha256(repo.folder / WEIGHTS):
+        if not _of_current_weights(entry, repo):
             problems.append(f'{repo.name} has no whole-split re-measurement of its current weights')
             continue
-        if not _agrees_with_card(entry, repo) or entry['images'] != card.dataset.test_images:
+        if not _agrees_with_card(entry, repo):
             problems.append(f'{repo.name}: its card says top-1 {card.test_top1:.2f} top-5 {card.test_top5:.2f} on '
                             f'{card.dataset.test_images:,} images, the record {entry["top1"]:.2f} / '
                             f'{entry["top5"]:.2f} on {entry["images"]:,}')
