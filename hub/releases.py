@@ -114,6 +114,13 @@ def _recipe_notes(labels: Dict[str, Dict[str, str]]) -> List[str]:
     return notes
 
 
+def _replaced_cell(replaced: List[dict]) -> str:
+    """The column of the replaced release: the test top-1 and epochs of the release this one replaced, or '-'."""
+    if not replaced:
+        return '- | '
+    return f"{replaced[-1]['test_top1']:.2f} ({replaced[-1]['epochs']} epochs) | "
+
+
 def release_table(repos: List[Repository]) -> str:
     """The README's table of released weights, every number read from the release folders, and what the paper
     and other model zoos publish for the same architectures. Where a data set's releases come from different
@@ -133,8 +140,7 @@ def release_table(repos: List[Repository]) -> str:
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
         recipe = labels[r.tag][json.dumps(training_recipe(r), sort_keys=True)] + ' | ' if mixed else ''
-        earlier = '' if not any_replaced else '- | ' if not before else \
-            f"{before[0]['test_top1']:.2f} ({before[0]['epochs']} epochs) | "
+        earlier = _replaced_cell(before) if any_replaced else ''
         lines.append(
             f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{earlier}{seconds / 3600:.2f} h | '
