@@ -127,6 +127,17 @@ def test_release_folders_are_what_export_writes_today_and_name_no_machine_path(r
         assert card == (repo.folder / 'README.md').read_text(), repo.folder
 
 
+def test_committed_records_of_released_runs_are_the_releases_records(released):
+    """docs/runs keeps the records behind the README's run comparisons; where one is a released run's, it is that
+    release's results.json byte for byte, so a comparison never shows numbers its release no longer has."""
+    by_run = {repo.results.run_id: repo.folder for repo in released}
+    records = {path: json.loads(path.read_text())['run_id'] for path in (ROOT / 'docs' / 'runs').glob('*/results.json')}
+    matched = {path: by_run[run_id] for path, run_id in records.items() if run_id in by_run}
+    assert matched, 'no record in docs/runs is of a released run'
+    for path, folder in matched.items():
+        assert path.read_bytes() == (folder / 'results.json').read_bytes(), (path, folder)
+
+
 def test_readme_table_is_generated_from_the_releases(releases):
     assert release_table(releases) in (ROOT / 'README.md').read_text()
 
