@@ -146,6 +146,13 @@ for _name, _flag, _value, _shown, _rule in (('epochs_zero', '--epochs', '0', '--
           name=_name)(lambda ws, flag=_flag, value=_value: ws.train(flag, value, '--output', str(ws.root / 'x')))
 
 
+@probe('`python -m train --min-lr 0.5 --lr 0.01 --sched poly --decay-rate 1`', '--min-lr 0.5 is above --lr 0.01: the '
+       'schedule would raise the learning rate as it decays', code=2)
+def min_lr_above_lr(ws):
+    return ws.train('--min-lr', '0.5', '--lr', '0.01', '--sched', 'poly', '--decay-rate', '1', '--output',
+                    str(ws.root / 'x'))
+
+
 @probe('`python -m train --device cuda` on a machine without a GPU', 'torch sees no CUDA device on this machine; '
        'use --device cpu', code=2)
 def cuda_without_gpu(ws):
@@ -270,6 +277,20 @@ def corrupt_test_image(ws):
     out = ws.root / 'corrupt-run'
     code, err = ws.train('--data-dir', str(data), '--output', str(out), '--workers', '2')
     assert bad.name in err and not (out / 'last.pth.tar').exists()
+    return code, err
+
+
+@probe('an image over Pillow\'s decompression-bomb limit in the train split (a 20000x20000 JPEG; here the limit is '
+       'lowered to 100 pixels)', 'exceeds limit', 'nothing trained: found before epoch 0')
+def decompression_bomb_image(ws):
+    from PIL import Image
+    data = ws.copy_data('bomb')
+    big = sorted((data / 'train').rglob('*.png'))[0]
+    Image.new('RGB', (11, 11)).save(big)  # 121 pixels: over twice the lowered limit, so Pillow raises
+    out = ws.root / 'bomb-run'
+    with mock.patch.object(Image, 'MAX_IMAGE_PIXELS', 50):
+        code, err = ws.train('--data-dir', str(data), '--output', str(out))
+    assert big.name in err and 'DecompressionBombError' not in err and not (out / 'last.pth.tar').exists(), err
     return code, err
 
 
@@ -794,6 +815,16 @@ def compare_on_a_broken_summary(ws):
     (run / 'summary.csv').write_text(header + '\n0,0.1\n')
     with unchanged(run):
         return call(compare_script.main, [str(run), '--target', '92'])
+
+
+@probe('`python -m train.compare RUN RUN` (or RUN and a copy of it)', 'is the same run as', 'the run', code=2)
+def compare_one_run_twice(ws):
+    from train import compare as compare_script
+    copy = ws.copy_run('compared-twice')
+    with unchanged(ws.run, copy):
+        code, err = call(compare_script.main, [str(ws.run), str(ws.run)])
+        assert code == 2 and 'is the same run as' in err, err
+        return call(compare_script.main, [str(ws.run), str(copy)])
 
 
 @probe('`python -m train --output RUN` where RUN holds only the args.json of a run killed before its first save',

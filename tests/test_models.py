@@ -15,7 +15,7 @@ import timm_spa
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import HF_HUB_ORG, PRETRAINED_TAGS, PretrainedWeightsUnavailable
 
-# SPEC section 2, "ours (exact)", num_classes=10
+# the README's Models table (params, ours, exact; beside the paper's Table 1), num_classes=10
 PARAM_COUNTS = {
     'resnet18_cifar': 11_173_962,
     'resnet50_cifar': 23_520_842,

@@ -62,6 +62,28 @@ def test_image_folders_and_tars(tmp_path, as_tar):
         assert np.array_equal(np.asarray(image), expected[written])  # png is lossless
 
 
+@pytest.mark.parametrize('as_tar', [False, True])
+def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path, as_tar):
+    """A 16-bit greyscale PNG (Pillow's I;16) decodes to the same picture in 8 bits, round(v * 255 / 65535) in every
+    channel; Pillow's convert('RGB') alone would clip it to 255 nearly everywhere."""
+    from PIL import Image
+    write_image_folders(tmp_path, classes=2, n_train=4, n_test=2, as_tar=False)
+    wide = np.linspace(0, 65535, 16 * 16).round().astype(np.uint16).reshape(16, 16)
+    Image.fromarray(wide).save(tmp_path / 'train' / 'class0' / '9999.png')
+    if as_tar:
+        import tarfile
+        for split in ('train', 'test'):
+            with tarfile.open(tmp_path / f'{split}.tar', 'w') as tar:
+                for path in sorted((tmp_path / split).rglob('*.png')):
+                    tar.add(path, arcname=str(path.relative_to(tmp_path / split)))
+            (tmp_path / split).rename(tmp_path / f'{split}-files')
+    splits = load_dataset('folder', str(tmp_path), val_size=1)
+    index = next(i for i in range(len(splits.train)) if splits.train.name_fn(i).endswith('9999.png'))
+    image = np.asarray(splits.train.load(index)[0])
+    expected = np.floor(wide.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    assert image.shape == (16, 16, 3) and all(np.array_equal(image[..., c], expected) for c in range(3))
+
+
 def test_cifar_from_image_files_carries_the_caveat(tmp_path):
     write_image_folders(tmp_path, classes=10, n_train=30, n_test=10, as_tar=True)
     splits = load_dataset('cifar10', str(tmp_path), val_size=5)

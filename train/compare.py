@@ -83,6 +83,12 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
     if output:
         check_not_a_run_file(output, '--output')
     runs = [_load(p) for p in paths]
+    first = {}
+    for r in runs:  # a run named twice (or a copy of it) would be two identical rows, read as agreement
+        key = r['args'].get('run_id') or str(Path(r['name']).resolve())
+        if key in first:
+            raise UsageError(f'{r["name"]} is the same run as {first[key]} (run id {key}): give each run once.')
+        first[key] = r['name']
     if target is not None and not all(r['rows'] for r in runs):
         empty = next(r['name'] for r in runs if not r['rows'])
         raise UsageError(f'{empty}/summary.csv holds no finished epoch yet, so it has no time to {target:g}%; wait '

@@ -59,7 +59,7 @@ class Samples:
     def load(self, index: int) -> Tuple[Image.Image, int]:
         try:
             return self.load_fn(index)
-        except (OSError, ValueError, tarfile.TarError) as e:
+        except (OSError, ValueError, tarfile.TarError, Image.DecompressionBombError) as e:
             raise DataError(f'cannot read image {self.name_fn(index)}: {e}. Replace or remove that file.') from e
 
     def fingerprint(self) -> str:
@@ -260,10 +260,19 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
     return _encoded_samples(read, lambda i: f'{path}:{reader.filename(i)}', labels), found
 
 
+def decode_rgb(data: bytes) -> Image.Image:
+    """An encoded image as 8-bit RGB. 16-bit greyscale (PNG's I;16 modes) is scaled to 8 bits: Pillow's
+    `convert('RGB')` clips it at 255, which turns nearly every pixel white."""
+    image = Image.open(io.BytesIO(data))
+    if image.mode.startswith('I;16'):
+        wide = np.asarray(image).astype(np.uint32)
+        image = Image.fromarray(((wide * 255 + 32767) // 65535).astype(np.uint8), mode='L')
+    return image.convert('RGB')
+
+
 def _encoded_samples(read: Callable[[int], bytes], name_fn: Callable[[int], str], labels: List[int]) -> Samples:
     """Images stored encoded (files, tar members): decoded when loaded, their bytes what the decode cache hashes."""
-    return Samples(lambda i: (Image.open(io.BytesIO(read(i))).convert('RGB'), labels[i]), name_fn, labels,
-                   read_bytes=read)
+    return Samples(lambda i: (decode_rgb(read(i)), labels[i]), name_fn, labels, read_bytes=read)
 
 
 def _split_path(root: Path, split: str) -> Optional[Path]:

@@ -216,6 +216,9 @@ def check_args(args: argparse.Namespace) -> None:
     for key, test, allowed in _CHECKS:
         if not test(getattr(args, key)):
             raise UsageError(f'--{key.replace("_", "-")} {getattr(args, key)} is not allowed: it must be {allowed}.')
+    if args.min_lr > args.lr:
+        raise UsageError(f'--min-lr {args.min_lr} is above --lr {args.lr}: the schedule would raise the learning rate '
+                         'as it decays. Give a --min-lr below --lr.')
     if args.warmup_epochs >= args.epochs:
         raise UsageError(f'--warmup-epochs {args.warmup_epochs} must be below --epochs {args.epochs}.')
     if args.aa:

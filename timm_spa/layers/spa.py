@@ -7,15 +7,16 @@ of Q with the largest squared norm (Alg. 1), builds a C' x C' channel affinity f
 positions only (Eq. 6) and mixes the value channels with it (Eq. 7). Cost is O(C'^2 k + n C'^2)
 instead of non-local attention's O(n^2 C').
 
-Decisions where the paper is silent are taken in the project's SPEC (section 1): C' = C, no phi,
-logit scale 1.0 by default, zero-initialised last BN (identity at init), float32 affinity under
-autocast, no device handling inside the block.
+Decisions where the paper is silent are in docs/design.md: C' = C, no phi, logit scale 1.0 by
+default, zero-initialised last BN (identity at init), A's logits and softmax in float32 under autocast,
+no device handling inside the block.
 
 The block calls its own modules (`qv`, `select`, `proj`, `norm`), so forward hooks, timm's
 `AttentionExtract`, quantisation and module swaps (LoRA wrapping `nn.Conv2d`) see every step. Its
 speed comes from choosing what each computes: `proj` maps A itself, not A V, where the input has more
-positions than channels ((W A) V needs fewer products), and A V takes SDPA's fused kernel where that
-was measured to pay on the device type in use.
+positions than channels ((W A) V needs fewer products), A V takes SDPA's fused kernel where that
+was measured to pay on the device type in use, and under autocast on a CPU A V is formed a few images at
+a time, in bfloat16 products.
 """
 import math
 from contextlib import nullcontext
@@ -24,6 +25,7 @@ from typing import Optional, Tuple, Type, Union
 import torch
 from timm.layers import make_divisible, use_fused_attn
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 __all__ = [
@@ -152,8 +154,72 @@ def folds_projection(num_positions: int, out_channels: int, attn_impl: str = 'au
     return linear and attn_impl != 'fused' and num_positions > out_channels
 
 
+class _ChannelAttention(torch.autograd.Function):
+    """softmax(K K^T * scale) V for keys (B, C', k) and low-precision values (B, C', n), a few images at a time.
+
+    Autograd's version writes the batch's C' x C' logits, softmax and their gradients to main memory and reads
+    them back (33 MB each at batch 128, C' = 256), in float32; here each chunk of about 4 MB is formed, used
+    and dropped while it is still in the cache. Logits and softmax are float32 at least; A is
+    rounded to the values' dtype for the two products with V, so that under bfloat16 autocast they run as
+    bfloat16 matrix products (float32 accumulation), the way SDPA's fused kernels treat their probabilities.
+    The backward needs no second softmax pass: with Y = A V, dS = A (dY V^T - rowsum(dY Y)).
+    """
+
+    @staticmethod
+    def forward(ctx, keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+        keys = keys.to(torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32))
+        value = value.contiguous()  # channels-last values come transposed: bfloat16 bmm then takes a 200x slower path
+        batch, channels, _ = value.shape
+        step = max(1, _CHUNK_BYTES // (4 * channels * channels))
+        out = value.new_empty(value.shape)
+        attn = value.new_empty((batch, channels, channels))
+        for start in range(0, batch, step):
+            chunk = slice(start, start + step)
+            logits = torch.bmm(keys[chunk], keys[chunk].transpose(1, 2))
+            if scale != 1.0:
+                logits.mul_(scale)
+            attn[chunk] = logits.softmax(dim=-1)
+            torch.bmm(attn[chunk], value[chunk], out=out[chunk])
+        ctx.save_for_backward(keys, value, attn, out)
+        ctx.scale, ctx.step = scale, step
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, None]:
+        keys, value, attn, out = ctx.saved_tensors
+        grad = grad.to(value.dtype).contiguous()
+        row_dot = (grad.to(keys.dtype) * out.to(keys.dtype)).sum(dim=-1, keepdim=True)  # rowsum(dA * A)
+        grad_keys, grad_value = torch.empty_like(keys), torch.empty_like(value)
+        for start in range(0, value.shape[0], ctx.step):
+            chunk = slice(start, start + ctx.step)
+            grad_logits = torch.bmm(grad[chunk], value[chunk].transpose(1, 2)).to(keys.dtype)
+            grad_logits.sub_(row_dot[chunk]).mul_(attn[chunk])
+            # dK = (dS + dS^T) K, as (k x C') @ (C' x C') products: matrix-vector shaped the other way round
+            keys_t = keys[chunk].transpose(1, 2)
+            grad_keys_t = torch.baddbmm(torch.bmm(keys_t, grad_logits), keys_t, grad_logits.transpose(1, 2))
+            grad_keys[chunk] = grad_keys_t.transpose(1, 2).mul_(ctx.scale)
+            torch.bmm(attn[chunk].transpose(1, 2), grad[chunk], out=grad_value[chunk])
+        return grad_keys, grad_value, None
+
+
+_CHUNK_BYTES = 1 << 22  # float32 logits per chunk: the fastest of 256 KB, 1 MB and 4 MB on the AMX Xeon
+
+
+@torch.jit.unused
+def _channel_attention_autograd(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
+    return _ChannelAttention.apply(keys, value, scale)
+
+
 def _materialised_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
-    return torch.bmm(_float32_affinity(keys, scale), value)
+    """softmax(K K^T * scale) V in the values' dtype; A's logits and softmax in float32 at least. Low-precision
+    values with gradient on a CPU (autocast training) go through `_ChannelAttention`, sized for its caches; the rest
+    through autograd's own ops, which stay twice differentiable."""
+    low_precision = value.dtype == torch.bfloat16 or value.dtype == torch.float16
+    if (low_precision and value.device.type == 'cpu' and not torch.jit.is_scripting() and torch.is_grad_enabled()
+            and (keys.requires_grad or value.requires_grad)):
+        return _channel_attention_autograd(keys, value, scale)
+    return torch.bmm(_float32_affinity(keys, scale).to(value.dtype), value)
 
 
 def _fused_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> torch.Tensor:
@@ -165,12 +231,12 @@ def _fused_attention(keys: torch.Tensor, value: torch.Tensor, scale: float) -> t
     return F.scaled_dot_product_attention(keys, keys, value, scale=scale).squeeze(1)
 
 
-def _float32_attention(keys: torch.Tensor, value: torch.Tensor, scale: float, attn_impl: str) -> torch.Tensor:
-    """softmax(K K^T * scale) V in float32 at least."""
-    dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
-    keys, value = keys.to(dtype), value.to(dtype)
+def _attention(keys: torch.Tensor, value: torch.Tensor, scale: float, attn_impl: str) -> torch.Tensor:
+    """softmax(K K^T * scale) V: the fused kernel in float32 at least, the materialised one in the values' dtype
+    (its logits and softmax in float32 at least)."""
     if attention_kernel(value.shape[-1], value.shape[1], attn_impl, value.device.type) == 'fused':
-        return _fused_attention(keys, value, scale)
+        dtype = torch.promote_types(torch.promote_types(keys.dtype, value.dtype), torch.float32)
+        return _fused_attention(keys.to(dtype), value.to(dtype), scale)
     return _materialised_attention(keys, value, scale)
 
 
@@ -179,7 +245,7 @@ def _outside_autocast(keys: torch.Tensor, value: Optional[torch.Tensor], scale: 
     # K K^T of float16 keys overflows easily; autocast would run it in low precision
     device = keys.device.type
     with torch.autocast(device_type=device, enabled=False) if torch.is_autocast_enabled(device) else nullcontext():
-        return _float32_affinity(keys, scale) if value is None else _float32_attention(keys, value, scale, attn_impl)
+        return _float32_affinity(keys, scale) if value is None else _attention(keys, value, scale, attn_impl)
 
 
 def channel_affinity(keys: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
@@ -191,9 +257,10 @@ def channel_affinity(keys: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 
 def channel_attention(keys: torch.Tensor, value: torch.Tensor, scale: float = 1.0,
                       attn_impl: str = 'auto') -> torch.Tensor:
-    """Y = softmax(K K^T * scale) V (Eq. 6, 7) for keys (B, C', k) and values (B, C', N), in float32."""
+    """Y = softmax(K K^T * scale) V (Eq. 6, 7) for keys (B, C', k) and values (B, C', N): logits and softmax in
+    float32, autocast or not; the products with V in the values' dtype ('materialised') or float32 ('fused')."""
     if torch.jit.is_scripting():
-        return _float32_attention(keys, value, scale, attn_impl)
+        return _attention(keys, value, scale, attn_impl)
     return _outside_autocast(keys, value, scale, attn_impl)
 
 
@@ -205,7 +272,7 @@ def _select_in(query: torch.Tensor, k: int, k_ratio: float) -> Tuple[torch.Tenso
 def mixing_operand(keys: torch.Tensor, value: torch.Tensor, out_channels: int, scale: float,
                    attn_impl: str, linear: bool) -> torch.Tensor:
     """What the block's projection W is applied to, in the values' dtype: A as a (B, C', C', 1) map where
-    `folds_projection` (then `mix_values` forms (W A) V), else A V (Eq. 7) as (B, C', H, W). A and A V are
+    `folds_projection` (then `mix_values` forms (W A) V), else A V (Eq. 7) as (B, C', H, W). A's logits and softmax are
     computed in float32."""
     if folds_projection(value.shape[-2] * value.shape[-1], out_channels, attn_impl, linear):
         return channel_affinity(keys, scale).to(value.dtype).unsqueeze(-1)
