@@ -103,6 +103,41 @@ def test_two_cells_two_seeds_run_and_report(tmp_path, capsys):
     assert capsys.readouterr().out.count(': finished') == 4
 
 
+def _records(folder: Path, model: str, top1s) -> None:
+    """Made-up seeds of `model`: copies of its committed v2 release record (results.json only, as docs/runs keeps
+    them) with other run ids and test top-1s."""
+    record = json.loads((ROOT / 'docs' / 'runs' / f'v2-{model}-e30' / 'results.json').read_text())
+    for seed, top1 in enumerate(top1s):
+        run = folder / model / f'seed{seed}'
+        run.mkdir(parents=True)
+        (run / 'results.json').write_text(json.dumps(dict(record, run_id=f'{model}-{seed}', test_top1=top1)))
+
+
+def test_report_compares_each_model_with_the_baseline_by_welch_t(tmp_path):
+    """Against a hand computation. Equal variances and counts: [89, 90, 91] against [90, 91, 92] is a difference
+    of 1, standard error sqrt(1/3 + 1/3) = 0.8165 on 4 degrees of freedom, t(0.975, 4) = 2.776445 from a table, so
+    1 +- 2.2670. Unequal ones: [90, 91, 92, 93] against [89, 89.5] has 0.4167 + 0.0625 = 0.4792 as squared error,
+    0.4792^2 / (0.4167^2 / 3 + 0.0625^2 / 1) = 3.717 degrees of freedom. One seed: no interval."""
+    equal, unequal = tmp_path / 'equal', tmp_path / 'unequal'
+    _records(equal, 'resnet18_cifar', [89.0, 90.0, 91.0])
+    _records(equal, 'resnet18_spa', [90.0, 91.0, 92.0])
+    _records(equal, 'resnet18_nl', [95.0])
+    rows = {r['cell']: r for r in sweep.report(equal)['rows']}
+    spa = rows['resnet18_spa']['vs_baseline']
+    assert spa['difference'] == pytest.approx(1.0) and spa['df'] == pytest.approx(4.0)
+    assert (spa['low'], spa['high']) == (pytest.approx(1 - 2.776445 * 0.816497, abs=1e-5),
+                                         pytest.approx(1 + 2.776445 * 0.816497, abs=1e-5))
+    assert rows['resnet18_spa']['baseline'] == 'resnet18_cifar'
+    assert rows['resnet18_spa']['paper_vs_baseline'] == pytest.approx(95.79 - 93.07)
+    assert rows['resnet18_nl']['vs_baseline'] is None and rows['resnet18_cifar']['vs_baseline'] is None
+    text = (equal / 'report.md').read_text()
+    assert '| resnet18_spa | 91.00 +- 1.00 (n=3) |' in text and '| +1.00 [-1.27, +3.27] | +2.72 |' in text
+    _records(unequal, 'resnet18_cifar', [89.0, 89.5])
+    _records(unequal, 'resnet18_spa', [90.0, 91.0, 92.0, 93.0])
+    spa = {r['cell']: r for r in sweep.report(unequal)['rows']}['resnet18_spa']['vs_baseline']
+    assert spa['difference'] == pytest.approx(2.25) and spa['df'] == pytest.approx(3.7166, abs=1e-3)
+
+
 @pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_table(tmp_path):
     straight, killed = tmp_path / 'straight', tmp_path / 'killed'

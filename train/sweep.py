@@ -298,11 +298,14 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
 
 
 def _finished_runs(out: Path) -> Tuple[List[dict], List[str]]:
-    """The runs whose results can be read, and for each one that cannot, a line naming it and why."""
+    """The runs whose results can be read (a run directory, or the record of one: its results.json), and for each
+    one that cannot, a line naming it and why."""
     found, skipped = [], []
     for path in sorted(out.rglob(RESULTS)):
-        try:
-            found.append(dict(folder=path.parent, results=RunDir(path.parent).read_finished(False).results))
+        run = RunDir(path.parent)
+        try:  # a run's record without its weights (docs/runs) is its results.json alone; with them, both must agree
+            found.append(dict(folder=path.parent, results=run.read_finished(False).results if run.best.exists()
+                              else run.read_results()))
         except (RunError, ValueError) as e:
             skipped.append(f'{path.parent}: {message(e)}')
             print(f'skipping {skipped[-1]}', file=sys.stderr)
@@ -326,6 +329,27 @@ def _unfinished_models(out: Path) -> Tuple[str, ...]:
 def _summary(values: List[float]) -> dict:
     return dict(n=len(values), mean=statistics.fmean(values) if values else None,
                 std=statistics.stdev(values) if len(values) > 1 else None, values=values)
+
+
+def welch_interval(ours: Sequence[float], base: Sequence[float], level: float = 0.95) -> Optional[dict]:
+    """mean(ours) - mean(base) with its Welch t confidence interval (unequal variances, Welch-Satterthwaite degrees
+    of freedom); None where either side has fewer than two runs, so no spread was measured."""
+    if len(ours) < 2 or len(base) < 2:
+        return None
+    from scipy import stats
+    difference = statistics.fmean(ours) - statistics.fmean(base)
+    var_ours, var_base = statistics.variance(ours) / len(ours), statistics.variance(base) / len(base)
+    se = math.sqrt(var_ours + var_base)
+    if se == 0:  # every run of both gave the same number: nothing to spread
+        return dict(difference=difference, low=difference, high=difference, df=None, level=level)
+    df = (var_ours + var_base) ** 2 / (var_ours ** 2 / (len(ours) - 1) + var_base ** 2 / (len(base) - 1))
+    half = stats.t.ppf(0.5 + level / 2, df) * se
+    return dict(difference=difference, low=difference - half, high=difference + half, df=df, level=level)
+
+
+def baseline_of(model: str) -> str:
+    """The plain ResNet of the same depth: what an attention block is measured against."""
+    return f"{model.split('_', 1)[0]}_cifar"
 
 
 def _written_by_report(out: Path, name: str) -> bool:
@@ -385,9 +409,15 @@ def report(out: Path) -> dict:
         found = by_cell.get(cell.name, [])
         top1 = _summary([r.test_top1 for r in found])
         ref = (cell.paper or {}).get(tag) if tag else None
+        base = baseline_of(cell.model)
+        base_runs = [r.test_top1 for r in by_cell.get(base, [])] if base != cell.name else []
+        paper_base = paper.TOP1.get(base, {}).get(tag) if tag and base != cell.name else None
         rows.append(dict(cell=cell.name, model=cell.model, row=cell.row, col=cell.col, model_kwargs=cell.model_kwargs,
                          test_top1=top1, val_top1=_summary([r.val_top1 for r in found]), paper=ref,
                          difference=top1['mean'] - ref if top1['mean'] is not None and ref is not None else None,
+                         baseline=base if base_runs else None,
+                         vs_baseline=welch_interval(top1['values'], base_runs),
+                         paper_vs_baseline=ref - paper_base if ref is not None and paper_base is not None else None,
                          epochs=sorted({r.epochs for r in found}), hardware=sorted({r.hardware for r in found}),
                          precision=sorted({r.precision['train'] for r in found})))
     first = runs[0]['results'] if runs else None
@@ -422,14 +452,20 @@ def _markdown(data: dict) -> str:
                      f"{', '.join(precision)}. Checkpoints chosen on a validation split held out of train; the "
                      'test split evaluated once per run.')
     lines += ['- Ours: mean +- sample std over seeds (n runs); the paper: a single run each.']
+    if any(r['vs_baseline'] for r in rows):
+        lines += ['- Ours - baseline: the difference of the means from the plain ResNet of the same depth in this '
+                  "folder, [its 95% confidence interval] by Welch's t (unequal variances); an interval that holds 0 "
+                  'shows no difference at these seeds. Paper - baseline: the same difference of its single runs.']
     lines += [f'- Not counted, its results cannot be read: {line}' for line in data.get('skipped', [])]
     lines.append('')
     cols = list(dict.fromkeys(r['col'] for r in rows))
     if cols == ['top-1']:
-        lines += ['| model | ours | val top-1 | paper | ours - paper |', '|---|---:|---:|---:|---:|']
+        lines += ['| model | ours | val top-1 | paper | ours - paper | ours - baseline [95% CI] | paper - baseline |',
+                  '|---|---:|---:|---:|---:|---:|---:|']
         for r in rows:
             lines.append(f"| {r['row']} | {_fmt(r['test_top1'])} | {_fmt(r['val_top1'])} | "
-                         f"{_num(r['paper'])} | {_num(r['difference'], signed=True)} |")
+                         f"{_num(r['paper'])} | {_num(r['difference'], signed=True)} | "
+                         f"{_interval(r['vs_baseline'])} | {_num(r['paper_vs_baseline'], signed=True)} |")
     else:
         for col in cols:  # one block per column: the paper's layout, transposed to stay readable
             lines += [f'| {col} | ours | paper | ours - paper |', '|---|---:|---:|---:|']
@@ -438,6 +474,12 @@ def _markdown(data: dict) -> str:
                              f"{_num(r['difference'], signed=True)} |")
             lines.append('')
     return '\n'.join(lines).rstrip() + '\n'
+
+
+def _interval(comparison: Optional[dict]) -> str:
+    if comparison is None:
+        return '-'
+    return f"{comparison['difference']:+.2f} [{comparison['low']:+.2f}, {comparison['high']:+.2f}]"
 
 
 def _num(value: Optional[float], signed: bool = False) -> str:
