@@ -126,7 +126,7 @@ def measure(args: argparse.Namespace) -> List[dict]:
 
 
 def table(rows: List[dict], context: str) -> str:
-    """The rows as the markdown table the README shows, under a line saying what was measured where."""
+    """The rows as the markdown table docs/cost.md shows, under a line saying what was measured where."""
     base = rows[0]['img_s']
     lines = [context, '', '| model | setting | train img/s | step time vs first row | data loading share |',
              '|---|---|---:|---:|---:|']

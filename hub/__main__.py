@@ -10,7 +10,14 @@ from train.cli import UsageError, add_debug_flag, interrupt_on_termination, run_
 from .export import export_run
 from .mirror import ServerError, serve
 from .push import publish
-from .releases import check_remeasured, parse_data_dirs, release_table, released_repositories, remeasure
+from .releases import (
+    check_remeasured,
+    front_table,
+    parse_data_dirs,
+    release_table,
+    released_repositories,
+    remeasure,
+)
 
 PROG = 'python -m hub'
 
@@ -39,8 +46,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     serve_cmd.add_argument('releases', help='a folder of ORG/NAME repositories, e.g. releases/')
     serve_cmd.add_argument('--port', type=int, default=None, help='default: a free port')
     serve_cmd.add_argument('--workdir', default=None, help='keep the served mirror here (default: a temporary one)')
-    table = commands.add_parser('table', help="print the README's table of the released weights")
+    table = commands.add_parser('table', help='print the table of the released weights (docs/releases.md)')
     table.add_argument('releases')
+    table.add_argument('--short', action='store_true', help="the README's short table, each row linking its card")
     measure = commands.add_parser(
         'remeasure', help='measure every release on its whole test split and record it in RELEASES_DIR/remeasured.json'
                           '; with --check, measure the fixed subset CI checks and compare it with that record')
@@ -68,7 +76,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             data_dirs = parse_data_dirs(args.data)
             return (check_remeasured if args.check else remeasure)(Path(args.releases), data_dirs)
         if args.command == 'table':
-            text = release_table(released_repositories(Path(args.releases)))
+            text = (front_table if args.short else release_table)(released_repositories(Path(args.releases)))
             print(text)
             return text
         if args.port is not None and not 1 <= args.port <= 65535:

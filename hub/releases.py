@@ -122,7 +122,7 @@ def _replaced_cell(replaced: List[dict]) -> str:
 
 
 def release_table(repos: List[Repository]) -> str:
-    """The README's table of released weights, every number read from the release folders, and what the paper
+    """The table of released weights in docs/releases.md, every number read from the release folders, and what the paper
     and other model zoos publish for the same architectures. Where a data set's releases come from different
     recipes (a new recipe replaces an old one model by model), a column says which, and a note how they differ.
     Where a release replaced an earlier one, a column gives that one's test top-1 and epochs (from its history)."""
@@ -156,6 +156,21 @@ def release_table(repos: List[Repository]) -> str:
     if any(r.results.tag == 'tinyimagenet' for r in repos):
         lines += ['', "For comparison on Tiny-ImageNet-200: the paper's Table 1 (Tiny-ImageNet column; single runs at "
                       '64x64 on the official archive, its val split as the test split, epochs not stated).']
+    return '\n'.join(lines)
+
+
+def front_table(repos: List[Repository]) -> str:
+    """The README's short table of released weights: what a reader choosing weights needs, each row linking its
+    card (`release_table` has the rest: top-5, validation, epochs, hours, lineage, hardware, history)."""
+    lines = ['| model | data | test top-1 | paper top-1 | params | card |', '|---|---|---:|---:|---:|---|']
+    for repo in repos:
+        r = repo.results
+        ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
+        folder = repo.folder.resolve()
+        card = f'releases/{folder.parent.name}/{folder.name}/README.md'
+        paper_top1 = f'{ref:.2f}' if ref is not None else '-'
+        lines.append(f'| `{r.model}` | {r.dataset.label} | {r.test_top1:.2f} | {paper_top1} | '
+                     f'{r.param_count / 1e6:.2f}M | [{folder.name}]({card}) |')
     return '\n'.join(lines)
 
 

@@ -2,8 +2,8 @@
 
 Every probe runs the command's real entry point on small data written here. It must end with the
 expected exit status (2: a usage error, 1: anything else the user can fix), print the expected
-fragment in one line without a traceback, and lose nothing. The README's reliability section is
-this table: `python tests/test_bad_input.py` prints it, and a test checks that the README has it.
+fragment in one line without a traceback, and lose nothing. docs/reliability.md is this table:
+`python tests/test_bad_input.py` prints it, and a test checks that the page has it.
 """
 import contextlib
 import errno
@@ -1142,8 +1142,9 @@ def render_table() -> str:
     return '\n'.join(lines)
 
 
-def test_readme_reliability_table_is_this_table():
-    assert render_table() in (ROOT / 'README.md').read_text(), 'regenerate it: python tests/test_bad_input.py'
+def test_reliability_page_is_this_table():
+    page = (ROOT / 'docs' / 'reliability.md').read_text()
+    assert render_table() in page, 'regenerate it: python tests/test_bad_input.py'
 
 
 if __name__ == '__main__':

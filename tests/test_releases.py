@@ -26,6 +26,7 @@ from hub.export import export_run
 from hub.mirror import MirrorServer, build_mirror
 from hub.releases import (
     check_remeasured,
+    front_table,
     plausible_whole_split_top1,
     read_remeasured,
     release_table,
@@ -138,8 +139,10 @@ def test_committed_records_of_released_runs_are_the_releases_records(released):
         assert path.read_bytes() == (folder / 'results.json').read_bytes(), (path, folder)
 
 
-def test_readme_table_is_generated_from_the_releases(releases):
-    assert release_table(releases) in (ROOT / 'README.md').read_text()
+def test_release_tables_are_generated_from_the_releases(releases):
+    """The README's short table and docs/releases.md's full one: `python -m hub table releases/ [--short]`."""
+    assert front_table(releases) in (ROOT / 'README.md').read_text()
+    assert release_table(releases) in (ROOT / 'docs' / 'releases.md').read_text()
 
 
 def test_table_into_a_closed_pipe_is_quiet(released):

@@ -425,28 +425,24 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     assert exit_info.value.code == 2 and '--target 920 is not a top-1 in percent' in capsys.readouterr().err
 
 
-# the README's comparisons of CIFAR-10 runs, each from the records (args.json, summary.csv, results.json) of the runs
-# behind it: the recipes (v1 again, the v2 pilot, the v2 release run) and the four v2 release runs side by side
-README_COMPARISONS = {
+# docs/training.md's comparisons of CIFAR-10 runs, each from the records (args.json, summary.csv, results.json) of
+# the runs behind it: the recipes (v1 again, the v2 pilot, the v2 release run) and the four v2 release runs
+RUN_COMPARISONS = {
     'docs/figures/v2_pilot_cpu.png': ('docs/runs/v1-rerun-r18spa-e15', 'docs/runs/v2-pilot-r18spa-e15',
                                       'docs/runs/v2-resnet18_spa-e30'),
     'docs/figures/v2_releases_cpu.png': ('docs/runs/v2-resnet18_spa-e30', 'docs/runs/v2-resnet18_cifar-e30',
                                          'docs/runs/v2-resnet18_nl-e30', 'docs/runs/v2-resnet18_gc-e30'),
 }
-README_AT_EPOCHS = (5, 10, 15, 20, 25, 30)
+COMPARED_AT_EPOCHS = (5, 10, 15, 20, 25, 30)
 
 
-@pytest.mark.parametrize('figure', README_COMPARISONS)
-def test_readme_run_comparison_is_what_train_compare_prints_from_the_committed_runs(figure):
-    """No number of those tables typed by hand: the README shows each command and its output for the committed
+@pytest.mark.parametrize('figure', RUN_COMPARISONS)
+def test_run_comparisons_are_what_train_compare_prints_from_the_committed_runs(figure):
+    """No number of those tables typed by hand: docs/training.md shows train.compare's output for the committed
     runs."""
-    runs = README_COMPARISONS[figure]
-    command = (f"python -m train.compare {' '.join(runs)} --at-epochs {' '.join(map(str, README_AT_EPOCHS))} "
-               f"--target 92 --output {figure}")
-    readme = (ROOT / 'README.md').read_text()
-    assert command in ' '.join(readme.replace('\\\n', ' ').split()), 'the README names another command'
-    table = compare_script.compare([str(ROOT / run) for run in runs], target=92, at_epochs=list(README_AT_EPOCHS))
-    assert table in readme, 'paste the output of the README command into README.md'
+    runs = RUN_COMPARISONS[figure]
+    table = compare_script.compare([str(ROOT / run) for run in runs], target=92, at_epochs=list(COMPARED_AT_EPOCHS))
+    assert table in (ROOT / 'docs' / 'training.md').read_text(), 'paste the output of train.compare into the page'
     assert (ROOT / figure).is_file()
 
 

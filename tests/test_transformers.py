@@ -115,13 +115,14 @@ def _snippets(markdown: str, heading: str) -> list:
 
 
 @pytest.mark.slow
-def test_card_and_readme_transformers_snippets_run_as_pasted(served_releases, tmp_path):
+def test_card_and_readme_snippets_run_as_pasted(served_releases, tmp_path):
     server, repos = served_releases
     repo = next(r for r in repos if r.folder.name == 'resnet18_spa.cifar10')
     shutil.copy(next(p for p in DEMO_IMAGES if p.name.startswith('ship')), tmp_path / 'image.png')
     snippets = _snippets((repo.folder / 'README.md').read_text(), '### With transformers')
-    snippets += _snippets((ROOT / 'README.md').read_text(), '### With transformers')
-    assert len(snippets) == 4
+    readme = (ROOT / 'README.md').read_text()
+    snippets += _snippets(readme, '### With timm') + _snippets(readme, '### With transformers')
+    assert len(snippets) == 5
     for code in snippets:
         done = subprocess.run([sys.executable, '-c', code], env=_env(tmp_path, server.endpoint), capture_output=True,
                               text=True, timeout=600, cwd=tmp_path)

@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group('data')
     g.add_argument('--dataset', default='cifar10', choices=DATASETS)
-    g.add_argument('--data-dir', default=None, help='data set root (see README for the layouts)')
+    g.add_argument('--data-dir', default=None, help='data set root (docs/training.md gives the layouts)')
     g.add_argument('--download', action='store_true', help='download CIFAR into --data-dir if it is not there')
     g.add_argument('--val-size', type=int, default=None,
                    help='images held out of train to choose the checkpoint (default 5000 for CIFAR)')

@@ -127,7 +127,7 @@ def attention_kernel(num_positions: int, channels: int, attn_impl: str = 'auto',
 
     SDPA's 'fused' kernel never stores the C' x C' matrix but does about twice the products (the keys
     are padded to n dimensions); the 'materialised' one forms the C' x C' softmax. 'auto' applies the
-    rule `python -m benchmarks.attention_cost --tables kernels` measured on each device type (README):
+    rule `python -m benchmarks.attention_cost --tables kernels` measured on each device type (docs/cost.md):
     on CPU (an AVX2 EPYC and an AMX Xeon) the fused kernel is the faster while n < C' / 4, where the
     matrix is large next to the products (at n = C' / 4 the kernels' order flips between runs, and
     resnet18_spa's bfloat16 training step, SPA at 256 x 8 x 8, is 4.5% faster materialised); on CUDA
