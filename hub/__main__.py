@@ -37,7 +37,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     push.add_argument('--dry-run', action='store_true', help='list what would be uploaded, upload nothing')
     push.add_argument('--mirror', default=None, help='commit into PATH/models/ORG/NAME (olah layout) instead')
     push.add_argument('--releases', default=None,
-                      help="copy into DIR/ORG/NAME and record a tag of the project's organisation as released")
+                      help="copy into DIR/ORG/NAME (a new name in the project's releases/: add it to RELEASED)")
     push.add_argument('--replace', action='store_true',
                       help='let --mirror/--releases replace the weights published under this name (the replaced '
                            'release is kept in its history.json and on its card)')

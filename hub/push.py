@@ -3,10 +3,9 @@ the project's `releases/` folder.
 
 A local mirror (`--mirror PATH`) is laid out as `PATH/models/ORG/NAME`, branch `main`: what olah
 serves over the Hub's HTTP API, for air-gapped sites and for this project's tests. `--releases DIR`
-writes the folder to `DIR/ORG/NAME` in one step, one push of a name at a time (`hub.release_slot`), and, for
-the project's organisation, adds `arch.tag` to a record of released weights: the library's own
-(`timm_spa/models/published.json`, what `timm.list_pretrained()` reads) only for the project's own releases/
-folder, else `DIR/published.json` (`release_record`). Every way checks the folder first: its files belong
+writes the folder to `DIR/ORG/NAME` in one step, one push of a name at a time (`hub.release_slot`); a new
+`arch.tag` of the project's organisation in the project's own releases/ folder gets the line to add to the
+library's `RELEASED` (what `timm.list_pretrained()` lists). Every way checks the folder first: its files belong
 together, and a repository named `arch.tag` holds exactly that.
 
 A published name keeps its weights: a mirror or releases destination that already publishes other
@@ -27,7 +26,7 @@ from typing import Dict, Optional, Union
 from huggingface_hub import HfApi, get_token
 
 from timm_spa.models import HF_HUB_ORG
-from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV, record_published
+from timm_spa.models.published import RELEASED
 from train.checkpoint import current_umask, file_sha256
 
 from .card import with_history
@@ -48,8 +47,8 @@ from .repository import (
     tagged_name,
 )
 
-# the project's own releases/ folder (in a source checkout), the one whose pushes change the library's record
-PROJECT_RELEASES = PUBLISHED_RECORD.parents[2] / 'releases'
+# the project's own releases/ folder (in a source checkout): the one whose names the library's RELEASED lists
+PROJECT_RELEASES = Path(__file__).resolve().parents[1] / 'releases'
 
 
 def _git(cwd: Path, *args: str) -> None:
@@ -207,19 +206,6 @@ def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bo
     return True
 
 
-def release_record(releases: Path, record: Optional[Path] = None) -> Path:
-    """The record of released names that a push into `releases` updates: `record` or $TIMM_SPA_PUBLISHED_RECORD
-    where given; the library's own (what `timm.list_pretrained()` reads) only for the project's own releases/
-    folder; else RELEASES/published.json, so that a scratch push never changes what the library lists."""
-    if record is not None:
-        return Path(record)
-    if os.environ.get(RECORD_ENV):
-        return Path(os.environ[RECORD_ENV])
-    if Path(releases).resolve() == PROJECT_RELEASES.resolve():
-        return PUBLISHED_RECORD
-    return Path(releases) / PUBLISHED_RECORD.name
-
-
 def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
     token = get_token()
     if not token:
@@ -233,13 +219,11 @@ def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
 
 
 def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, mirror: Optional[str] = None,
-            private: bool = False, releases: Optional[str] = None, record: Optional[Path] = None,
-            replace: bool = False) -> dict:
+            private: bool = False, releases: Optional[str] = None, replace: bool = False) -> dict:
     """Check the folder, then upload it (or with `dry_run`, list what would be uploaded).
 
-    `repo_id` defaults to the `hf_hub_id` its config was exported for. `record` overrides the
-    released-weights record that `releases` updates (default: `release_record`). `replace`
-    lets a mirror or releases destination that publishes other weights under the name take these.
+    `repo_id` defaults to the `hf_hub_id` its config was exported for. `replace` lets a mirror or releases
+    destination that publishes other weights under the name take these.
     """
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
@@ -254,26 +238,20 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
         raise RepositoryError('give --mirror or --releases, not both.')
     destination = str(Path(mirror) / 'models' / repo_id) if mirror else str(Path(releases) / repo_id) if releases \
         else f'https://huggingface.co/{repo_id}'
-    name = tagged_name(repo_id) if releases and repo_id.split('/')[0] == HF_HUB_ORG else None
-    summary = dict(repo_id=repo_id, destination=destination, records=name,
+    project = releases is not None and Path(releases).resolve() == PROJECT_RELEASES
+    name = tagged_name(repo_id) if project and repo_id.split('/')[0] == HF_HUB_ORG else None
+    new_name = name if name not in RELEASED else None
+    summary = dict(repo_id=repo_id, destination=destination, new_name=new_name,
                    files=[str(p.relative_to(repo.folder)) for p in repo.files()])
     if dry_run:
         print(f'would upload to {destination}:')
         for path in repo.files():
             print(f'  {path.relative_to(repo.folder)}  ({path.stat().st_size:,} bytes)')
-        if name:
-            print(f'would record {name} as released')
         return summary
     if mirror:
         changed = push_to_mirror(repo, repo_id, Path(mirror), replace)
     elif releases:
         changed = push_to_releases(repo, repo_id, Path(releases), replace)
-        if name:
-            path = release_record(Path(releases), record)
-            if path != PUBLISHED_RECORD and record is None and not os.environ.get(RECORD_ENV):
-                print(f"note: {releases} is not the project's releases/ folder: recorded in {path}, not in the "
-                      f'library\'s record (set {RECORD_ENV}={path} for timm to list it)', file=sys.stderr)
-            summary['record'] = str(record_published(name, path))
     else:
         changed = True
         summary['commit_url'] = push_to_hub(repo, repo_id, private)
@@ -281,7 +259,10 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     if not changed:
         print(f'{destination} already holds exactly this; nothing to publish.')
         return summary
-    print(f'published {repo_id} to {destination}' + (f'; recorded {name} in {summary["record"]}' if name else ''))
+    print(f'published {repo_id} to {destination}')
+    if new_name:
+        print(f"next: add '{new_name}' to RELEASED in timm_spa/models/published.py, so that timm lists it and "
+              "pretrained=True loads it (tests/test_releases.py holds RELEASED equal to releases/'s folders)")
     if releases and needs_remeasure(Path(releases), repo_id, repo):
         print(f'next: python -m hub remeasure {releases} --data {repo.results.dataset.name}=DIR (the whole test '
               'split, recorded; CI refuses a release without it)')

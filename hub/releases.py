@@ -2,7 +2,7 @@
 their numbers measured again.
 
 The folders are exactly what `python -m hub push --releases releases/` copied there (and what a push to
-the Hub uploads); `timm_spa/models/published.json` records which `arch.tag` names they are.
+the Hub uploads); `RELEASED` in `timm_spa/models/published.py` names the same `arch.tag` names.
 
 `releases/remeasured.json` records each release measured again on its whole test split (`python -m hub
 remeasure`, minutes per release on a CPU), for the weights' SHA-256: the test top-1 and top-5 (which must

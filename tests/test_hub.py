@@ -106,18 +106,16 @@ def _probe(python: Path, env: dict, tmp: Path, x: torch.Tensor):
 
 @pytest.mark.slow
 def test_export_push_releases_serve_and_load_over_http(trained_run, installed, tmp_path):
-    """The release path: export, push into a releases folder (which records the tag), serve it as a Hub,
+    """The release path: export, push into a releases folder, serve it as a Hub,
     load with pretrained=True, hf-hub: and hf_hub_download, then offline from the cache."""
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
     assert sorted(p.name for p in folder.iterdir()) == \
         ['README.md', 'config.json', 'curves.png', 'model.safetensors', 'results.json']
-    record = tmp_path / 'published.json'
     releases = tmp_path / 'releases'
-    env = dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record), HF_HOME=str(tmp_path / 'hf'),
-               HF_HUB_DISABLE_TELEMETRY='1')
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
-    summary = publish(str(folder), REPO_ID, releases=str(releases), record=record)
-    assert json.loads(record.read_text()) == ['resnet18_spa.cifar10'] and summary['records'] == 'resnet18_spa.cifar10'
+    summary = publish(str(folder), REPO_ID, releases=str(releases))
+    assert summary['new_name'] is None  # a scratch folder: the library's RELEASED is not this push's business
     assert sorted(p.name for p in (releases / REPO_ID).iterdir()) == \
         sorted([p.name for p in folder.iterdir()] + ['history.json'])  # a first release: nothing replaced yet
 
@@ -153,10 +151,7 @@ def test_export_push_releases_serve_and_load_over_http(trained_run, installed, t
 
 @pytest.mark.slow
 def test_unreachable_hub_names_the_endpoint_and_offline_options(tmp_path):
-    record = tmp_path / 'published.json'
-    record.write_text('["resnet18_spa.cifar10"]')
-    env = dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record), HF_HOME=str(tmp_path / 'hf'),
-               HF_ENDPOINT=f'http://127.0.0.1:{free_port()}')
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{free_port()}')
     env.pop('HF_HUB_OFFLINE', None)
     code = ("import timm, timm_spa\ntry:\n    timm.create_model('resnet18_spa.cifar10', pretrained=True)\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n")
@@ -293,11 +288,10 @@ def test_export_overwrite_replaces_only_an_exported_repository(trained_run, tmp_
 def test_push_refuses_a_run_under_another_tag(tiny_run, tmp_path):
     """A 4-class 16x16 folder run cannot be published as resnet18_spa.cifar10 (or any tag it is not)."""
     folder = export_run(str(tiny_run), str(tmp_path / 'repo'))
-    record = tmp_path / 'published.json'
     for repo_id in (REPO_ID, 'someone/resnet18_spa.cifar100', 'timm-spa/resnet18_nl.cifar10'):
         with pytest.raises(RepositoryError, match=f'cannot be published as {repo_id}'):
-            publish(str(folder), repo_id, releases=str(tmp_path / 'releases'), record=record)
-    assert not record.exists() and not (tmp_path / 'releases').exists()
+            publish(str(folder), repo_id, releases=str(tmp_path / 'releases'))
+    assert not (tmp_path / 'releases').exists()
     publish(str(folder), 'someone/resnet18_spa.folder', mirror=str(tmp_path / 'mirror'))  # says what it is
 
 
@@ -325,7 +319,7 @@ def test_push_dry_run_bad_repo_id_and_missing_token(trained_run, tmp_path, capsy
     assert 'would upload to https://huggingface.co/timm-spa/resnet18_spa.cifar10' in printed
     assert 'model.safetensors' in printed and 'model.safetensors' in summary['files']
     publish(str(folder), REPO_ID, dry_run=True, releases=str(tmp_path / 'rel'))
-    assert 'would record resnet18_spa.cifar10 as released' in capsys.readouterr().out
+    assert f"would upload to {tmp_path / 'rel' / REPO_ID}:" in capsys.readouterr().out
     for bad in ('no-slash', 'a/b/c', 'bad name/x'):
         with pytest.raises(RepositoryError, match='invalid --repo-id'):
             publish(str(folder), bad, dry_run=True)
@@ -541,7 +535,7 @@ def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_da
 
 def test_export_never_replaces_a_published_folder(trained_run, folder_data, tmp_path):
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
-    publish(str(folder), REPO_ID, releases=str(tmp_path / 'releases'), record=tmp_path / 'published.json')
+    publish(str(folder), REPO_ID, releases=str(tmp_path / 'releases'))
     release = tmp_path / 'releases' / REPO_ID
     before = {p.name: p.read_bytes() for p in release.iterdir()}
     with pytest.raises(RepositoryError, match='holds files export did not write \\(history.json\\)'):
@@ -594,7 +588,7 @@ def served_releases(trained_run, tmp_path_factory):
     root = tmp_path_factory.mktemp('served')
     folder = export_run(str(trained_run), str(root / 'repo'))
     releases = root / 'project' / 'releases'
-    publish(str(folder), REPO_ID, releases=str(releases), record=root / 'published.json')
+    publish(str(folder), REPO_ID, releases=str(releases))
     env = dict(os.environ, GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t',
                GIT_COMMITTER_EMAIL='t@t')
     for args in (['init', '-q'], ['add', '-A'], ['commit', '-q', '-m', 'releases']):
@@ -661,7 +655,7 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     record, a record that disagrees with the card, or predictions that moved."""
     releases = tmp_path / 'releases'
     source = export_run(str(trained_run), str(tmp_path / 'repo'))
-    publish(str(source), REPO_ID, releases=str(releases), record=tmp_path / 'published.json')
+    publish(str(source), REPO_ID, releases=str(releases))
     folder, record_path = releases / REPO_ID, releases / 'remeasured.json'
     data = ['--data', f'cifar10={trained_run.parent / "data"}']
     assert f'next: python -m hub remeasure {releases} --data cifar10=DIR' in capsys.readouterr().out
@@ -684,7 +678,7 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     # a new card for the same weights: their record still covers them, so push asks for no re-measurement
     (source / 'README.md').write_text((source / 'README.md').read_text() + '\nOne more sentence.\n')
     capsys.readouterr()
-    assert publish(str(source), REPO_ID, releases=str(releases), record=tmp_path / 'published.json',
+    assert publish(str(source), REPO_ID, releases=str(releases),
                    replace=True)['changed']
     assert 'hub remeasure' not in capsys.readouterr().out
     checked = hub_main(['remeasure', str(releases), *data, '--check'])

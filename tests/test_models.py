@@ -1,6 +1,5 @@
 """The registered model family: names, parameter counts, attention placement, configs, bad input."""
 import json
-import os
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ from timm.models import save_for_hf
 import timm_spa
 from timm_spa.layers import SalientPositionsAttention
 from timm_spa.models import HF_HUB_ORG, PRETRAINED_TAGS, PretrainedWeightsUnavailable
+from timm_spa.models.published import RELEASED
 
 # the README's Models table (params, ours, exact; beside the paper's Table 1), num_classes=10
 PARAM_COUNTS = {
@@ -176,19 +176,18 @@ def test_pool_size_is_the_feature_map_the_model_makes(name, tag):
     assert tuple(features.shape[-2:]) == cfg.pool_size
 
 
-def test_library_claims_exactly_the_recorded_weights(tmp_path):
-    """In a fresh interpreter with its own record: timm lists exactly the recorded names as pretrained, and only
-    their configs name a Hub repository (what the library reads is the record, not a list of its own)."""
-    record = tmp_path / 'published.json'
-    record.write_text(json.dumps(['resnet50_gc.cifar100', 'resnet18_nl.tinyimagenet']))
+def test_library_claims_exactly_the_released_weights():
+    """timm lists exactly RELEASED as our pretrained names, and only their configs name a Hub repository: in a
+    fresh interpreter, where importing the library reads no file (what it claims is code)."""
     code = ('import json, timm, timm_spa; ours = [n for n in timm.list_pretrained() if n.split(".")[0] in '
             'timm_spa.models.MODEL_NAMES]; hubs = sorted(timm.models.get_pretrained_cfg(n).hf_hub_id or "" for n in '
             'ours); print(json.dumps([ours, [h for h in hubs if h]]))')
-    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120,
-                          env=dict(os.environ, TIMM_SPA_PUBLISHED_RECORD=str(record)))
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     listed, hubs = json.loads(done.stdout)
-    assert sorted(listed) == ['resnet18_nl.tinyimagenet', 'resnet50_gc.cifar100'], done.stderr
-    assert hubs == [f'{HF_HUB_ORG}/resnet18_nl.tinyimagenet', f'{HF_HUB_ORG}/resnet50_gc.cifar100']
+    assert sorted(listed) == sorted(RELEASED), done.stderr
+    assert hubs == sorted(f'{HF_HUB_ORG}/{name}' for name in RELEASED)
+    unreleased = [f'{m}.{t}' for m in PARAM_COUNTS for t in PRETRAINED_TAGS if f'{m}.{t}' not in RELEASED]
+    assert unreleased and all(timm.models.get_pretrained_cfg(n).hf_hub_id is None for n in unreleased)
 
 
 def test_unpublished_weights_fail_clearly(monkeypatch):

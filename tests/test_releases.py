@@ -35,7 +35,6 @@ from hub.releases import (
 )
 from hub.repository import read_history
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
-from timm_spa.models.published import PUBLISHED_RECORD, RECORD_ENV
 
 RELEASES = ROOT / 'releases'
 # where each data set of the releases is; a copy that is absent skips its check, saying so
@@ -73,11 +72,11 @@ def released(releases):
     return releases
 
 
-def test_record_lists_exactly_the_release_folders(releases):
-    """One record of released tags (in the package), equal to the folders; timm lists exactly those."""
+def test_released_in_code_is_exactly_the_release_folders(releases):
+    """The library's RELEASED (code) names exactly the folders of releases/; timm lists exactly those."""
     released = sorted(r.folder.name for r in releases)
     assert all(r.folder.parent.name == HF_HUB_ORG for r in releases)
-    assert sorted(published_names(PUBLISHED_RECORD)) == released
+    assert sorted(published_names()) == released, 'a release folder and RELEASED in timm_spa/models/published.py differ'
     assert sorted(n for n in timm.list_pretrained() if n.split('.')[0] in MODEL_NAMES) == released
     # timm's own vit_pe_spatial_* match '*_spa*' too: ours are the resnet*_spa names
     assert timm.list_pretrained('resnet*_spa*') == [n for n in released if '_spa.' in n]
@@ -208,7 +207,6 @@ def test_served_release_loads_with_pretrained_true(released, tmp_path):
     (tmp_path / 'load.py').write_text(LOAD)
     env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
-    env.pop(RECORD_ENV, None)  # the package's own record
     with MirrorServer(mirror, tmp_path / 'olah') as server:
         done = subprocess.run([sys.executable, str(tmp_path / 'load.py'), json.dumps(names), str(tmp_path / 'x.pt'),
                                str(tmp_path / 'out.json'), str(ROOT)], env=dict(env, HF_ENDPOINT=server.endpoint),

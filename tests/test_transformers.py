@@ -18,7 +18,6 @@ from hub.export import export_run
 from hub.mirror import MirrorServer, build_mirror
 from hub.releases import released_repositories
 from hub.repository import read_repository
-from timm_spa.models.published import RECORD_ENV
 
 pytest.importorskip('transformers')
 
@@ -69,7 +68,7 @@ def served_releases(tmp_path_factory):
 
 def _env(tmp_path: Path, endpoint: str) -> dict:
     env = dict(os.environ, HF_ENDPOINT=endpoint, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_TELEMETRY='1')
-    for key in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', RECORD_ENV, 'TIMM_SPA_NO_AUTOREGISTER'):
+    for key in ('HF_HUB_OFFLINE', 'TRANSFORMERS_OFFLINE', 'TIMM_SPA_NO_AUTOREGISTER'):
         env.pop(key, None)
     return env
 

@@ -7,7 +7,6 @@ taps, `forward_intermediates`, gradient checkpointing and `group_matcher` unchan
 """
 import difflib
 import inspect
-import warnings
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
 import torch
@@ -20,14 +19,7 @@ from torch import nn
 from .. import paper
 from ..layers import SalientPositionsAttention
 from .datasets import DATASET_CFGS
-from .published import (
-    DEFAULT_TAG,
-    PublishedRecordError,
-    check_pretrained_available,
-    hub_repo_id,
-    published_names,
-    raise_download_error,
-)
+from .published import DEFAULT_TAG, RELEASED, check_pretrained_available, hub_repo_id, raise_download_error
 
 __all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS',
            'UnknownModelArguments']
@@ -152,10 +144,10 @@ class CifarResNet(ResNet):
 PRETRAINED_TAGS = tuple(DATASET_CFGS)
 
 
-def _cfg(name: str, tag: str, published: Sequence[str], **kwargs) -> Dict[str, Any]:
-    """Pretrained config of `name.tag`; `hf_hub_id` only where weights are published."""
+def _cfg(name: str, tag: str, **kwargs) -> Dict[str, Any]:
+    """Pretrained config of `name.tag`; `hf_hub_id` only where weights are published (`RELEASED`)."""
     return {
-        'hf_hub_id': hub_repo_id(f'{name}.{tag}') if f'{name}.{tag}' in published else None,
+        'hf_hub_id': hub_repo_id(f'{name}.{tag}') if f'{name}.{tag}' in RELEASED else None,
         **DATASET_CFGS[tag],
         'crop_pct': 1.0, 'interpolation': 'bilinear', 'fixed_input_size': False,
         'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
@@ -169,21 +161,9 @@ MODEL_NAMES = (
     'resnet18_nl', 'resnet50_nl', 'resnet18_spa', 'resnet50_spa',
 )
 
-
-def _published_at_registration() -> set:
-    """The published names, read once; an unreadable record registers the models without weights (with a warning
-    naming the file) instead of breaking `import timm_spa`: `pretrained=True` then names the file again."""
-    try:
-        return set(published_names())
-    except PublishedRecordError as e:
-        warnings.warn(f'{e} No pretrained weights are listed until it is.', RuntimeWarning, stacklevel=2)
-        return set()
-
-
-_PUBLISHED = _published_at_registration()
 default_cfgs = generate_default_cfgs({
     # the cifar10 tag stays the default ('*') whichever tags have weights: num_classes=10 unless asked
-    f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag, _PUBLISHED)
+    f'{name}.{tag}{"*" if tag == DEFAULT_TAG else ""}': _cfg(name, tag)
     for name in MODEL_NAMES for tag in PRETRAINED_TAGS
 })
 

@@ -1,26 +1,28 @@
 """Where pretrained weights live, and which of them exist.
 
-`published.json` beside this file is the single record of the `arch.tag` names whose weights have
-been pushed to the Hub (the hub tooling appends to it when it publishes). Pretrained configs get an
-`hf_hub_id` only for those names, so `timm.list_pretrained()` never lists weights that do not exist,
-and `pretrained=True` for any other name fails with a message instead of a bare 404.
+`RELEASED` names the `arch.tag` names whose weights are published (the folders of the project's `releases/`,
+which a test holds equal to it), as timm's own model files name their `hf_hub_id`s: in code, so importing the
+library reads no file that publishing changes. Pretrained configs get an `hf_hub_id` only for those names, so
+`timm.list_pretrained()` never lists weights that do not exist, and `pretrained=True` for any other name fails
+with a message instead of a bare 404. `python -m hub push --releases releases/` of a new name says to add it here.
 """
-import json
-import os
 from pathlib import Path
 from typing import Any, List, Optional
 
 __all__ = [
-    'HF_HUB_ORG', 'PUBLISHED_RECORD', 'RECORD_ENV', 'PretrainedWeightsUnavailable', 'PublishedRecordError',
-    'WeightsDownloadError',
-    'check_pretrained_available', 'load_error_reason', 'raise_download_error',
-    'hub_repo_id', 'published_names', 'published_record', 'record_published',
+    'HF_HUB_ORG', 'RELEASED', 'PretrainedWeightsUnavailable', 'WeightsDownloadError',
+    'check_pretrained_available', 'load_error_reason', 'raise_download_error', 'hub_repo_id', 'published_names',
 ]
 
 HF_HUB_ORG = 'timm-spa'  # the Hugging Face Hub organisation that holds every published checkpoint
-PUBLISHED_RECORD = Path(__file__).with_name('published.json')
-RECORD_ENV = 'TIMM_SPA_PUBLISHED_RECORD'  # another record, e.g. for an air-gapped mirror or tests
 DEFAULT_TAG = 'cifar10'
+RELEASED = (
+    'resnet18_cifar.cifar10',
+    'resnet18_gc.cifar10',
+    'resnet18_nl.cifar10',
+    'resnet18_spa.cifar10',
+    'resnet18_spa.tinyimagenet',
+)
 
 
 class PretrainedWeightsUnavailable(RuntimeError):
@@ -36,50 +38,9 @@ def hub_repo_id(name: str) -> str:
     return f'{HF_HUB_ORG}/{name}'
 
 
-def published_record() -> Path:
-    """`published.json` beside this file, or the file named by $TIMM_SPA_PUBLISHED_RECORD."""
-    return Path(os.environ.get(RECORD_ENV) or PUBLISHED_RECORD)
-
-
-class PublishedRecordError(ValueError):
-    """The record of published names cannot be read: it says which file, and what to do."""
-
-
-def published_names(record: Optional[Path] = None) -> List[str]:
-    """The `arch.tag` names with published weights, as recorded in `record` (default: the published record)."""
-    path = Path(record or published_record())
-    if not path.is_file():
-        if record is None and os.environ.get(RECORD_ENV):
-            raise PublishedRecordError(f'{RECORD_ENV}={path} names no file: point it at a JSON list of arch.tag '
-                                       'names (e.g. ["resnet18_spa.cifar10"]), or unset it for the library\'s own.')
-        return []
-    try:
-        names = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PublishedRecordError(f'the record of published weights {path} cannot be read ({e}): resolve a merge '
-                                   'conflict in it, or restore it from version control.') from None
-    if not isinstance(names, list) or not all(isinstance(n, str) and '.' in n for n in names):
-        raise PublishedRecordError(f'the record of published weights {path} is not a JSON list of arch.tag names '
-                                   f'(it holds a {type(names).__name__}): restore it from version control.')
-    return names
-
-
-def record_published(name: str, record: Optional[Path] = None) -> Path:
-    """Add `arch.tag` to `record` (default: the published record), idempotently; returns its path. Read, changed
-    and written under a lock beside it, through a temporary file of this process: two pushes of different names
-    both land."""
-    from filelock import FileLock  # huggingface_hub's dependency; only publishing needs it
-
-    path = Path(record or published_record())
-    with FileLock(path.with_name(f'.{path.name}.lock'), timeout=120):
-        names = sorted(set(published_names(path)) | {name})
-        tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
-        try:
-            tmp.write_text(json.dumps(names, indent=2) + '\n')
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return path
+def published_names() -> List[str]:
+    """The `arch.tag` names with published weights."""
+    return list(RELEASED)
 
 
 def check_pretrained_available(variant: str, pretrained_cfg: Any = None, overlay: Optional[dict] = None) -> None:
