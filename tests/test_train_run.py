@@ -177,22 +177,6 @@ def test_resume_refuses_other_data(folder_data, tmp_path, capsys):
     assert 'not the one the run was trained on' in err and 'train_images: run 40, now 48' in err
 
 
-def test_checkpoint_of_version_0_1_resumes(folder_data, tmp_path):
-    """A checkpoint written by timm-spa 0.1.0 (model/ema/scaler keys, arguments as strings) still resumes."""
-    out = tmp_path / 'run'
-    _run(folder_data, out, '--epochs', '1', '--model-ema')
-    new = torch.load(out / LAST, weights_only=True)
-    legacy = dict(model=new['state_dict'], optimizer=new['optimizer'], scheduler=new['scheduler'],
-                  ema={f'module.{k}': v for k, v in new['state_dict_ema'].items()}, scaler=None, epoch=0,
-                  best=new['best'], arch=new['model_args'], args={k: str(v) for k, v in new['args'].items()})
-    torch.save(legacy, out / LAST)
-    (out / 'results.json').unlink()
-    results = train_script.main(['--resume', str(out), '--no-progress', '--workers', '0', '--epochs', '1'])
-    assert results.epochs == 1 and results.args['model_ema'] is True and results.args['lr'] == 0.05
-    assert load_training_state(out / LAST)['run_id'] == results.run_id  # upgraded in place: one run again
-    assert RunDir(out).read_finished().results.run_id == results.run_id
-
-
 def test_timm_loader_reads_raw_and_ema_weights(folder_data, tmp_path):
     """timm's own `load_checkpoint` (what its validate.py --use-ema calls) finds the EMA under state_dict_ema."""
     out = tmp_path / 'run'
@@ -907,16 +891,16 @@ def test_initial_checkpoint_from_a_served_repository(folder_data, tmp_path):
     assert lineage['parent']['run_id'] == parent['run_id'] and lineage['total_epochs'] == 2
 
 
-def test_one_checkpoint_format_key_and_older_checkpoints_still_load(tmp_path):
-    """timm's `version` is the one format key; a later-0.1.0 checkpoint (with `format` beside it) loads."""
-    from train.checkpoint import CHECKPOINT_VERSION, save_training_state
+def test_one_checkpoint_format_key(tmp_path):
+    """timm's `version` is the one format key, and a checkpoint without it is refused by name."""
+    from train.checkpoint import CHECKPOINT_VERSION, CheckpointError, save_training_state
     state = dict(state_dict={'w': torch.zeros(1)}, epoch=0, model_args={'model': 'm'}, run_id='r')
     save_training_state(tmp_path / 'new.pth.tar', state)
     raw = torch.load(tmp_path / 'new.pth.tar', weights_only=True)
-    assert raw['version'] == CHECKPOINT_VERSION == 2 and 'format' not in raw
-    torch.save(dict(state, version=2, format=2), tmp_path / 'older.pth.tar')
-    loaded = load_training_state(tmp_path / 'older.pth.tar')
-    assert loaded['run_id'] == 'r' and 'format' not in loaded
+    assert raw['version'] == CHECKPOINT_VERSION == 2 and load_training_state(tmp_path / 'new.pth.tar')['run_id'] == 'r'
+    torch.save(dict(state, version=1), tmp_path / 'other.pth.tar')
+    with pytest.raises(CheckpointError, match='is not a timm-spa training checkpoint'):
+        load_training_state(tmp_path / 'other.pth.tar')
 
 
 STOPPED_CLOCK = """

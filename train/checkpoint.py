@@ -7,7 +7,6 @@ any moment leaves either the previous or the new checkpoint, never half of one. 
 Everything in it is a tensor, a number, a string or a container of those: it loads with
 `weights_only=True`. Model weights on their own are safetensors, refused when not finite.
 """
-import ast
 import contextlib
 import errno
 import os
@@ -19,16 +18,13 @@ from typing import Any, Callable, Dict, List, Optional, Union
 import torch
 from huggingface_hub.utils.sha import sha_fileobj
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models import load_state_dict
 from torch import nn
 
 from timm_spa.models.published import load_error_reason
 
-# timm's own `version` key (CheckpointSaver writes 2) is the one format key. The first checkpoints of timm-spa
-# 0.1.0 had no `version` (keys model, ema, scaler, arch as a dict) and are upgraded on load; later 0.1.0 ones
-# carried a `format` key beside `version`, dropped on load (see CHANGELOG.md)
-CHECKPOINT_VERSION = 2
+CHECKPOINT_VERSION = 2  # timm's own `version` key (its CheckpointSaver writes 2), the one format key
 
 
 class CheckpointError(ValueError):
@@ -73,27 +69,8 @@ def save_training_state(path: Union[str, Path], state: Dict[str, Any]) -> None:
     atomic_write(Path(path), lambda tmp: torch.save(dict(state, version=CHECKPOINT_VERSION), tmp))
 
 
-def _literal(text: Any) -> Any:
-    """A value timm-spa 0.1.0 stored as str(value), back as the value where Python can read it."""
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError):
-        return text
-
-
-def _upgrade(state: Dict[str, Any]) -> Dict[str, Any]:
-    """timm-spa 0.1.0's checkpoint keys, renamed to timm's: model -> state_dict, ema -> state_dict_ema."""
-    ema = state.get('ema')
-    return dict(
-        state_dict=state['model'], optimizer=state.get('optimizer'), scheduler=state.get('scheduler'),
-        state_dict_ema={k[len('module.'):]: v for k, v in ema.items()} if ema else None,
-        amp_scaler=state.get('scaler'), epoch=state['epoch'], best=state['best'], arch=state['arch']['model'],
-        model_args=state['arch'], args={k: _literal(v) for k, v in state.get('args', {}).items()},
-        run_id=None, dataset=None, version=CHECKPOINT_VERSION)
-
-
 def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
-    """A training checkpoint of this project (its own format, or 0.1.0's, upgraded), or `CheckpointError`."""
+    """A training checkpoint of this project, or `CheckpointError`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'no checkpoint at {path}.')
@@ -101,11 +78,8 @@ def load_training_state(path: Union[str, Path]) -> Dict[str, Any]:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f'cannot read checkpoint {path}: {load_error_reason(e, path)}') from None
-    if isinstance(state, dict) and 'model' in state and isinstance(state.get('arch'), dict):
-        return _upgrade(state)
     if not isinstance(state, dict) or state.get('version') != CHECKPOINT_VERSION or 'model_args' not in state:
         raise CheckpointError(f'{path} is not a timm-spa training checkpoint (version {CHECKPOINT_VERSION}).')
-    state.pop('format', None)  # a later 0.1.0 checkpoint's second key
     return state
 
 
@@ -132,12 +106,6 @@ def save_weights(path: Union[str, Path], model: nn.Module, metadata: Optional[Di
     if bad:
         raise CheckpointError(f'refusing to save {path}: {len(bad)} tensors hold NaN or infinity (first: {bad[0]}).')
     atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata=metadata))
-
-
-def restamp_weights(path: Union[str, Path], **metadata: str) -> None:
-    """Add metadata to a safetensors file; its tensors stay as they are."""
-    state = load_file(str(path))
-    atomic_write(Path(path), lambda tmp: save_file(state, str(tmp), metadata={**weights_metadata(path), **metadata}))
 
 
 def weights_metadata(path: Union[str, Path]) -> Dict[str, str]:

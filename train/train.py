@@ -39,7 +39,6 @@ from timm_spa.models import UnknownModelArguments
 from .checkpoint import (
     CheckpointError,
     load_training_state,
-    restamp_weights,
     save_training_state,
     save_weights,
 )
@@ -336,10 +335,8 @@ def _model_args(args: argparse.Namespace, num_classes: int) -> dict:
     return dict(model=args.model, num_classes=num_classes, model_kwargs=dict(args.model_kwargs))
 
 
-def _check_same_data(saved: Optional[dict], now: DatasetRecord, run: RunDir) -> None:
+def _check_same_data(saved: dict, now: DatasetRecord, run: RunDir) -> None:
     """A resumed run must see the data it was trained on, wherever --data-dir points now."""
-    if saved is None:
-        return  # a checkpoint of timm-spa 0.1.0 did not record it
     keys = ('name', 'num_classes', 'class_names', 'train_images', 'val_images', 'test_images', 'val_split_seed',
             'image_size')
     diffs = [f'{key}: run {saved.get(key)!r}, now {getattr(now, key)!r}' for key in keys
@@ -520,12 +517,11 @@ def _resume_state(run_dir: RunDir) -> Dict[str, Any]:
 
 def _resume(state: dict, training: _TrainingState, progress: _RunProgress, model_args: dict, data: _RunData,
             run_dir: RunDir, env: DistEnv, log: Callable[[str], None]) -> None:
-    """Continue from the checkpoint after checking it belongs to these arguments and this data; a timm-spa
-    0.1.0 checkpoint (no run id) is upgraded in place and its weights get the new id."""
+    """Continue from the checkpoint after checking it belongs to these arguments and this data."""
     if comparable(state['model_args']) != comparable(model_args):
         raise CheckpointError(f'{run_dir.last} was saved for {state["model_args"]}, but its arguments build '
                               f'{model_args}: the checkpoint was edited or belongs to another run.')
-    _check_same_data(state.get('dataset'), data.record, run_dir)
+    _check_same_data(state['dataset'], data.record, run_dir)
     recovery = state.get('recovery')
     if recovery is not None and recovery['world_size'] != env.world_size:
         raise CheckpointError(
@@ -537,12 +533,7 @@ def _resume(state: dict, training: _TrainingState, progress: _RunProgress, model
     training.load(state)
     progress.best, progress.parent, progress.recovery = state['best'], state.get('parent'), recovery
     progress.start_epoch = state['epoch'] + (recovery is None)
-    if state['run_id']:
-        progress.run_id = state['run_id']
-    elif env.is_main:
-        save_training_state(run_dir.last, dict(state, run_id=progress.run_id))
-        if run_dir.best.is_file():
-            restamp_weights(run_dir.best, run_id=progress.run_id)
+    progress.run_id = state['run_id']
     progress.history = [row for row in read_summary(run_dir.summary) if row['epoch'] < progress.start_epoch]
     where = f', after its step {recovery["step"]} of {len(data.train)} ({RECOVERY})' if recovery else ''
     log(f'resumed {run_dir} at epoch {progress.start_epoch} of {training.num_epochs}{where} (best val top-1 '
