@@ -240,8 +240,8 @@ def _model_rates(names: List[str], size: int, args, device: torch.device) -> Dic
     target = torch.randint(0, 10, (args.model_batch,), device=device)
 
     def step(name):
-        train_step(models[name].train(), x, target, optimizers[name], nn.functional.cross_entropy, device,
-                   args.amp_dtype)
+        train_step(models[name].train(), x, target, optimizer=optimizers[name], loss_fn=nn.functional.cross_entropy,
+                   device=device, amp_dtype=args.amp_dtype)
 
     @torch.no_grad()
     def infer(name):

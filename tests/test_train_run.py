@@ -348,21 +348,19 @@ def test_mixup_feeds_the_loss_the_mixed_batch_and_soft_targets():
     np.random.rand()
     lam = np.random.beta(alpha, alpha)
     np.random.seed(3)
-    stats = train_one_epoch(model, [(x.clone(), y)], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
-                            mixup=mixup)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    stats = train_one_epoch(model, [(x.clone(), y)], optimizer, loss_fn=loss_fn, env=DistEnv(), mixup=mixup)
     one_hot = torch.full((4, classes), smoothing / classes)
     one_hot[torch.arange(4), y] += 1 - smoothing
     torch.testing.assert_close(seen['inputs'], lam * x + (1 - lam) * x.flip(0))
     torch.testing.assert_close(seen['targets'], lam * one_hot + (1 - lam) * one_hot.flip(0))
     assert stats['train_loss'] > 0
     mixup.mixup_enabled = False  # --mixup-off-epoch: the batch goes through as it is, the targets stay smoothed
-    train_one_epoch(model, [(x.clone(), y)], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
-                    mixup=mixup)
+    train_one_epoch(model, [(x.clone(), y)], optimizer, loss_fn=loss_fn, env=DistEnv(), mixup=mixup)
     torch.testing.assert_close(seen['inputs'], x)
     torch.testing.assert_close(seen['targets'], one_hot)
     with pytest.raises(ValueError, match='need an even number of images per batch; this one has 3'):
-        train_one_epoch(model, [(x[:3], y[:3])], torch.optim.SGD(model.parameters(), lr=0.1), loss_fn, DistEnv(),
-                        mixup=mixup)
+        train_one_epoch(model, [(x[:3], y[:3])], optimizer, loss_fn=loss_fn, env=DistEnv(), mixup=mixup)
 
 
 def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, capsys):

@@ -49,6 +49,12 @@ def positive_int(text: str) -> int:
     return value
 
 
+def did_you_mean(word: str, known: Sequence[str], otherwise: str = '', n: int = 2) -> str:
+    """' Did you mean A or B?' for the names in `known` closest to a mistyped `word`, else `otherwise`."""
+    close = difflib.get_close_matches(word, list(known), n=n, cutoff=0.6)
+    return f" Did you mean {' or '.join(close)}?" if close else otherwise
+
+
 def add_debug_flag(parser) -> None:
     parser.add_argument('--debug', action='store_true', help='show the traceback of an error')
 
@@ -217,9 +223,8 @@ def check_torchcompile(backend: Optional[str], device: str) -> None:
     from torch._dynamo import list_backends
     known = list_backends(exclude_tags=())
     if backend not in known:
-        close = difflib.get_close_matches(backend, known, n=2)
-        hint = f"Did you mean {' or '.join(close)}?" if close else "torch._dynamo.list_backends() lists them."
-        raise UsageError(f'--torchcompile {backend}: torch.compile has no such backend. {hint}')
+        hint = did_you_mean(backend, known, ' torch._dynamo.list_backends() lists them.')
+        raise UsageError(f'--torchcompile {backend}: torch.compile has no such backend.{hint}')
     if backend == 'inductor' and torch.device(device).type == 'cpu':
         from torch._inductor import cpp_builder, exc
         try:
@@ -237,7 +242,5 @@ def check_model_name(name: str) -> None:
     arch = name.split('.', 1)[0]
     if timm.is_model(arch):
         return
-    close = difflib.get_close_matches(arch, timm.list_models(), n=3, cutoff=0.6)
-    hint = f" Did you mean {' or '.join(close)}?" if close else \
-        " timm.list_models('*_spa') lists ours; timm.list_models() all."
+    hint = did_you_mean(arch, timm.list_models(), " timm.list_models('*_spa') lists ours; timm.list_models() all.", n=3)
     raise UsageError(f'--model {name}: no such model in timm or timm-spa.{hint}')

@@ -26,7 +26,7 @@ def _progress(loader, desc: str, enabled: bool):
 
 
 def train_step(
-        model: nn.Module, images: torch.Tensor, targets: torch.Tensor, optimizer, loss_fn: Callable,
+        model: nn.Module, images: torch.Tensor, targets: torch.Tensor, *, optimizer, loss_fn: Callable,
         device: torch.device, amp_dtype: Optional[str] = None, scaler: Optional[torch.amp.GradScaler] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One optimisation step (forward under autocast, backward, optimizer step; a GradScaler for CUDA
@@ -76,7 +76,7 @@ class EpochTally:
 
 
 def train_one_epoch(
-        model: nn.Module, loader, optimizer, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
+        model: nn.Module, loader, optimizer, *, loss_fn: Callable, env: DistEnv, amp_dtype: Optional[str] = None,
         scaler: Optional[torch.amp.GradScaler] = None, ema: Optional[nn.Module] = None, channels_last: bool = False,
         epoch: int = 0, log_interval: int = 0, progress: bool = False, log: Callable[[str], None] = print,
         scheduler=None, tally: Optional[EpochTally] = None, rng: Optional[dict] = None,
@@ -117,7 +117,8 @@ def train_one_epoch(
             targets = soft.argmax(1)
         else:
             soft = targets
-        logits, loss = train_step(model, images, soft, optimizer, loss_fn, env.device, amp_dtype, scaler)
+        logits, loss = train_step(model, images, soft, optimizer=optimizer, loss_fn=loss_fn, device=env.device,
+                                  amp_dtype=amp_dtype, scaler=scaler)
         if ema is not None:
             ema.update(model)
         if scheduler is not None:

@@ -205,7 +205,8 @@ def estimate_seconds(runs: List[dict], steps: int = 2) -> Iterator[Tuple[dict, f
             for i in range(steps + 1):
                 if i == 1:
                     start = time.perf_counter()
-                train_step(model, x, y, optimizer, torch.nn.functional.cross_entropy, device, amp_dtype)
+                train_step(model, x, y, optimizer=optimizer, loss_fn=torch.nn.functional.cross_entropy, device=device,
+                           amp_dtype=amp_dtype)
             per_image = (time.perf_counter() - start) / (steps * a.batch_size)
             counts = len(splits.train_indices), len(splits.val_indices), len(splits.test)
             # evaluation costs about a third of a training step per image

@@ -12,7 +12,6 @@ epoch), `model_best.safetensors` (best on the validation split held out of train
 """
 import argparse
 import contextlib
-import difflib
 import json
 import math
 import signal
@@ -51,6 +50,7 @@ from .cli import (
     check_device,
     check_model_name,
     check_torchcompile,
+    did_you_mean,
     ignore_worker_deaths,
     interrupt_on_termination,
     run_cli,
@@ -248,16 +248,14 @@ def check_optimizer_and_schedule(args: argparse.Namespace) -> None:
     from timm.optim import list_optimizers
     known = list_optimizers()
     if args.opt.lower() not in known:
-        close = difflib.get_close_matches(args.opt.lower(), known, n=3)
-        raise UsageError(f'--opt {args.opt}: timm has no such optimizer.' + (
-            f" Did you mean {' or '.join(close)}?" if close else ' timm.optim.list_optimizers() lists them.'))
+        raise UsageError(f'--opt {args.opt}: timm has no such optimizer.'
+                         + did_you_mean(args.opt.lower(), known, ' timm.optim.list_optimizers() lists them.', n=3))
     probe = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=args.lr)
     try:
         create_scheduler_v2(probe, sched=args.sched, num_epochs=args.epochs, min_lr=args.min_lr,
                             warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr, decay_rate=args.decay_rate)
     except ValueError as e:
-        close = difflib.get_close_matches(args.sched, TIMM_SCHEDULERS, n=2)
-        hint = f" Did you mean {' or '.join(close)}?" if close and args.sched not in TIMM_SCHEDULERS else ''
+        hint = did_you_mean(args.sched, TIMM_SCHEDULERS) if args.sched not in TIMM_SCHEDULERS else ''
         raise UsageError(f'--sched {args.sched}: {e}{hint}') from None
 
 
@@ -648,10 +646,12 @@ class _Run:
             self.mixup.mixup_enabled = not args.mixup_off_epoch or epoch < args.mixup_off_epoch
         try:
             stats = train_one_epoch(
-                self.train_model, self.data.train, training.optimizer, self.loss_fn, env, self.amp_dtype,
-                training.scaler, training.ema, args.channels_last, epoch, args.log_interval, args.progress, self.log,
-                training.scheduler, EpochTally(**rank_state['tally']), rank_state['rng'],
-                partial(self.save_recovery, epoch, clock) if args.recovery_interval else None, self.mixup)
+                self.train_model, self.data.train, training.optimizer, loss_fn=self.loss_fn, env=env,
+                amp_dtype=self.amp_dtype, scaler=training.scaler, ema=training.ema, channels_last=args.channels_last,
+                epoch=epoch, log_interval=args.log_interval, progress=args.progress, log=self.log,
+                scheduler=training.scheduler, tally=EpochTally(**rank_state['tally']), rng=rank_state['rng'],
+                after_step=partial(self.save_recovery, epoch, clock) if args.recovery_interval else None,
+                mixup=self.mixup)
         except TrainingDiverged as e:
             kept = f'{self.run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
             raise TrainingDiverged(f'{e}: training diverged, so the run stops here. Kept the last good state: '
