@@ -35,6 +35,14 @@ def _run(data, out, *extra):
     return json.loads((train_tiny(data, out, *extra) / 'results.json').read_text())
 
 
+def test_summary_records_the_learning_rate_each_epoch_trained_with(folder_data, tmp_path):
+    """A cosine stepped per epoch over 2 epochs from 0.05: epoch 0 trains at 0.05 and epoch 1 at 0.025 (the cosine's
+    value at t = 1 of 2), which summary.csv says, not the rate after each epoch's scheduler step (0.025, then 0)."""
+    out = tmp_path / 'run'
+    _run(folder_data, out, '--epochs', '2', '--sched', 'cosine')
+    assert [row['lr'] for row in read_summary(out / 'summary.csv')] == pytest.approx([0.05, 0.025])
+
+
 def _fails(capsys, argv, code=2):
     """Run the train CLI expecting it to refuse; returns its one-line message."""
     with pytest.raises(SystemExit) as exit_info:

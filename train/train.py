@@ -620,9 +620,9 @@ class _Run:
                     model_args=self.model_args, run_id=self.progress.run_id, args=comparable(self.recorded),
                     dataset=comparable(asdict(self.data.record)), parent=self.progress.parent, **extra)
 
-    def save_recovery(self, epoch: int, clock: EpochClock, tally: EpochTally) -> None:
+    def save_recovery(self, epoch: int, clock: EpochClock, lr: float, tally: EpochTally) -> None:
         """Every --recovery-interval steps: the state, each rank's tally, random streams and BatchNorm statistics,
-        the epoch's time."""
+        the epoch's time and the learning rate it began with."""
         if tally.steps % self.args.recovery_interval or tally.steps == len(self.data.train):
             return  # the epoch's own checkpoint follows the last step
         env = self.env
@@ -630,7 +630,7 @@ class _Run:
         if env.is_main:
             save_training_state(self.run_dir.recovery, self.checkpoint(epoch, metric=None, recovery=dict(
                 step=tally.steps, world_size=env.world_size, ranks=ranks, epoch_s=clock.running_s(),
-                stopped_s=clock.stopped_s())))
+                stopped_s=clock.stopped_s(), lr=lr)))
 
     def train_epoch(self, epoch: int) -> Tuple[Dict[str, float], EpochClock]:
         """One epoch of training, from where a recovery checkpoint stopped inside it if there is one."""
@@ -638,6 +638,10 @@ class _Run:
         recovered, self.progress.recovery = self.progress.recovery, None
         clock = EpochClock(*((recovered['epoch_s'], recovered['stopped_s']) if recovered else ()))
         rank_state = recovered['ranks'][env.rank] if recovered else dict(tally={}, rng=None)
+        # the learning rate of the epoch's first step: its own for a schedule stepped per epoch (the optimizer holds
+        # the next epoch's once the scheduler has stepped), where the decay began for one stepped per update
+        lr = recovered.get('lr', training.optimizer.param_groups[0]['lr']) if recovered \
+            else training.optimizer.param_groups[0]['lr']
         if rank_state.get('buffers'):  # this rank's own statistics, as they were when the run stopped
             training.load_rank_buffers(rank_state['buffers'])
         _seed_epoch(args.seed, epoch, env.rank)
@@ -650,7 +654,7 @@ class _Run:
                 amp_dtype=self.amp_dtype, scaler=training.scaler, ema=training.ema, channels_last=args.channels_last,
                 epoch=epoch, log_interval=args.log_interval, progress=args.progress, log=self.log,
                 scheduler=training.scheduler, tally=EpochTally(**rank_state['tally']), rng=rank_state['rng'],
-                after_step=partial(self.save_recovery, epoch, clock) if args.recovery_interval else None,
+                after_step=partial(self.save_recovery, epoch, clock, lr) if args.recovery_interval else None,
                 mixup=self.mixup)
         except TrainingDiverged as e:
             kept = f'{self.run_dir.last} (after epoch {epoch - 1})' if epoch > 0 else 'none, it diverged in epoch 0'
@@ -658,7 +662,7 @@ class _Run:
                                    f'{kept}. Lower --lr (it is {args.lr}) or add --warmup-epochs, and start '
                                    'a new run.') from None
         training.scheduler.step(epoch + 1)
-        return stats, clock
+        return dict(stats, lr=lr), clock
 
     def end_epoch(self, epoch: int, stats: Dict[str, float], clock: EpochClock) -> None:
         """Validate, add the epoch to the history, keep the best weights and the checkpoint, say how it went."""
@@ -668,7 +672,7 @@ class _Run:
         stopped_s, epoch_s = clock.stopped_s(), clock.running_s()  # SIGSTOP/Ctrl-Z: time the run did not run
         history = progress.history
         history.append(dict(
-            epoch=epoch, lr=training.optimizer.param_groups[0]['lr'], **stats, val_loss=val['loss'],
+            epoch=epoch, lr=stats.pop('lr'), **stats, val_loss=val['loss'],
             val_top1=val['top1'], val_top5=val['top5'], epoch_s=epoch_s, stopped_s=stopped_s,
             elapsed_s=(history[-1]['elapsed_s'] if history else 0.0) + epoch_s,
             precision=describe_precision(self.amp_dtype), hardware=self.machine))
