@@ -24,7 +24,6 @@ from typing import Any, Dict, List, Optional
 
 import timm
 from safetensors.torch import save_file
-from timm.models._hub import save_config_for_hf  # not re-exported by timm.models, unlike save_for_hf
 
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
@@ -32,7 +31,16 @@ from train.report import CHECKOUT
 from train.run_dir import RESULTS, RUN_FILES, Results, RunDir, dump_json
 
 from .card import model_card
-from .repository import CONFIG, CURVES, REPO_FILES, WEIGHTS, RepositoryError, check_repo_id, read_repository
+from .repository import (
+    CONFIG,
+    CURVES,
+    REPO_FILES,
+    WEIGHTS,
+    RepositoryError,
+    check_repo_id,
+    read_repository,
+    write_config,
+)
 
 
 @dataclass
@@ -124,29 +132,6 @@ def check_output(out: Path, run: Path, overwrite: bool, what: str = 'run') -> No
     if foreign:
         raise RepositoryError(f'--output {out} holds files export did not write ({", ".join(foreign[:5])}); '
                               '--overwrite only replaces an exported repository. Choose another --output.')
-
-
-def write_config(model, path: Path, results: Results, repo_id: str) -> None:
-    """timm's config.json for `model`, with `model_args` holding only the arguments the model was built with
-    beyond its name and class count, as timm wrote it before 1.0.31: timm 1.0.31's `save_config_for_hf` also
-    records num_classes, in_chans and global_pool there, and transformers' TimmWrapper, which passes its
-    num_labels as num_classes beside model_args, then fails on the repeated argument."""
-    data, size = results.dataset, results.dataset.image_size
-    pool = -(-size // model.feature_info[-1]['reduction'])  # the last feature map's side at this input size
-    save_config_for_hf(
-        model, str(path),
-        model_config=dict(
-            label_names=data.class_names,
-            pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
-                                crop_pct=1.0, pool_size=(pool, pool), hf_hub_id=repo_id,
-                                tag=results.hub_tag)))
-    config = json.loads(path.read_text())
-    config.pop('model_args', None)
-    model_args = results.model_args['model_kwargs']
-    if model_args:  # before pretrained_cfg, where timm puts it
-        config = dict(**{k: v for k, v in config.items() if k != 'pretrained_cfg'}, model_args=model_args,
-                      pretrained_cfg=config['pretrained_cfg'])
-    path.write_text(json.dumps(config, indent=2))
 
 
 def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrite: bool = False) -> Path:

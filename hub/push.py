@@ -40,6 +40,7 @@ from .repository import (
     WEIGHTS,
     Repository,
     RepositoryError,
+    check_config,
     check_matches_tag,
     check_repo_id,
     read_history,
@@ -228,6 +229,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
     check_matches_tag(repo, repo_id)
+    check_config(repo)
     named = machine_paths(repo.results.to_dict())
     if named:
         raise RepositoryError(f'{repo.folder / RESULTS} names paths of the machine that trained it '

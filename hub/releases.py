@@ -33,7 +33,7 @@ from train.run_dir import Results
 from train.train import RESUME_SAFE, run_arguments
 
 from .release_slot import recover_releases
-from .repository import WEIGHTS, Repository, RepositoryError, read_history, read_repository
+from .repository import WEIGHTS, Repository, RepositoryError, check_config, read_history, read_repository
 
 REMEASURED = 'remeasured.json'
 CHECK_IMAGES = 1000  # at most this many test images in CI's fixed subset, every k-th of the split
@@ -44,7 +44,8 @@ BOUND_SIGMAS = 5  # an honest card falls outside this many standard deviations a
 
 def released_repositories(releases: Path) -> List[Repository]:
     """Every repository folder RELEASES/ORG/NAME, each checked: its files belong together and its
-    config.json builds the model. A release a killed push left parked is put back first (`hub.release_slot`)."""
+    config.json is the one its results give (`check_config`: the labels and preprocessing users get are
+    those measured). A release a killed push left parked is put back first (`hub.release_slot`)."""
     releases = Path(releases)
     if not releases.is_dir():
         raise RepositoryError(f'{releases} is not a folder; give the releases folder (releases/ORG/NAME/...).')
@@ -58,11 +59,7 @@ def released_repositories(releases: Path) -> List[Repository]:
     for folder in folders:
         repo = read_repository(folder)
         read_history(folder)
-        try:
-            timm.create_model(f'local-dir:{folder}')
-        except Exception as e:  # any failure to build is this folder's problem, named as such
-            raise RepositoryError(f'{folder / "config.json"} does not build a model ({type(e).__name__}: {e}).') \
-                from None
+        check_config(repo)
         repos.append(repo)
     return repos
 

@@ -3,6 +3,7 @@
 belong together, so that a published number always belongs to the published weights.
 """
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -10,6 +11,7 @@ from typing import Any, Dict, List, Optional
 import timm
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
+from timm.models._hub import save_config_for_hf  # not re-exported by timm.models, unlike save_for_hf
 
 from timm_spa.models import MODEL_NAMES, PRETRAINED_TAGS, hub_repo_id
 from train.checkpoint import CheckpointError, weights_metadata
@@ -144,3 +146,58 @@ def check_matches_tag(repo: Repository, repo_id: str) -> None:
         raise RepositoryError(f'{repo.folder} cannot be published as {repo_id}: it holds {"; ".join(diffs)}. '
                               f'`timm.create_model("{name}", pretrained=True)` would load it as {name}; push it '
                               f'under a name that says what it is, e.g. ORG/{repo.name}.')
+
+
+def write_config(model, path: Path, results: Results, repo_id: str) -> None:
+    """timm's config.json for `model`, with `model_args` holding only the arguments the model was built with
+    beyond its name and class count, as timm wrote it before 1.0.31: timm 1.0.31's `save_config_for_hf` also
+    records num_classes, in_chans and global_pool there, and transformers' TimmWrapper, which passes its
+    num_labels as num_classes beside model_args, then fails on the repeated argument."""
+    data, size = results.dataset, results.dataset.image_size
+    pool = -(-size // model.feature_info[-1]['reduction'])  # the last feature map's side at this input size
+    save_config_for_hf(
+        model, str(path),
+        model_config=dict(
+            label_names=data.class_names,
+            pretrained_cfg=dict(mean=tuple(data.mean), std=tuple(data.std), input_size=(3, size, size),
+                                crop_pct=1.0, pool_size=(pool, pool), hf_hub_id=repo_id,
+                                tag=results.hub_tag)))
+    config = json.loads(path.read_text())
+    config.pop('model_args', None)
+    model_args = results.model_args['model_kwargs']
+    if model_args:  # before pretrained_cfg, where timm puts it
+        config = dict(**{k: v for k, v in config.items() if k != 'pretrained_cfg'}, model_args=model_args,
+                      pretrained_cfg=config['pretrained_cfg'])
+    path.write_text(json.dumps(config, indent=2))
+
+
+def config_differences(repo: Repository) -> List[str]:
+    """Where the folder's config.json differs from the one export writes from its results: the label names, the
+    preprocessing (mean, std, input size, interpolation, crop) and everything else a user's timm, transformers or
+    huggingface_hub reads from it. Empty for a config as exported; only `hf_hub_id` may name another repository."""
+    arch, results = repo.results.model_args, repo.results
+    name = f"{arch['model']}.{results.tag}" if results.tag else arch['model']
+    model = timm.create_model(name, num_classes=arch['num_classes'], **arch['model_kwargs'])
+    with tempfile.TemporaryDirectory() as tmp:
+        write_config(model, Path(tmp) / CONFIG, results, repo.config.get('pretrained_cfg', {}).get('hf_hub_id'))
+        expected = json.loads((Path(tmp) / CONFIG).read_text())
+
+    def flat(config: Any, prefix: str = '') -> Dict[str, Any]:
+        if not isinstance(config, dict):
+            return {prefix: config}
+        return {key: value for k, v in config.items() for key, value in flat(v, f'{prefix}{k}.').items()} or \
+            {prefix: config}
+
+    have, want = flat(repo.config), flat(expected)
+    return sorted(key.rstrip('.') for key in have.keys() | want.keys()
+                  if json.dumps(have.get(key)) != json.dumps(want.get(key)))
+
+
+def check_config(repo: Repository) -> None:
+    """Refuse a config.json that is not the one export writes from the folder's results (`config_differences`)."""
+    differ = config_differences(repo)
+    if differ:
+        raise RepositoryError(f'{repo.folder / CONFIG} is not the config its results give ({", ".join(differ[:6])}'
+                              f'{" ..." if len(differ) > 6 else ""} differ): users would get other labels or '
+                              f'preprocessing than were measured. Write it anew with `python -m hub export '
+                              f'{repo.folder} --output NEW_FOLDER` and publish that.')

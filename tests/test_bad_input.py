@@ -409,6 +409,55 @@ def remeasure_data_without_folder(ws):
     return call(hub_main, ['remeasure', str(ws.root / 'releases'), '--data', 'cifar10'])
 
 
+@probe('`python -m hub push REPO --releases DIR` where config.json swaps two label names and sets mean and std to '
+       '0.5 (or gives input_size [3, 0, 0] or [3, 100000, 100000], or 9 label names for 10 classes)',
+       'is not the config its results give (label_names, pretrained_cfg.label_names, pretrained_cfg.mean, '
+       'pretrained_cfg.std differ): users would get other labels or preprocessing than were measured',
+       'the releases folder', code=1)
+def push_of_an_edited_config(ws):
+    from hub.__main__ import main as hub_main
+    repo = cifar_export(ws, 'edited-config')
+    releases = ws.root / 'edited-config-releases'
+    releases.mkdir()
+    exported = json.loads((repo / 'config.json').read_text())
+
+    def push_with(edit) -> Tuple[int, str]:
+        config = json.loads(json.dumps(exported))
+        edit(config)
+        (repo / 'config.json').write_text(json.dumps(config, indent=2))
+        with unchanged(releases):
+            return call(hub_main, ['push', str(repo), '--releases', str(releases)])
+
+    def sizes(side):
+        return lambda c: c['pretrained_cfg'].update(input_size=[3, side, side])
+
+    for edit, said in ((sizes(0), 'pretrained_cfg.input_size'), (sizes(100000), 'pretrained_cfg.input_size'),
+                       (lambda c: c.update(label_names=c['label_names'][:9]), 'label_names')):
+        code, err = push_with(edit)
+        assert code == 1 and f'({said} differ)' in err, err
+
+    def swap_and_flatten(config):
+        for names in (config['label_names'], config['pretrained_cfg']['label_names']):
+            names[0], names[1] = names[1], names[0]
+        config['pretrained_cfg'].update(mean=[0.5] * 3, std=[0.5] * 3)
+    return push_with(swap_and_flatten)
+
+
+@probe('`python -m hub serve`, `table` or `remeasure --check` on a releases folder whose config.json was edited in '
+       'place', 'is not the config its results give', 'the release', code=1)
+def released_config_edited_in_place(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('edited-in-place')
+    config = releases / 'timm-spa' / 'resnet18_spa.folder' / 'config.json'
+    edited = json.loads(config.read_text())
+    edited['pretrained_cfg']['mean'] = [0.5, 0.5, 0.5]
+    config.write_text(json.dumps(edited, indent=2))
+    with unchanged(releases):
+        code, err = call(hub_main, ['table', str(releases)])
+        assert code == 1 and 'pretrained_cfg.mean' in err, err
+        return call(hub_main, ['remeasure', str(releases), '--check', '--data', f'folder={ws.data}'])
+
+
 @probe('`python -m hub remeasure releases/ --data folder=DIR` where a card says other numbers than its weights give',
        'do not measure what their cards say', 'releases/remeasured.json')
 def remeasure_edited_card(ws):
