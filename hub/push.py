@@ -215,6 +215,7 @@ def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     commit = api.upload_folder(folder_path=str(repo.folder), repo_id=repo_id, repo_type='model',
+                               allow_patterns=[str(p.relative_to(repo.folder)) for p in repo.files()],
                                commit_message='Upload from timm-spa')
     return commit.commit_url
 
@@ -230,6 +231,10 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
     check_matches_tag(repo, repo_id)
     check_config(repo)
+    left_out = repo.left_out()
+    if left_out:
+        print(f'note: not published (a push publishes the files hub export writes, and history.json): '
+              f'{", ".join(left_out[:8])}{" ..." if len(left_out) > 8 else ""}', file=sys.stderr)
     named = machine_paths(repo.results.to_dict())
     if named:
         raise RepositoryError(f'{repo.folder / RESULTS} names paths of the machine that trained it '

@@ -24,6 +24,7 @@ REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)  # what `hub export` write
 # what a push adds: the releases this one replaced, oldest first (`[]` for a first release). Export never
 # writes it, so `hub export --overwrite` refuses a published folder instead of replacing it behind push's back
 HISTORY = 'history.json'
+PUBLISHED_FILES = (*REPO_FILES, HISTORY)
 # what timm 1.0.31's save_config_for_hf adds to model_args: transformers' TimmWrapper passes num_classes beside
 # model_args, and fails on the repeat (`hub export` leaves them out)
 TIMM_RECORDED_ARGS = ('num_classes', 'in_chans', 'global_pool')
@@ -45,7 +46,21 @@ class Repository:
         return self.results.hub_name
 
     def files(self) -> List[Path]:
-        return sorted(p for p in self.folder.rglob('*') if p.is_file() and '.git' not in p.parts)
+        """What is published: the files export writes and the release history, never a symbolic link (it would
+        publish whatever it points to, anywhere on the machine)."""
+        found = [self.folder / name for name in PUBLISHED_FILES if (self.folder / name).is_file()]
+        linked = [path.name for path in found if path.is_symlink()]
+        if linked:
+            raise RepositoryError(f'{self.folder} holds {", ".join(linked)} as symbolic links: a push publishes files, '
+                                  'never what a link points to. Put the files themselves there.')
+        return found
+
+    def left_out(self) -> List[str]:
+        """Everything else in the folder (its git metadata aside), which no push publishes: said, not copied."""
+        kept = {self.folder / name for name in PUBLISHED_FILES}
+        return sorted(str(p.relative_to(self.folder)) for p in self.folder.rglob('*')
+                      if (p.is_file() or p.is_symlink()) and p not in kept
+                      and '.git' not in p.relative_to(self.folder).parts)
 
 
 def check_repo_id(repo_id: str) -> str:

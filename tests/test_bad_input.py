@@ -443,6 +443,41 @@ def push_of_an_edited_config(ws):
     return push_with(swap_and_flatten)
 
 
+@probe('`python -m hub push REPO --releases DIR` where REPO also holds `.env` (HF_TOKEN=...), a symbolic link '
+       '`notes.txt -> /etc/hostname` and `sub/y.bin`', 'note: not published (a push publishes the files hub export '
+       'writes, and history.json): .env, notes.txt, sub/y.bin', 'REPO; only the exported files and history.json '
+       'published', code=0)
+def push_of_a_folder_with_other_files(ws):
+    from hub.__main__ import main as hub_main
+    repo = cifar_export(ws, 'other-files')
+    (repo / '.env').write_text('HF_TOKEN=hf_not_a_real_token\n')
+    (repo / 'notes.txt').symlink_to('/etc/hostname')
+    (repo / 'sub').mkdir()
+    (repo / 'sub' / 'y.bin').write_bytes(b'\0' * 16)
+    releases = ws.root / 'other-files-releases'
+    with unchanged(repo):
+        code, err = call(hub_main, ['push', str(repo), '--releases', str(releases)])
+    published = sorted(p.name for p in (releases / 'timm-spa' / 'resnet18_spa.cifar10').rglob('*'))
+    assert published == ['README.md', 'config.json', 'curves.png', 'history.json', 'model.safetensors',
+                         'results.json'], published
+    return code, err
+
+
+@probe('`python -m hub push REPO --releases DIR` where REPO\'s README.md is a symbolic link', 'holds README.md as '
+       'symbolic links: a push publishes files, never what a link points to', 'REPO; nothing published', code=1)
+def push_of_a_symlinked_card(ws):
+    from hub.__main__ import main as hub_main
+    repo = cifar_export(ws, 'linked-card')
+    card = repo / 'README.md'
+    (ws.root / 'card-elsewhere.md').write_text(card.read_text())
+    card.unlink()
+    card.symlink_to(ws.root / 'card-elsewhere.md')
+    releases = ws.root / 'linked-card-releases'
+    code, err = call(hub_main, ['push', str(repo), '--releases', str(releases)])
+    assert not releases.exists()
+    return code, err
+
+
 @probe('`python -m hub serve`, `table` or `remeasure --check` on a releases folder whose config.json was edited in '
        'place', 'is not the config its results give', 'the release', code=1)
 def released_config_edited_in_place(ws):
