@@ -8,9 +8,9 @@ find the models.
 
 Libraries look timm up before importing it (`importlib.util.find_spec("timm")` in transformers',
 accelerate's and lightning's availability checks): each lookup gets a spec whose loader registers the
-models when it executes timm, and the finder leaves `sys.meta_path` only once timm was executed, so a
-lookup that never imports changes nothing. Where timm was imported before the hook could be installed
-(another start-up file imported it), the models are registered at once.
+models when it executes timm, so a lookup that never imports changes nothing; the finder stays on
+`sys.meta_path`, for timm imported again after its modules were deleted. Where timm was imported before
+the hook could be installed (another start-up file imported it), the models are registered at once.
 Set TIMM_SPA_NO_AUTOREGISTER=1 to turn it off.
 """
 import os
@@ -21,7 +21,12 @@ DISABLE_ENV = 'TIMM_SPA_NO_AUTOREGISTER'
 
 def register() -> None:
     try:
+        import timm
+
         import timm_spa.models  # noqa: F401  registers the models
+        if not timm.is_model('resnet18_spa'):  # timm imported anew (its modules deleted), ours still cached: the
+            import importlib  # new registry gets them from the module that registers them, run again
+            importlib.reload(sys.modules['timm_spa.models.cifar_resnet'])
     except Exception as e:  # a broken plugin must not break timm itself
         import warnings
         warnings.warn(f'timm-spa could not register its models with timm: {e!r} (set {DISABLE_ENV}=1 to stop '
@@ -30,7 +35,8 @@ def register() -> None:
 
 class TimmImportHook:
     """Finds nothing itself; wraps the loader of every spec found for `timm` so that executing timm registers
-    our models after it, then leaves `sys.meta_path`."""
+    our models after it, each time timm is executed (a program that deletes timm's modules and imports it again
+    gets a new, empty registry)."""
 
     def __init__(self):
         self._finding = False
@@ -47,12 +53,10 @@ class TimmImportHook:
         if spec is None or spec.loader is None or not hasattr(spec.loader, 'exec_module') or \
                 getattr(spec.loader.exec_module, 'registers_timm_spa', False):
             return spec
-        exec_module, hook = spec.loader.exec_module, self
+        exec_module = spec.loader.exec_module
 
         def exec_then_register(module):
-            exec_module(module)  # a failed import raises here and leaves the hook for the next attempt
-            if hook in sys.meta_path:
-                sys.meta_path.remove(hook)
+            exec_module(module)  # a failed import raises here, and the next attempt is wrapped again
             register()
 
         exec_then_register.registers_timm_spa = True

@@ -37,6 +37,17 @@ def test_models_register_after_probes(first):
     assert done.stdout.split() == ['True', 'True'], done.stderr
 
 
+@pytest.mark.parametrize('deleted', ["m.startswith('timm')", "m == 'timm' or m.startswith('timm.')"],
+                         ids=['timm-and-timm_spa', 'timm-only'])
+def test_timm_imported_again_after_its_modules_were_deleted_registers_again(deleted):
+    """A program that deletes timm's modules (and ours, or not) and imports timm again gets a new, empty registry:
+    the hook registers the models there too."""
+    done = _python('import sys, timm; assert "resnet18_spa" in timm.list_models(); '
+                   f'[sys.modules.pop(m) for m in [m for m in sys.modules if {deleted}]]; '
+                   'import timm; ' + REGISTERED)
+    assert done.stdout.split() == ['True', 'True'], done.stderr
+
+
 def test_a_probe_alone_imports_nothing():
     done = _python("import importlib.util, sys; assert importlib.util.find_spec('timm') is not None; "
                    "print(sorted(m for m in ('torch', 'timm', 'timm_spa') if m in sys.modules))")
