@@ -1,5 +1,6 @@
 """Every supported data set layout, the held-out validation split, and bad data."""
 import contextlib
+import io
 import os
 import pickle
 from collections import Counter
@@ -82,6 +83,26 @@ def test_sixteen_bit_greyscale_is_scaled_to_eight_bits(tmp_path, as_tar):
     image = np.asarray(splits.train.load(index)[0])
     expected = np.floor(wide.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
     assert image.shape == (16, 16, 3) and all(np.array_equal(image[..., c], expected) for c in range(3))
+
+
+def test_link_members_of_a_tar_are_named_in_a_note(tmp_path):
+    """timm's tar reader reads regular members only; a symbolic and a hard link to images are left out, and the
+    data set's notes (printed at the start of a run, recorded in its results) say how many."""
+    import tarfile
+    write_image_folders(tmp_path, classes=2, n_train=6, n_test=4, as_tar=True)
+    with tarfile.open(tmp_path / 'train.tar') as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(tmp_path / 'train.tar', 'w') as tar:
+        for member, data in members:
+            tar.addfile(member, io.BytesIO(data))
+        for kind, name in ((tarfile.SYMTYPE, 'class0/sym.png'), (tarfile.LNKTYPE, 'class1/hard.png')):
+            link = tarfile.TarInfo(name)
+            link.type, link.linkname = kind, members[0][0].name
+            tar.addfile(link)
+    splits = load_dataset('folder', str(tmp_path), val_size=1)
+    assert len(splits.train) == 6
+    assert splits.notes == ['train.tar: 2 image member(s) that are links (symbolic or hard, e.g. class0/sym.png) '
+                            'were not read.']
 
 
 def test_cifar_from_image_files_carries_the_caveat(tmp_path):

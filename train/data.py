@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, create_transform
+from timm.data.readers.img_extensions import get_img_extensions
 from timm.data.readers.reader_image_folder import ReaderImageFolder
 from timm.data.readers.reader_image_in_tar import ReaderImageInTar
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
@@ -186,9 +187,10 @@ def _official_cifar(root: Path, dataset: str) -> Tuple[Samples, Samples, List[st
             names)
 
 
-def check_tar_complete(path: Path) -> None:
+def check_tar_complete(path: Path) -> List[str]:
     """Refuse a tar file that is truncated or corrupt: `tarfile` stops quietly at a cut-off header, and
-    timm's reader would then list only the images before it."""
+    timm's reader would then list only the images before it. Returns the image members that are links (symbolic
+    or hard), which timm's reader leaves out."""
     try:
         with tarfile.open(path) as tar:
             members = tar.getmembers()
@@ -208,6 +210,7 @@ def check_tar_complete(path: Path) -> None:
     if marker != bytes(2 * TAR_BLOCK):
         raise DataError(f'{path} is truncated or corrupt: it ends after {len(members)} members without the end of '
                         f'the archive ({path.stat().st_size:,} bytes). Copy it again.')
+    return [m.name for m in members if (m.issym() or m.islnk()) and m.name.lower().endswith(get_img_extensions())]
 
 
 class _TarMembers:
@@ -227,10 +230,15 @@ class _TarMembers:
         return self._handle.extractfile(self.members[index]).read()
 
 
-def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[Samples, List[str]]:
-    """Images in one sub-folder per class, in a folder or a .tar file (timm's readers list them)."""
+def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[Samples, List[str], List[str]]:
+    """Images in one sub-folder per class, in a folder or a .tar file (timm's readers list them), the class names,
+    and notes on what was left out."""
+    notes = []
     if path.is_file() and path.suffix == '.tar':
-        check_tar_complete(path)
+        links = check_tar_complete(path)
+        if links:  # timm's reader reads regular members only: the image count changes, so say it
+            notes.append(f'{path.name}: {len(links)} image member(s) that are links (symbolic or hard, e.g. '
+                         f'{links[0]}) were not read.')
         reader = ReaderImageInTar(str(path))
         class_to_idx, labels = reader.class_name_to_idx, [int(t) for t in reader.targets]
         read = _TarMembers(path, [member for member, _, _ in reader.samples]).read
@@ -257,7 +265,7 @@ def _file_samples(path: Path, class_names: Optional[List[str]] = None) -> Tuple[
         raise DataError(f'{path} has classes {found[:5]}... but the train split has {class_names[:5]}...: '
                         'both splits need the same class sub-folders.')
 
-    return _encoded_samples(read, lambda i: f'{path}:{reader.filename(i)}', labels), found
+    return _encoded_samples(read, lambda i: f'{path}:{reader.filename(i)}', labels), found, notes
 
 
 def decode_rgb(data: bytes) -> Image.Image:
@@ -282,13 +290,13 @@ def _split_path(root: Path, split: str) -> Optional[Path]:
     return None
 
 
-def _image_file_splits(root: Path) -> Optional[Tuple[Samples, Samples, List[str]]]:
+def _image_file_splits(root: Path) -> Optional[Tuple[Samples, Samples, List[str], List[str]]]:
     train, test = _split_path(root, 'train'), _split_path(root, 'test') or _split_path(root, 'val')
     if train is None or test is None:
         return None
-    train_samples, names = _file_samples(train)
-    test_samples, _ = _file_samples(test, names)
-    return train_samples, test_samples, names
+    train_samples, names, train_notes = _file_samples(train)
+    test_samples, _, test_notes = _file_samples(test, names)
+    return train_samples, test_samples, names, train_notes + test_notes
 
 
 def _tiny_imagenet(root: Path) -> Tuple[Samples, Samples, List[str]]:
@@ -421,7 +429,8 @@ def load_dataset(
             found = _image_file_splits(root) if root.exists() else None
             if found is None:
                 raise _missing(dataset, root)
-            train, test, names = found
+            train, test, names, file_notes = found
+            notes += file_notes
             name = f'{pretty} (image-file copy at {root.name}/, not the official binary batches)'
             notes.append('Images were read from image files, not the official binary batches: '
                          'numbers are not the same measurement as on the official test batch.')
@@ -434,7 +443,8 @@ def load_dataset(
         found = _image_file_splits(root) if root is not None and root.exists() else None
         if found is None:
             raise _missing(dataset, root)
-        train, test, names = found
+        train, test, names, file_notes = found
+        notes += file_notes
         name, tag, size, native, hflip = f'image folder {root.name}', None, 32, None, True
 
     expected = KNOWN_SIZES.get(dataset)
