@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
 
@@ -83,7 +84,8 @@ class _Gate(http.server.BaseHTTPRequestHandler):
     (olah answers 401 'make sure you are authenticated', as the Hub does for a private name), and so does a file
     that a served repository does not hold, with the Hub's `EntryNotFound` (olah answers 401 there too, which
     huggingface_hub reads as a missing repository: transformers' AutoImageProcessor, which asks for optional
-    files first, then fails); anything else is passed through unchanged, streamed."""
+    files first, then fails), and so does a path that climbs out with `..` (olah answers 500); anything else is
+    passed through unchanged, streamed."""
     protocol_version = 'HTTP/1.0'  # one request a connection: the body ends when the connection closes
     upstream: Tuple[str, int] = ('127.0.0.1', 0)
     served: Tuple[str, ...] = ()
@@ -95,6 +97,9 @@ class _Gate(http.server.BaseHTTPRequestHandler):
         self._forward()
 
     def _forward(self) -> None:
+        if '..' in urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).split('/'):
+            self._not_found('EntryNotFound', 'a path that climbs with .. names nothing served here')  # olah: a 500
+            return
         match = _REPO_PATH.match(self.path)
         repo = match.group(1) if match else None
         if repo is not None and not repo.startswith('api/') and repo not in self.served:

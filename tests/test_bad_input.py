@@ -1038,7 +1038,8 @@ def overlay_other_architecture(ws):
     return code, err
 
 
-@probe('`hf-hub:timm-spa/does-not-exist` through `python -m hub serve`', 'does-not-exist is not served here; this '
+@probe('`hf-hub:timm-spa/does-not-exist` through `python -m hub serve` (or a path that climbs out with `..`, '
+       '`..%2f..%2fetc%2fpasswd`: 404, EntryNotFound)', 'does-not-exist is not served here; this '
        'server serves timm-spa/resnet18_spa.folder', code='RepositoryNotFoundError', slow=True)
 def hub_serve_unknown_repository(ws):
     from huggingface_hub import hf_hub_download
@@ -1057,7 +1058,26 @@ def hub_serve_unknown_repository(ws):
         missing = raised(hf_hub_download, 'timm-spa/resnet18_spa.folder', 'processor_config.json',
                          endpoint=server.endpoint, cache_dir=str(ws.root / 'hf-cache'))
         assert missing[0] == 'RemoteEntryNotFoundError', missing
+        # a path that climbs out of the repository: 404, the Hub's EntryNotFound, nothing of the machine's files
+        for path in ('/timm-spa/resnet18_spa.folder/resolve/main/..%2f..%2f..%2fetc%2fpasswd',
+                     '/timm-spa/resnet18_spa.folder/resolve/main/../../../etc/passwd', '/..%2f..%2fetc%2fpasswd'):
+            status, headers, body = _http_get(server.endpoint + path)
+            assert (status, headers.get('X-Error-Code'), body) == (404, 'EntryNotFound', b''), (path, status, body)
     return code, err
+
+
+def _http_get(url: str):
+    """Status, headers and body of a GET sent exactly as written (no client normalises the path)."""
+    import http.client
+    import urllib.parse
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+    try:
+        connection.request('GET', url[len(f'{parts.scheme}://{parts.netloc}'):])
+        response = connection.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        connection.close()
 
 
 @probe("a config.json whose `model_args` were edited into an argument timm-spa does not take (`attn_kwarg`)",
