@@ -1,5 +1,6 @@
 """--decode-cache: every image decoded once into an array file, read back instead of the image files."""
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -77,6 +78,39 @@ def test_a_changed_file_gets_a_new_array_and_a_truncated_one_is_rebuilt(tmp_path
     third = load_dataset('tinyimagenet', str(data), 4, decode_cache=str(cache), log=lines.append)
     assert any('decoding' in line for line in lines)
     np.testing.assert_array_equal(third.test.pixels, second.test.pixels)
+
+
+def test_pixels_changed_in_place_are_decoded_again_with_a_note(tmp_path):
+    """The array rewritten in place with the same shape (pixels inverted), or found without its digest (an earlier
+    version's, or one whose digest was deleted): the next run says so and decodes the files again, and trains on
+    their pixels."""
+    data = write_image_folders(tmp_path / 'data')
+    cache = tmp_path / 'cache'
+    first = load_dataset('folder', str(data), 8, decode_cache=str(cache), log=lambda _: None)
+    expected = np.array(first.train.pixels)
+    array = next(p for p in cache.glob('decoded-*.npy') if np.load(p, mmap_mode='r').shape[0] == len(first.train))
+    assert _digest_file(array).read_text().strip() == hashlib.sha256(expected.tobytes()).hexdigest()
+    for tamper, said in ((_invert, 'changed after it was written'), (_drop_digest, 'no digest beside it')):
+        tamper(array)
+        lines = []
+        again = load_dataset('folder', str(data), 8, decode_cache=str(cache), log=lines.append)
+        assert any(str(array) in line and said in line for line in lines), lines
+        np.testing.assert_array_equal(again.train.pixels, expected)
+        np.testing.assert_array_equal(np.asarray(again.train.load(0)[0]), expected[0])
+
+
+def _digest_file(array: Path) -> Path:
+    return array.with_name(array.name + '.sha256')
+
+
+def _invert(array: Path) -> None:
+    pixels = np.load(array, mmap_mode='r+')
+    pixels[:] = 255 - pixels
+    pixels.flush()
+
+
+def _drop_digest(array: Path) -> None:
+    _digest_file(array).unlink()
 
 
 def test_a_corrupt_image_is_named(tmp_path):

@@ -5,8 +5,11 @@ file before epoch 0. With `--decode-cache DIR` the first run decodes each image 
 `DIR/decoded-KEY.npy` ((N, H, W, 3) uint8, written to a temporary name and renamed when complete); later runs,
 every rank and every loader worker read pixels from it. KEY is the SHA-256 of every image file's bytes with
 its label, in order, so a changed, added or removed file (or another split) gets another file, never stale
-pixels. A file that does not read back as the array it should be is rebuilt; a data set whose images differ
-in size, or a disk too full to hold the array, is read from its files as before (with a note).
+pixels. The SHA-256 of the pixels goes beside it (`decoded-KEY.npy.sha256`) and is checked once each time a run
+opens the array: an array changed after it was written (the same shape, other pixels) is decoded again, with a
+note, so the key of the files vouches for the pixels trained on. A file that does not read back as the array it
+should be is rebuilt; a data set whose images differ in size, or a disk too full to hold the array, is read from
+its files as before (with a note).
 """
 import hashlib
 import os
@@ -34,14 +37,36 @@ def fingerprint(read_bytes: Callable[[int], bytes], labels) -> str:
     return digest.hexdigest()
 
 
-def _open(path: Path, count: int) -> Optional[np.ndarray]:
-    """The array in `path` if it is a complete (count, H, W, 3) uint8 array, else None."""
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + '.sha256')
+
+
+def _pixels_digest(array: np.ndarray) -> str:
+    """SHA-256 of the array's pixels, read in chunks of about 64 MiB."""
+    digest, flat = hashlib.sha256(), array.reshape(-1)
+    for start in range(0, flat.size, 1 << 26):
+        digest.update(flat[start:start + (1 << 26)])
+    return digest.hexdigest()
+
+
+def _open(path: Path, count: int, log: Callable[[str], None], verify: bool = True) -> Optional[np.ndarray]:
+    """The array in `path` if it is a complete (count, H, W, 3) uint8 array whose pixels are the ones its digest
+    file recorded (with `verify`), else None."""
     try:
         array = np.load(path, mmap_mode='r')
     except (OSError, ValueError):
         return None
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[0] != count or array.shape[3] != 3:
         return None
+    if verify:
+        try:
+            recorded = _digest_path(path).read_text().strip()
+        except OSError:
+            recorded = None
+        if recorded != _pixels_digest(array):
+            log(f'note: the decode cache {path} does not hold the pixels its digest recorded ('
+                + ('changed after it was written' if recorded else 'no digest beside it') + '); decoding again.')
+            return None
     return array
 
 
@@ -62,6 +87,8 @@ def _build(samples, path: Path, log: Callable[[str], None]) -> Optional[np.ndarr
             'MiB free; reading the image files instead. Free space there or choose another --decode-cache folder.')
         return None
     tmp = path.with_name(f'.{path.name}.{os.getpid()}.tmp')
+    digest_tmp = _digest_path(tmp)
+    digest = hashlib.sha256()
     try:
         with open(tmp, 'wb') as f:
             np.lib.format.write_array_header_1_0(f, header)
@@ -72,7 +99,12 @@ def _build(samples, path: Path, log: Callable[[str], None]) -> Optional[np.ndarr
                         f'{samples.name_fn(0)} {first.shape[1]}x{first.shape[0]}: images of different sizes are '
                         'read from their files, not cached.')
                     return None
-                f.write(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes())
+                data = np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()
+                digest.update(data)
+                f.write(data)
+        digest_tmp.write_text(digest.hexdigest() + '\n')
+        # the digest first: killed between the two, an older array meets a newer digest and is decoded again
+        os.replace(digest_tmp, _digest_path(path))
         os.replace(tmp, path)
     except OSError as e:  # the disk filled up meanwhile, most likely: training still works, from the files
         log(f'note: could not write the decode cache {path} ({e}); reading the image files instead. Free space '
@@ -80,7 +112,8 @@ def _build(samples, path: Path, log: Callable[[str], None]) -> Optional[np.ndarr
         return None
     finally:
         tmp.unlink(missing_ok=True)
-    return _open(path, len(samples))
+        digest_tmp.unlink(missing_ok=True)
+    return _open(path, len(samples), log, verify=False)
 
 
 def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
@@ -98,9 +131,9 @@ def decoded(samples, cache_dir: Path, log: Callable[[str], None] = print):
         raise DecodeCacheError(f'--decode-cache {cache_dir}: cannot write there ({e.strerror or e}). Choose a '
                                'folder you can write, or drop --decode-cache.') from None
     try:
-        array = _open(path, len(samples))
+        array = _open(path, len(samples), log)
         if array is None:
-            for stale in cache_dir.glob(f'.{path.name}.*.tmp'):  # left by a killed build: we hold the lock
+            for stale in cache_dir.glob(f'.{path.name}.*.tmp*'):  # left by a killed build: we hold the lock
                 stale.unlink(missing_ok=True)
             log(f'decoding {len(samples):,} images once into {path}')
             array = _build(samples, path, log)
