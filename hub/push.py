@@ -32,7 +32,7 @@ from train.checkpoint import current_umask, file_sha256
 from .card import with_history
 from .export import machine_paths
 from .release_slot import ReleaseSlot
-from .releases import needs_remeasure
+from .releases import check_against_remeasured, needs_remeasure
 from .repository import (
     CARD,
     HISTORY,
@@ -258,6 +258,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
     if mirror:
         changed = push_to_mirror(repo, repo_id, Path(mirror), replace)
     elif releases:
+        check_against_remeasured(Path(releases), repo_id, repo)
         changed = push_to_releases(repo, repo_id, Path(releases), replace)
     else:
         changed = True

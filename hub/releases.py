@@ -289,6 +289,23 @@ def _repo_id(repo: Repository) -> str:
     return f'{repo.folder.parent.name}/{repo.folder.name}'
 
 
+def check_against_remeasured(releases: Path, repo_id: str, repo: Repository) -> None:
+    """Refuse numbers that the whole-split re-measurement of the very same weights in RELEASES/remeasured.json
+    contradicts: a card says what its weights give (an edited results.json would otherwise reach the card and the
+    table, and only CI's later check would catch it)."""
+    try:
+        entry = read_remeasured(Path(releases)).get(repo_id)
+    except RepositoryError:
+        return  # unreadable: push asks for `hub remeasure` afterwards, which replaces it
+    if _of_current_weights(entry, repo) and not _agrees_with_card(entry, repo):
+        card = repo.results
+        raise RepositoryError(
+            f'{repo.folder / "results.json"} says test top-1 {card.test_top1:.2f} and top-5 {card.test_top5:.2f} '
+            f'on {card.dataset.test_images:,} images, but {Path(releases) / REMEASURED} measured these very weights '
+            f"at {entry['top1']:.2f} and {entry['top5']:.2f} on {entry['images']:,}: a card says what its weights "
+            'give. Export the run again (its own numbers), or run `python -m hub remeasure` if the data changed.')
+
+
 def needs_remeasure(releases: Path, repo_id: str, repo: Repository) -> bool:
     """Whether RELEASES/remeasured.json lacks what CI asks of `repo` released as `repo_id`: a whole-split
     re-measurement of its very weights that agrees with its card (a push of a new card alone keeps it)."""

@@ -493,6 +493,24 @@ def released_config_edited_in_place(ws):
         return call(hub_main, ['remeasure', str(releases), '--check', '--data', f'folder={ws.data}'])
 
 
+@probe("`python -m hub export RELEASE --output NEW` of a copy whose results.json says test top-1 + 2, then `hub push "
+       "NEW --releases DIR` (no --replace: the same weights)", 'measured these very weights at',
+       'the release, its card and remeasured.json', code=1)
+def push_of_edited_numbers(ws):
+    from hub.__main__ import main as hub_main
+    releases = ws.releases('edited-numbers')
+    done = call(hub_main, ['remeasure', str(releases), '--data', f'folder={ws.data}'])
+    assert done[0] == 0, done
+    copy = Path(shutil.copytree(releases / 'timm-spa' / 'resnet18_spa.folder', ws.root / 'edited-numbers-copy'))
+    results = json.loads((copy / 'results.json').read_text())
+    (copy / 'results.json').write_text(json.dumps(dict(results, test_top1=results['test_top1'] + 2), indent=2))
+    exported = ws.root / 'edited-numbers-new'
+    done = call(hub_main, ['export', str(copy), '--output', str(exported)])
+    assert done[0] == 0, done
+    with unchanged(releases):
+        return call(hub_main, ['push', str(exported), '--releases', str(releases)])
+
+
 @probe('`python -m hub remeasure releases/ --data folder=DIR` where a card says other numbers than its weights give',
        'do not measure what their cards say', 'releases/remeasured.json')
 def remeasure_edited_card(ws):
