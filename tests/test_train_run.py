@@ -255,8 +255,9 @@ def test_mixing_needs_an_even_batch(folder_data, tmp_path, capsys):
 
 
 def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
-    """--sched-on-updates with warm-up: the LR after each epoch is timm's cosine at that update, computed
-    here from the formula; the paper's per-epoch schedule keeps it constant within an epoch."""
+    """--sched-on-updates with warm-up: the LR of each epoch's first update (summary.csv's lr) is the warm-up's start,
+    then timm's cosine at that update, computed here from the formula; the paper's per-epoch schedule keeps it
+    constant within an epoch."""
     out = tmp_path / 'run'
     _run(folder_data, out, '--epochs', '3', '--opt', 'sgd', '--sched-on-updates', '--warmup-epochs', '1',
          '--warmup-lr', '0.01', '--smoothing', '0.1')
@@ -266,8 +267,8 @@ def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
     header = rows[0].split(',')
     lrs = [float(r.split(',')[header.index('lr')]) for r in rows[1:]]
     for epoch, lr in enumerate(lrs):
-        t = (epoch + 1) * updates
-        expected = 0.05 * 0.5 * (1 + math.cos(math.pi * t / total)) if t >= warmup else None
+        t = epoch * updates
+        expected = 0.05 * 0.5 * (1 + math.cos(math.pi * t / total)) if t >= warmup else 0.01 + t * 0.04 / warmup
         assert lr == pytest.approx(expected), (epoch, lr)
     args = json.loads((out / 'results.json').read_text())['args']
     assert args['opt'] == 'sgd' and args['smoothing'] == 0.1 and args['sched_on_updates']
@@ -277,15 +278,16 @@ def test_budget_recipe_steps_the_lr_every_update(folder_data, tmp_path):
 
 def test_poly_schedule_with_decay_rate_one_decays_linearly_to_zero(folder_data, tmp_path):
     """--sched poly --decay-rate 1 (timm's names): after the warm-up the LR falls on a straight line from the
-    peak at update 0 to 0 at the last update, computed here from that line."""
+    peak at update 0 to 0 at the last update, computed here from that line (each epoch's first update in
+    summary.csv, the last update's in the checkpoint)."""
     out = tmp_path / 'run'
     _run(folder_data, out, '--epochs', '4', '--opt', 'sgd', '--sched', 'poly', '--decay-rate', '1',
          '--sched-on-updates', '--warmup-epochs', '1', '--warmup-lr', '0.01')
     updates = 40 // 8  # 40 training images, batch 8, drop_last
     total = 4 * updates
     lrs = [row['lr'] for row in read_summary(out / 'summary.csv')]
-    assert lrs == pytest.approx([0.05 * (1 - (epoch + 1) * updates / total) for epoch in range(4)])
-    assert lrs[-1] == 0.0
+    assert lrs == pytest.approx([0.01] + [0.05 * (1 - epoch * updates / total) for epoch in range(1, 4)])
+    assert load_training_state(out / LAST)['optimizer']['param_groups'][0]['lr'] == 0.0
     assert json.loads((out / 'results.json').read_text())['args']['decay_rate'] == 1.0
 
 
