@@ -24,9 +24,14 @@ def register() -> None:
         import timm
 
         import timm_spa.models  # noqa: F401  registers the models
-        if not timm.is_model('resnet18_spa'):  # timm imported anew (its modules deleted), ours still cached: the
-            import importlib  # new registry gets them from the module that registers them, run again
-            importlib.reload(sys.modules['timm_spa.models.cifar_resnet'])
+        models = sys.modules.get('timm_spa.models.cifar_resnet')
+        # timm imported anew (its modules deleted), ours still cached: the new registry gets them from the module
+        # that registers them, run again; never while that module is itself being imported (it imported timm, and
+        # registers when it goes on)
+        if models is not None and not timm.is_model('resnet18_spa') and \
+                not getattr(models.__spec__, '_initializing', False):
+            import importlib
+            importlib.reload(models)
     except Exception as e:  # a broken plugin must not break timm itself
         import warnings
         warnings.warn(f'timm-spa could not register its models with timm: {e!r} (set {DISABLE_ENV}=1 to stop '

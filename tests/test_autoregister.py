@@ -29,12 +29,18 @@ def test_the_hook_is_installed_here_and_imports_nothing_heavy():
     "timm = __import__('timm')",
     "import importlib.util; importlib.util.find_spec('timm.models'); import timm.models; import timm",
     "from transformers.utils import is_timm_available; assert is_timm_available(); import timm",
-], ids=['find_spec', 'find_spec-3x', 'import_module', '__import__', 'submodule', 'transformers-probe'])
+    "import timm_spa; import timm",  # the hook runs while timm_spa.models is still being imported
+    "import timm_spa.models.cifar_resnet; import timm",
+], ids=['find_spec', 'find_spec-3x', 'import_module', '__import__', 'submodule', 'transformers-probe', 'timm_spa-first',
+        'cifar_resnet-first'])
 def test_models_register_after_probes(first):
+    """Registered once, whatever comes first: a second registration is timm's 'Overwriting ... in registry'
+    warning, once per model."""
     if 'transformers' in first:
         pytest.importorskip('transformers')
     done = _python(f'import sys; {first}; {REGISTERED}')
     assert done.stdout.split() == ['True', 'True'], done.stderr
+    assert 'Overwriting' not in done.stderr, done.stderr
 
 
 @pytest.mark.parametrize('deleted', ["m.startswith('timm')", "m == 'timm' or m.startswith('timm.')"],
