@@ -1,5 +1,5 @@
 """python -m hub export RUN_DIR --output DIR
-| push DIR [--repo-id ORG/NAME] [--mirror PATH | --releases DIR] [--replace]
+| push DIR [--repo-id ORG/NAME] [--releases DIR] [--replace]
 | serve RELEASES_DIR [--port N] | table RELEASES_DIR | remeasure RELEASES_DIR --data NAME=DIR [--check]"""
 import argparse
 from pathlib import Path
@@ -8,7 +8,6 @@ from typing import List, Optional
 from train.cli import UsageError, add_debug_flag, interrupt_on_termination, run_cli
 
 from .export import export_run
-from .mirror import ServerError, serve
 from .push import publish
 from .releases import (
     check_remeasured,
@@ -18,6 +17,7 @@ from .releases import (
     released_repositories,
     remeasure,
 )
+from .serve import serve
 
 PROG = 'python -m hub'
 
@@ -31,21 +31,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     export.add_argument('--output', required=True, help='the repository folder to write (outside the run)')
     export.add_argument('--repo-id', default=None, help='ORG/NAME it will live at (default: the project org)')
     export.add_argument('--overwrite', action='store_true', help='replace an exported repository at --output')
-    push = commands.add_parser('push', help='upload an exported folder to the Hub, a local mirror or releases/')
+    push = commands.add_parser('push', help='upload an exported folder to the Hub or into a releases folder')
     push.add_argument('folder')
     push.add_argument('--repo-id', default=None, help='ORG/NAME (default: the id it was exported for)')
     push.add_argument('--dry-run', action='store_true', help='list what would be uploaded, upload nothing')
-    push.add_argument('--mirror', default=None, help='commit into PATH/models/ORG/NAME (olah layout) instead')
     push.add_argument('--releases', default=None,
                       help="copy into DIR/ORG/NAME (a new name in the project's releases/: add it to RELEASED)")
     push.add_argument('--replace', action='store_true',
-                      help='let --mirror/--releases replace the weights published under this name (the replaced '
+                      help='let --releases replace the weights published under this name (the replaced '
                            'release is kept in its history.json and on its card)')
     push.add_argument('--private', action='store_true')
     serve_cmd = commands.add_parser('serve', help='serve every repository of a releases folder over the Hub API')
     serve_cmd.add_argument('releases', help='a folder of ORG/NAME repositories, e.g. releases/')
     serve_cmd.add_argument('--port', type=int, default=None, help='default: a free port')
-    serve_cmd.add_argument('--workdir', default=None, help='keep the served mirror here (default: a temporary one)')
     table = commands.add_parser('table', help='print the table of the released weights (docs/releases.md)')
     table.add_argument('releases')
     table.add_argument('--short', action='store_true', help="the README's short table, each row linking its card")
@@ -67,11 +65,11 @@ def main(argv: Optional[List[str]] = None) -> None:
             print(f'exported {args.run_dir} to {out}')
             return out
         if args.command == 'push':
-            if args.replace and not (args.mirror or args.releases):
-                raise UsageError('--replace applies to --mirror and --releases; a Hub repository keeps every earlier '
+            if args.replace and not args.releases:
+                raise UsageError('--replace applies to --releases; a Hub repository keeps every earlier '
                                  'commit in its own history. Drop --replace.')
-            return publish(args.folder, args.repo_id, args.dry_run, args.mirror, args.private, args.releases,
-                           replace=args.replace)
+            return publish(args.folder, args.repo_id, dry_run=args.dry_run, private=args.private,
+                           releases=args.releases, replace=args.replace)
         if args.command == 'remeasure':
             data_dirs = parse_data_dirs(args.data)
             return (check_remeasured if args.check else remeasure)(Path(args.releases), data_dirs)
@@ -81,12 +79,12 @@ def main(argv: Optional[List[str]] = None) -> None:
             return text
         if args.port is not None and not 1 <= args.port <= 65535:
             raise UsageError(f'--port {args.port} is not a TCP port (1-65535); leave it out for a free one.')
-        return serve(args.releases, args.port, args.workdir)
+        return serve(args.releases, args.port)
 
     if args.command == 'serve':  # it stops on every signal itself, and says so
-        return run_cli(PROG, body, args.debug, (ServerError,))
+        return run_cli(PROG, body, args.debug)
     with interrupt_on_termination():  # SIGTERM and SIGHUP end a push as Ctrl-C does: its staging folder removed
-        return run_cli(PROG, body, args.debug, (ServerError,))
+        return run_cli(PROG, body, args.debug)
 
 
 if __name__ == '__main__':

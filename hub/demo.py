@@ -1,8 +1,8 @@
 """The main job's last steps (`bash scripts/demo.sh`), offline, on loopback servers:
 
-1. publish the demo's own run: export it, push it into a local mirror, serve the mirror over the Hub's
-   HTTP API (olah), reload the model with `pretrained=True` in a fresh interpreter and check that it
-   scores exactly what its model card says;
+1. publish the demo's own run: export it, serve it over the Hub's HTTP API (`hub.serve`), reload the
+   model with `pretrained=True` in a fresh interpreter and check that it scores exactly what its model card
+   says;
 2. serve the released weights (`releases/`), load `resnet18_spa` with `pretrained=True` through that
    server, classify the demo images (real CIFAR-10 test images kept in docs/demo-images/) and draw
    what its SPA block attends to.
@@ -33,9 +33,9 @@ from train.run_dir import RunDir
 from visualize.figure import Request, draw_attention
 
 from .export import default_repo_id, export_run
-from .mirror import MirrorServer, ServerError, build_mirror
-from .push import publish
 from .releases import released_repositories
+from .repository import read_repository
+from .serve import HubServer, by_layout
 
 RELEASES = CHECKOUT / 'releases'
 DEMO_IMAGES = CHECKOUT / 'docs' / 'demo-images'
@@ -54,10 +54,8 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
     finished = RunDir(run_dir).read_finished()
     repo_id = default_repo_id(finished.results)
     folder = export_run(run_dir, str(workdir / 'hub-repo'), repo_id, overwrite=True)
-    mirror = workdir / 'hub-mirror'
-    publish(str(folder), repo_id, mirror=str(mirror), replace=True)  # the demo's own mirror: each run replaces it
     trained, data = finished.results.args, finished.results.dataset
-    with MirrorServer(mirror, workdir / 'olah') as server:
+    with HubServer({repo_id: read_repository(folder)}) as server:
         command = [sys.executable, '-m', 'train.validate', '--model', f'hf-hub:{repo_id}', '--pretrained',
                    '--dataset', data.name, '--split', 'test', '--output-json', str(workdir / 'reloaded.json'),
                    '--val-size', str(data.val_images), '--val-split-seed', str(data.val_split_seed),
@@ -72,7 +70,7 @@ def publish_and_reload(run_dir: str, workdir: Path) -> dict:
           f"| reloaded with pretrained=True from {server.endpoint} | {report['top1']:.2f} | {report['top5']:.2f} |")
     if (report['top1'], report['top5']) != (card.test_top1, card.test_top5):
         sys.exit('error: the reloaded model does not reproduce the model card.')
-    print(f'equal. Hub repository folder: {folder}; mirror: {mirror}', flush=True)
+    print(f'equal. Hub repository folder: {folder}', flush=True)
     return report
 
 
@@ -80,12 +78,11 @@ def publish_and_release(run_dir: str, workdir: Path) -> None:
     """Both steps: step 2 (the released weights over a local Hub, classifying real CIFAR-10 test images) in a
     child interpreter started first, step 1 (`publish_and_reload`) here meanwhile; the child's lines are
     printed after those of step 1."""
-    repos = released_repositories(RELEASES)
-    mirror = build_mirror(repos, workdir / 'releases-mirror')
+    repos = by_layout(released_repositories(RELEASES))
     images = [str(p) for p in sorted(DEMO_IMAGES.glob('*.png'))]
     command = [sys.executable, '-m', 'hub.demo', 'classify', '--output', str(workdir / 'release-attention.png'),
                *images]
-    with MirrorServer(mirror, workdir / 'olah-releases') as server:
+    with HubServer(repos) as server:
         with tempfile.TemporaryFile('w+') as lines:
             child = subprocess.Popen(command, env=_env(workdir, server.endpoint), stdout=lines,
                                      stderr=subprocess.STDOUT, cwd=CHECKOUT, text=True)
@@ -148,7 +145,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             classify(args.images, args.output)
 
     run_cli('python -m hub.demo', body, args.debug,
-            (ServerError, PretrainedWeightsUnavailable, WeightsDownloadError, subprocess.CalledProcessError))
+            (PretrainedWeightsUnavailable, WeightsDownloadError, subprocess.CalledProcessError))
 
 
 if __name__ == '__main__':

@@ -1,23 +1,19 @@
-"""Publish an exported folder: to the Hugging Face Hub, as a git repository into a local mirror, or into
-the project's `releases/` folder.
+"""Publish an exported folder: to the Hugging Face Hub, or into a releases folder (the project's `releases/`,
+or one of a site's own, which `python -m hub serve DIR` serves over the Hub's API).
 
-A local mirror (`--mirror PATH`) is laid out as `PATH/models/ORG/NAME`, branch `main`: what olah
-serves over the Hub's HTTP API, for air-gapped sites and for this project's tests. `--releases DIR`
-writes the folder to `DIR/ORG/NAME` in one step, one push of a name at a time (`hub.release_slot`); a new
-`arch.tag` of the project's organisation in the project's own releases/ folder gets the line to add to the
-library's `RELEASED` (what `timm.list_pretrained()` lists). Every way checks the folder first: its files belong
-together, and a repository named `arch.tag` holds exactly that.
+`--releases DIR` writes the folder to `DIR/ORG/NAME` in one step, one push of a name at a time
+(`hub.release_slot`); a new `arch.tag` of the project's organisation in the project's own releases/ folder gets
+the line to add to the library's `RELEASED` (what `timm.list_pretrained()` lists). Every way checks the folder
+first: its files belong together, and a repository named `arch.tag` holds exactly that.
 
-A published name keeps its weights: a mirror or releases destination that already publishes other
-weights is refused unless `--replace`, which keeps the replaced release (run id, numbers, weights hash)
-in the repository's `history.json` and on its card. Pushing what is already there changes nothing.
+A published name keeps its weights: a releases destination that already publishes other weights is refused
+unless `--replace`, which keeps the replaced release (run id, numbers, weights hash) in the repository's
+`history.json` and on its card. Pushing what is already there changes nothing.
 """
-import contextlib
 import filecmp
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,12 +46,6 @@ from .repository import (
 
 # the project's own releases/ folder (in a source checkout): the one whose names the library's RELEASED lists
 PROJECT_RELEASES = Path(__file__).resolve().parents[1] / 'releases'
-
-
-def _git(cwd: Path, *args: str) -> None:
-    env = dict(os.environ, GIT_AUTHOR_NAME='timm-spa', GIT_AUTHOR_EMAIL='timm-spa@localhost',
-               GIT_COMMITTER_NAME='timm-spa', GIT_COMMITTER_EMAIL='timm-spa@localhost')
-    subprocess.run(['git', *args], cwd=cwd, env=env, check=True, capture_output=True, text=True)
 
 
 def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
@@ -131,53 +121,15 @@ def _same(files: Dict[str, Union[Path, str]], target: Path) -> bool:
     return True
 
 
-def _write(files: Dict[str, Union[Path, str]], target: Path, link: bool = False) -> None:
-    """Lay `files` out under `target` (a hard link where `link` and the file system allow, else a copy)."""
+def _write(files: Dict[str, Union[Path, str]], target: Path) -> None:
+    """Lay `files` out under `target`, copies."""
     for name, source in files.items():
         dest = target / name
         dest.parent.mkdir(parents=True, exist_ok=True)
         if not isinstance(source, Path):
             dest.write_text(source)
             continue
-        if link:
-            with contextlib.suppress(OSError):
-                os.link(source, dest)
-                continue
         shutil.copy2(source, dest)
-
-
-def sync_git_repository(files: Dict[str, Union[Path, str]], target: Path, message: str, link: bool = False,
-                        objects: Optional[Path] = None) -> bool:
-    """Make branch `main` of the git repository `target` hold exactly `files`; False when it already did.
-
-    `objects`: another repository's object store to borrow blobs from (git alternates), so that weights
-    already committed there are not stored a second time.
-    """
-    if not (target / '.git').is_dir():
-        target.mkdir(parents=True, exist_ok=True)
-        _git(target, 'init', '-q', '-b', 'main')
-    if objects is not None:
-        (target / '.git' / 'objects' / 'info' / 'alternates').write_text(f'{objects.resolve()}\n')
-    has_commit = subprocess.run(['git', 'rev-parse', '--verify', '-q', 'HEAD'], cwd=target,
-                                capture_output=True).returncode == 0
-    if has_commit and _same(files, target):
-        return False
-    for entry in target.iterdir():  # the new commit holds exactly these files
-        if entry.name != '.git':
-            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
-    _write(files, target, link)
-    _git(target, 'add', '-A')
-    _git(target, 'commit', '-q', '--allow-empty', '-m', message)
-    return True
-
-
-def push_to_mirror(repo: Repository, repo_id: str, mirror: Path, replace: bool = False) -> bool:
-    """Commit the folder's files as the new state of branch `main` of PATH/models/ORG/NAME; False when that
-    already was its state."""
-    target = mirror / 'models' / repo_id
-    _refuse_nesting(repo.folder, target, '--mirror')
-    files = planned_files(repo, target, repo_id, replace)
-    return sync_git_repository(files, target, f'Upload {repo_id} from timm-spa')
 
 
 def push_to_releases(repo: Repository, repo_id: str, releases: Path, replace: bool = False) -> bool:
@@ -211,7 +163,7 @@ def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
     token = get_token()
     if not token:
         raise RepositoryError('no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again '
-                              '(or use --mirror PATH for a local mirror).')
+                              '(or use --releases DIR for a releases folder that `python -m hub serve DIR` serves).')
     api = HfApi(token=token)
     api.create_repo(repo_id, repo_type='model', private=private, exist_ok=True)
     commit = api.upload_folder(folder_path=str(repo.folder), repo_id=repo_id, repo_type='model',
@@ -220,12 +172,12 @@ def push_to_hub(repo: Repository, repo_id: str, private: bool = False) -> str:
     return commit.commit_url
 
 
-def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, mirror: Optional[str] = None,
-            private: bool = False, releases: Optional[str] = None, replace: bool = False) -> dict:
+def publish(folder: str, repo_id: Optional[str] = None, *, dry_run: bool = False, private: bool = False,
+            releases: Optional[str] = None, replace: bool = False) -> dict:
     """Check the folder, then upload it (or with `dry_run`, list what would be uploaded).
 
-    `repo_id` defaults to the `hf_hub_id` its config was exported for. `replace` lets a mirror or releases
-    destination that publishes other weights under the name take these.
+    `repo_id` defaults to the `hf_hub_id` its config was exported for. `replace` lets a releases destination
+    that publishes other weights under the name take these.
     """
     repo = read_repository(Path(folder))
     repo_id = check_repo_id(repo_id or repo.config.get('pretrained_cfg', {}).get('hf_hub_id') or '')
@@ -241,10 +193,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
                               f'({", ".join(named)}): write it anew with `python -m hub export {folder} --output '
                               'NEW_FOLDER` (the same weights and numbers, those paths named from ~ or the checkout), '
                               'then push that.')
-    if mirror and releases:
-        raise RepositoryError('give --mirror or --releases, not both.')
-    destination = str(Path(mirror) / 'models' / repo_id) if mirror else str(Path(releases) / repo_id) if releases \
-        else f'https://huggingface.co/{repo_id}'
+    destination = str(Path(releases) / repo_id) if releases else f'https://huggingface.co/{repo_id}'
     project = releases is not None and Path(releases).resolve() == PROJECT_RELEASES
     name = tagged_name(repo_id) if project and repo_id.split('/')[0] == HF_HUB_ORG else None
     new_name = name if name not in RELEASED else None
@@ -255,9 +204,7 @@ def publish(folder: str, repo_id: Optional[str] = None, dry_run: bool = False, m
         for path in repo.files():
             print(f'  {path.relative_to(repo.folder)}  ({path.stat().st_size:,} bytes)')
         return summary
-    if mirror:
-        changed = push_to_mirror(repo, repo_id, Path(mirror), replace)
-    elif releases:
+    if releases:
         check_against_remeasured(Path(releases), repo_id, repo)
         changed = push_to_releases(repo, repo_id, Path(releases), replace)
     else:

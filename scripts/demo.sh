@@ -5,8 +5,8 @@
 #     chosen on a validation split held out of train, the test split evaluated once (AdamW, not the
 #     paper's SGD: on these 1,257 images it reached ~89% in 3 epochs where SGD at lr 0.1 needed 6, which
 #     keeps the demo under 3 minutes on an AVX2-only 2-core CPU);
-#  3. export the run as a Hub repository, publish it into a local mirror, serve the mirror over the Hub's
-#     HTTP API (olah), reload it with pretrained=True and check it scores exactly what its card says;
+#  3. export the run as a Hub repository, serve it over the Hub's HTTP API (python -m hub serve's
+#     server, on loopback), reload it with pretrained=True and check it scores exactly what its card says;
 #  4. serve the released weights (releases/), load resnet18_spa with pretrained=True through that server,
 #     classify ten real CIFAR-10 test images and draw what its SPA block attends to (in a second
 #     interpreter that runs while step 3 does; its lines come after step 3's).
@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-EXTRAS=train,hub bash scripts/setup.sh
+EXTRAS=train bash scripts/setup.sh
 OUT=${OUT:-runs/demo}
 mkdir -p "$OUT"
 setup=$((SECONDS - start))
@@ -28,5 +28,5 @@ echo "done in $((SECONDS - start)) s: set-up $setup s, the demo itself $((SECOND
 echo "  run/results.json, run/model_best.safetensors  the numbers and the weights chosen on the validation split"
 echo "  run/summary.csv, run/curves.png               per-epoch metrics, wall time, curves against epochs and hours"
 echo "  run/last.pth.tar                              resumable training state (python -m train --resume $OUT/run)"
-echo "  hub-repo/, hub-mirror/models/                 the Hub repository (card, config, weights) and its mirror"
+echo "  hub-repo/                                     the Hub repository (card, config, weights)"
 echo "  release-attention.png                         what the released resnet18_spa's SPA block attends to"

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-dev,train,hub}
+EXTRAS=${EXTRAS:-dev,train}
 # pip's torch on Linux is the CUDA build: the venv takes about 6 GiB. Say so before pip fills the disk.
 NEED_MIB=6144
 if ! { [ -x .venv/bin/python ] && .venv/bin/python -c 'import torch' 2>/dev/null; }; then

@@ -1,7 +1,7 @@
-"""Export a real (tiny) training run, publish it into a local mirror, and load it back over HTTP.
+"""Export a real (tiny) training run, publish it into a releases folder, and load it back over HTTP.
 
-The Hub is not reachable from the test machines, so the HTTP path runs against olah, a real
-Hub-compatible server, serving the mirror on loopback. Loads run in fresh interpreters of a venv
+The Hub is not reachable from the test machines, so the HTTP path runs against `python -m hub serve`'s server on
+loopback, through huggingface_hub, timm and transformers themselves. Loads run in fresh interpreters of a venv
 where timm-spa is pip-installed (regular and editable), without `import timm_spa`.
 """
 import json
@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Tuple
 
@@ -27,10 +28,10 @@ from benchmarks.startup_time import measure
 from hub.__main__ import main as hub_main
 from hub.card import model_card, model_profile
 from hub.export import export_run, portable_path
-from hub.mirror import MirrorServer, build_mirror, free_port
 from hub.push import publish
 from hub.releases import released_repositories
 from hub.repository import RepositoryError
+from hub.serve import HubServer, by_layout, free_port
 from train import train as train_script
 from train.run_dir import RunDir, RunError
 
@@ -121,12 +122,7 @@ def test_export_push_releases_serve_and_load_over_http(trained_run, installed, t
 
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = _trained_outputs(trained_run, x)
-    repos = released_repositories(releases)
-    mirror = build_mirror(repos, tmp_path / 'mirror')
-    branch = subprocess.run(['git', 'branch', '--show-current'], cwd=mirror / 'models' / REPO_ID,
-                            capture_output=True, text=True, check=True).stdout.strip()
-    assert branch == 'main'
-    with MirrorServer(mirror, tmp_path / 'olah') as server:
+    with HubServer(by_layout(released_repositories(releases))) as server:
         done, outputs = _probe(installed, dict(env, HF_ENDPOINT=server.endpoint), tmp_path, x)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'MODULES True' in done.stdout  # registered by the hook, the probe never imports timm_spa
@@ -292,14 +288,14 @@ def test_push_refuses_a_run_under_another_tag(tiny_run, tmp_path):
         with pytest.raises(RepositoryError, match=f'cannot be published as {repo_id}'):
             publish(str(folder), repo_id, releases=str(tmp_path / 'releases'))
     assert not (tmp_path / 'releases').exists()
-    publish(str(folder), 'someone/resnet18_spa.folder', mirror=str(tmp_path / 'mirror'))  # says what it is
+    publish(str(folder), 'someone/resnet18_spa.folder', releases=str(tmp_path / 'releases'))  # says what it is
 
 
-def test_push_refuses_a_folder_inside_its_mirror(trained_run, tmp_path):
-    mirror = tmp_path / 'mirror'
-    folder = export_run(str(trained_run), str(mirror / 'models' / REPO_ID))
+def test_push_refuses_a_folder_inside_its_destination(trained_run, tmp_path):
+    releases = tmp_path / 'releases'
+    folder = export_run(str(trained_run), str(releases / REPO_ID / 'exported'))
     with pytest.raises(RepositoryError, match='overlap'):
-        publish(str(folder), REPO_ID, mirror=str(mirror))
+        publish(str(folder), REPO_ID, releases=str(releases))
     assert (folder / 'model.safetensors').is_file()
 
 
@@ -467,8 +463,7 @@ def test_main_job_publishes_reloads_and_serves_the_releases(folder_data, tmp_pat
     report = json.loads((tmp_path / 'demo' / 'reloaded.json').read_text())
     assert (report['top1'], report['top5']) == (results['test_top1'], results['test_top5'])
     assert report['model'] == 'hf-hub:timm-spa/resnet18_gc.folder' and report['pretrained']
-    mirrored = tmp_path / 'demo' / 'hub-mirror' / 'models' / 'timm-spa' / 'resnet18_gc.folder'
-    assert (mirrored / 'model.safetensors').is_file()
+    assert (tmp_path / 'demo' / 'hub-repo' / 'model.safetensors').is_file()
     out = capfd.readouterr().out  # the children's lines too: the reload, the classification
     served = len(released_repositories(ROOT / 'releases'))
     assert 'equal.' in out and f'serving {served} released repositories' in out and ' of 10 right.' in out
@@ -481,30 +476,21 @@ def _second_run(folder_data: Path, out: Path) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('where', ['releases', 'mirror'])
-def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tiny_run, tmp_path, capsys,
-                                                                      where):
+def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_data, tiny_run, tmp_path, capsys):
     """Pushing other weights under a published name is refused; `--replace` replaces them and the history (file
     and card) keeps the replaced release; pushing the same content again changes nothing."""
     first = export_run(str(_second_run(folder_data, tmp_path / 'run1')), str(tmp_path / 'repo1'))
     second = export_run(str(tiny_run), str(tmp_path / 'repo2'))
-    dest = tmp_path / where
-    target = dest / ('models' if where == 'mirror' else '') / 'timm-spa' / 'resnet18_spa.folder'
-    push = ['push', '--' + where, str(dest)]
-
-    def commits() -> int:
-        if where != 'mirror':
-            return 0
-        return int(subprocess.run(['git', 'rev-list', '--count', 'HEAD'], cwd=target, capture_output=True,
-                                  text=True, check=True).stdout)
+    dest = tmp_path / 'releases'
+    target = dest / 'timm-spa' / 'resnet18_spa.folder'
+    push = ['push', '--releases', str(dest)]
 
     hub_main([*push[:1], str(first), *push[1:]])
     assert json.loads((target / 'history.json').read_text()) == []
     before = {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()}
-    n = commits()
     hub_main([*push[:1], str(first), *push[1:]])  # the same again: nothing to do
     assert 'already holds exactly this; nothing to publish' in capsys.readouterr().out
-    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before and commits() == n
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
     with pytest.raises(SystemExit) as exit_info:
         hub_main([*push[:1], str(second), *push[1:]])
     assert exit_info.value.code == 1
@@ -512,7 +498,7 @@ def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_da
     old_id = json.loads((first / 'results.json').read_text())['run_id']
     new_id = json.loads((second / 'results.json').read_text())['run_id']
     assert old_id in err and new_id in err and '--replace' in err
-    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before and commits() == n
+    assert {p.name: p.read_bytes() for p in target.iterdir() if p.is_file()} == before
     hub_main([*push[:1], str(second), *push[1:], '--replace'])
     assert (target / 'model.safetensors').read_bytes() == (second / 'model.safetensors').read_bytes()
     history = json.loads((target / 'history.json').read_text())
@@ -528,9 +514,8 @@ def test_a_published_name_keeps_its_weights_unless_replaced_on_purpose(folder_da
     assert [h['run_id'] for h in history] == [old_id, new_id]
     card = (target / 'README.md').read_text()
     assert card.count('## Release history') == 1 and new_id in card
-    if where == 'releases':
-        assert [r.name for r in released_repositories(dest)] == ['resnet18_spa.folder']
-        assert not list(dest.glob('timm-spa/.*.staging-*')) and not list(dest.glob('timm-spa/.*.replaced'))
+    assert [r.name for r in released_repositories(dest)] == ['resnet18_spa.folder']
+    assert not list(dest.glob('timm-spa/.*.staging-*')) and not list(dest.glob('timm-spa/.*.replaced'))
 
 
 def test_export_never_replaces_a_published_folder(trained_run, folder_data, tmp_path):
@@ -543,91 +528,47 @@ def test_export_never_replaces_a_published_folder(trained_run, folder_data, tmp_
     assert {p.name: p.read_bytes() for p in release.iterdir()} == before
 
 
-def test_push_replace_is_for_mirrors_and_releases(trained_run, tmp_path, capsys):
+def test_push_replace_is_for_releases(trained_run, tmp_path, capsys):
     folder = export_run(str(trained_run), str(tmp_path / 'repo'))
     with pytest.raises(SystemExit) as exit_info:
         hub_main(['push', str(folder), '--replace'])
-    assert exit_info.value.code == 2 and '--replace applies to --mirror and --releases' in capsys.readouterr().err
+    assert exit_info.value.code == 2 and '--replace applies to --releases' in capsys.readouterr().err
 
 
-def _children(pid: int) -> list:
-    path = Path(f'/proc/{pid}/task/{pid}/children')
-    return [int(c) for c in path.read_text().split()] if path.is_file() else []
-
-
-def _gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            os.kill(pid, 0)
-            state = Path(f'/proc/{pid}/stat').read_text().split(')')[-1].split()[0]
-            if state == 'Z':  # exited, waiting for its parent to read its status
-                return True
-        except (ProcessLookupError, FileNotFoundError):
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def _start_serving(releases: Path, tmp: Path) -> Tuple[subprocess.Popen, int]:
+def _start_serving(releases: Path, tmp: Path) -> Tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, '-m', 'hub', 'serve', str(releases)], cwd=ROOT,
                             env=dict(os.environ, TMPDIR=str(tmp), PYTHONUNBUFFERED='1'),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith('export HF_ENDPOINT='):
-            break
-    olah = _children(proc.pid)
-    assert len(olah) == 1, olah
-    assert len(list(tmp.glob('timm-spa-serve-*'))) == 1
-    return proc, olah[0]
+            return proc, line.split('=', 1)[1].strip()
+    raise AssertionError(f'hub serve exited with {proc.wait()} before serving')
 
 
 @pytest.fixture(scope='module')
 def served_releases(trained_run, tmp_path_factory):
-    """A releases folder committed in a git repository of its own, as the project's releases/ are."""
     root = tmp_path_factory.mktemp('served')
     folder = export_run(str(trained_run), str(root / 'repo'))
-    releases = root / 'project' / 'releases'
-    publish(str(folder), REPO_ID, releases=str(releases))
-    env = dict(os.environ, GIT_AUTHOR_NAME='t', GIT_AUTHOR_EMAIL='t@t', GIT_COMMITTER_NAME='t',
-               GIT_COMMITTER_EMAIL='t@t')
-    for args in (['init', '-q'], ['add', '-A'], ['commit', '-q', '-m', 'releases']):
-        subprocess.run(['git', *args], cwd=root / 'project', env=env, check=True, capture_output=True)
-    return releases
+    publish(str(folder), REPO_ID, releases=str(root / 'releases'))
+    return root / 'releases'
 
 
 @pytest.mark.parametrize('signals', [(signal.SIGTERM,), (signal.SIGHUP,), (signal.SIGINT, signal.SIGINT)],
                          ids=['SIGTERM', 'SIGHUP', 'SIGINT-twice'])
 @pytest.mark.slow
 def test_serve_stops_cleanly_on_every_stop_signal(served_releases, tmp_path, signals):
-    proc, olah = _start_serving(served_releases, tmp_path)
-    work = next(tmp_path.glob('timm-spa-serve-*'))
-    mirrored = work / 'mirror' / 'models' / REPO_ID
+    proc, endpoint = _start_serving(served_releases, tmp_path)
     weights = served_releases / REPO_ID / 'model.safetensors'
-    # no weights were copied: the work tree links the release file, git borrows the project's objects
-    assert (mirrored / 'model.safetensors').stat().st_ino == weights.stat().st_ino
-    git_bytes = sum(p.stat().st_size for p in (mirrored / '.git').rglob('*') if p.is_file())
-    assert git_bytes < weights.stat().st_size / 10, git_bytes
+    with urllib.request.urlopen(f'{endpoint}/{REPO_ID}/resolve/main/config.json') as answer:
+        assert answer.read() == (served_releases / REPO_ID / 'config.json').read_bytes()
     for sig in signals:
         proc.send_signal(sig)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
     assert 'Traceback' not in out and out.strip().endswith('stopped'), out
-    assert _gone(olah) and not list(tmp_path.glob('timm-spa-serve-*'))
-    assert weights.is_file()
-
-
-@pytest.mark.slow
-def test_serve_killed_hard_takes_its_server_along_and_the_next_start_cleans_up(served_releases, tmp_path):
-    from hub.mirror import remove_stale_workdirs
-    proc, olah = _start_serving(served_releases, tmp_path)
-    proc.kill()
-    proc.wait(timeout=30)
-    assert _gone(olah), 'olah outlived its parent'
-    left = list(tmp_path.glob('timm-spa-serve-*'))
-    assert len(left) == 1
-    assert remove_stale_workdirs(tmp_path) == left and not left[0].exists()
-    assert (served_releases / REPO_ID / 'model.safetensors').is_file()
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f'{endpoint}/{REPO_ID}/resolve/main/config.json', timeout=5)
+    assert not list(tmp_path.iterdir()) and weights.is_file()  # nothing written, nothing left
 
 
 def _plain_predictions(folder: Path, data: Path) -> Tuple[list, list]:

@@ -1,6 +1,6 @@
 """The released weights in releases/: served as a Hub, loaded with pretrained=True, and their numbers measured again.
 
-Every release folder is checked (its files belong together, its config builds), served with olah,
+Every release folder is checked (its files belong together, its config builds), served with `hub serve`,
 loaded through `timm.create_model(..., pretrained=True)` (and torch.hub) in a fresh interpreter, and
 compared with the folder's own file. releases/remeasured.json must hold a whole-split re-measurement of
 exactly these weights that agrees with each card (`python -m hub remeasure`, run before a release lands),
@@ -23,7 +23,6 @@ from safetensors.torch import load_file
 
 from hub.card import with_history
 from hub.export import export_run
-from hub.mirror import MirrorServer, build_mirror
 from hub.releases import (
     check_remeasured,
     front_table,
@@ -34,6 +33,7 @@ from hub.releases import (
     training_recipe,
 )
 from hub.repository import read_history
+from hub.serve import HubServer, by_layout
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
 
 RELEASES = ROOT / 'releases'
@@ -200,14 +200,13 @@ def test_table_gives_the_release_each_row_replaced(released, tmp_path):
 @pytest.mark.slow
 def test_served_release_loads_with_pretrained_true(released, tmp_path):
     names = [r.folder.name for r in released]
-    mirror = build_mirror(released, tmp_path / 'mirror')
     sizes = {r.results.dataset.image_size for r in released}
     inputs = {s: torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(s)) for s in sizes}
     torch.save(inputs, tmp_path / 'x.pt')
     (tmp_path / 'load.py').write_text(LOAD)
     env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_HUB_DISABLE_TELEMETRY='1')
     env.pop('HF_HUB_OFFLINE', None)
-    with MirrorServer(mirror, tmp_path / 'olah') as server:
+    with HubServer(by_layout(released)) as server:
         done = subprocess.run([sys.executable, str(tmp_path / 'load.py'), json.dumps(names), str(tmp_path / 'x.pt'),
                                str(tmp_path / 'out.json'), str(ROOT)], env=dict(env, HF_ENDPOINT=server.endpoint),
                               capture_output=True, text=True, timeout=600, cwd=tmp_path)

@@ -879,14 +879,16 @@ def test_initial_checkpoint_refuses_what_it_cannot_start_from(folder_data, tmp_p
 
 @pytest.mark.slow
 def test_initial_checkpoint_from_a_served_repository(folder_data, tmp_path):
-    """hf-hub:ORG/NAME through HF_ENDPOINT (a mirror served with olah): the parent's repo id is recorded."""
+    """hf-hub:ORG/NAME through HF_ENDPOINT (a releases folder served by `hub serve`): the parent's repo id is
+    recorded."""
     from hub.export import export_run
-    from hub.mirror import MirrorServer
     from hub.push import publish
+    from hub.releases import released_repositories
+    from hub.serve import HubServer, by_layout
     parent = _run(folder_data, tmp_path / 'parent', '--epochs', '1')
     repo = export_run(str(tmp_path / 'parent'), str(tmp_path / 'repo'), 'someone/resnet18_spa.folder')
-    publish(str(repo), 'someone/resnet18_spa.folder', mirror=str(tmp_path / 'mirror'))
-    with MirrorServer(tmp_path / 'mirror', tmp_path / 'olah') as server:
+    publish(str(repo), 'someone/resnet18_spa.folder', releases=str(tmp_path / 'releases'))
+    with HubServer(by_layout(released_repositories(tmp_path / 'releases'))) as server:
         env = dict(os.environ, HF_ENDPOINT=server.endpoint, HF_HOME=str(tmp_path / 'hf'), OMP_NUM_THREADS='1')
         env.pop('HF_HUB_OFFLINE', None)
         done = subprocess.run([sys.executable, '-m', 'train', *TINY, '--data-dir', str(folder_data), '--epochs', '1',

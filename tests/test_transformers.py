@@ -1,5 +1,5 @@
 """transformers users: every release through `pipeline("image-classification")`, `AutoModelForImageClassification`
-and `AutoImageProcessor` (transformers' TimmWrapper), served as a Hub by olah, in fresh interpreters, with and
+and `AutoImageProcessor` (transformers' TimmWrapper), served as a Hub by `hub serve`, in fresh interpreters, with and
 without `import timm_spa`; and the cards' transformers snippets run as pasted."""
 import json
 import os
@@ -15,9 +15,9 @@ import torch
 from conftest import ROOT
 
 from hub.export import export_run
-from hub.mirror import MirrorServer, build_mirror
 from hub.releases import released_repositories
 from hub.repository import read_repository
+from hub.serve import HubServer, by_layout
 
 pytest.importorskip('transformers')
 
@@ -59,10 +59,9 @@ json.dump(report, open(out, 'w'))
 
 @pytest.fixture(scope='module')
 def served_releases(tmp_path_factory):
-    """olah serving releases/ (what `python -m hub serve releases/` serves), and a fresh HF cache per process."""
-    root = tmp_path_factory.mktemp('served')
+    """releases/ served as `python -m hub serve releases/` serves it, and a fresh HF cache per process."""
     repos = released_repositories(RELEASES)
-    with MirrorServer(build_mirror(repos, root / 'mirror'), root / 'olah') as server:
+    with HubServer(by_layout(repos)) as server:
         yield server, repos
 
 
@@ -151,7 +150,7 @@ def test_transformers_rebuilds_non_default_architecture_arguments(folder_data, t
     repo_id = json.loads((folder / 'config.json').read_text())['pretrained_cfg']['hf_hub_id']
     load = ('import sys, torch, timm; m = timm.create_model(sys.argv[1], pretrained=True).eval(); '
             'print(m.attn_stages, m.layer1[-1].k); torch.save(m(torch.load(sys.argv[2])).detach(), sys.argv[3])')
-    with MirrorServer(build_mirror([read_repository(folder)], tmp_path / 'mirror'), tmp_path / 'olah') as server:
+    with HubServer({repo_id: read_repository(folder)}) as server:
         done = subprocess.run([sys.executable, '-c', load, f'hf-hub:{repo_id}', str(tmp_path / 'x.pt'),
                                str(tmp_path / 'y.pt')], env=_env(tmp_path, server.endpoint), capture_output=True,
                               text=True, timeout=300)

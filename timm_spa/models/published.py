@@ -121,7 +121,7 @@ def raise_download_error(variant: str, pretrained_cfg: Any, error: Exception, ov
     if isinstance(error, (HfHubHTTPError, LocalEntryNotFoundError, OSError)):
         raise WeightsDownloadError(
             f'could not fetch the weights of {name} from {constants.ENDPOINT} ({type(error).__name__}: {error}). '
-            'Check the network or HF_ENDPOINT (a mirror such as olah); offline, set HF_HUB_OFFLINE=1 to use the '
-            "Hugging Face cache (filled by an earlier download), or load a file with pretrained_cfg_overlay="
-            "dict(file='model.safetensors').") from error
+            'Check the network or HF_ENDPOINT (a local Hub such as `python -m hub serve`); offline, set '
+            "HF_HUB_OFFLINE=1 to use the Hugging Face cache (filled by an earlier download), or load a file with "
+            "pretrained_cfg_overlay=dict(file='model.safetensors').") from error
     raise error
