@@ -118,28 +118,48 @@ def _replaced_cell(replaced: List[dict]) -> str:
     return f"{replaced[-1]['test_top1']:.2f} ({replaced[-1]['epochs']} epochs) | "
 
 
+def _without_attention_cells(repos: List[Repository]) -> Optional[List[str]]:
+    """Each release's whole-split test top-1 with its attention blocks replaced by the identity, from the
+    re-measurement of its current weights (`hub remeasure`), '-' where it has none (a plain ResNet); None when no
+    release has one."""
+    cells = []
+    for repo in repos:
+        try:
+            entry = read_remeasured(repo.folder.parents[1]).get(_repo_id(repo))
+        except RepositoryError:
+            entry = None
+        ablated = entry.get('without_attention') if _of_current_weights(entry, repo) else None
+        cells.append(f"{ablated['top1']:.2f}" if ablated else '-')
+    return cells if any(cell != '-' for cell in cells) else None
+
+
 def release_table(repos: List[Repository]) -> str:
     """The table of released weights in docs/releases.md, every number read from the release folders, and what the paper
     and other model zoos publish for the same architectures. Where a data set's releases come from different
     recipes (a new recipe replaces an old one model by model), a column says which, and a note how they differ.
-    Where a release replaced an earlier one, a column gives that one's test top-1 and epochs (from its history)."""
+    Where a release replaced an earlier one, a column gives that one's test top-1 and epochs (from its history).
+    Where releases were re-measured without their attention blocks, a column gives that top-1."""
     labels = _recipe_labels(repos)
+    ablated = _without_attention_cells(repos)
     mixed = any(len(recipes) > 1 for recipes in labels.values())
     replaced = [read_history(repo.folder)[-1:] for repo in repos]  # the release each one replaced, if any
     any_replaced = any(replaced)
-    lines = ['| model | tag | params | test top-1 | test top-5 | val top-1 | epochs | ' + ('recipe | ' if mixed else '')
+    lines = ['| model | tag | params | test top-1 | ' + ('without its block | ' if ablated else '')
+             + 'test top-5 | val top-1 | epochs | ' + ('recipe | ' if mixed else '')
              + ('replaced release, test top-1 | ' if any_replaced else '')
              + 'wall time | lineage | hardware, precision | paper top-1 |',
-             '|---|---|---:|---:|---:|---:|---:|' + ('---|' if mixed else '') + ('---|' if any_replaced else '')
+             '|---|---|---:|---:|' + ('---:|' if ablated else '') + '---:|---:|---:|' + ('---|' if mixed else '')
+             + ('---|' if any_replaced else '')
              + '---:|---|---|---:|']
-    for repo, before in zip(repos, replaced, strict=True):
+    for i, (repo, before) in enumerate(zip(repos, replaced, strict=True)):
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         epochs, seconds = totals(r)  # everything behind the weights, their ancestors included
         recipe = labels[r.tag][json.dumps(training_recipe(r), sort_keys=True)] + ' | ' if mixed else ''
         earlier = _replaced_cell(before) if any_replaced else ''
+        without = f'{ablated[i]} | ' if ablated else ''
         lines.append(
-            f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | '
+            f'| `{r.model}` | `{r.hub_tag}` | {r.param_count / 1e6:.2f}M | {r.test_top1:.2f} | {without}'
             f'{r.test_top5:.2f} | {r.val_top1:.2f} | {epochs} | {recipe}{earlier}{seconds / 3600:.2f} h | '
             f'{describe(r)} | '
             f"{r.hardware}, {r.precision['train']} | {f'{ref:.2f}' if ref is not None else '-'} |")
@@ -158,15 +178,19 @@ def release_table(repos: List[Repository]) -> str:
 
 def front_table(repos: List[Repository]) -> str:
     """The README's short table of released weights: what a reader choosing weights needs, each row linking its
-    card (`release_table` has the rest: top-5, validation, epochs, hours, lineage, hardware, history)."""
-    lines = ['| model | data | test top-1 | paper top-1 | params | card |', '|---|---|---:|---:|---:|---|']
-    for repo in repos:
+    card (`release_table` has the rest: top-5, validation, epochs, hours, lineage, hardware, history), and the
+    top-1 without its attention blocks where re-measured."""
+    ablated = _without_attention_cells(repos)
+    lines = ['| model | data | test top-1 | ' + ('without its block | ' if ablated else '') + 'paper top-1 | params | '
+             'card |', '|---|---|---:|' + ('---:|' if ablated else '') + '---:|---:|---|']
+    for i, repo in enumerate(repos):
         r = repo.results
         ref = paper.TOP1.get(r.model, {}).get(r.tag) if r.tag else None
         folder = repo.folder.resolve()
         card = f'releases/{folder.parent.name}/{folder.name}/README.md'
         paper_top1 = f'{ref:.2f}' if ref is not None else '-'
-        lines.append(f'| `{r.model}` | {r.dataset.label} | {r.test_top1:.2f} | {paper_top1} | '
+        without = f'{ablated[i]} | ' if ablated else ''
+        lines.append(f'| `{r.model}` | {r.dataset.label} | {r.test_top1:.2f} | {without}{paper_top1} | '
                      f'{r.param_count / 1e6:.2f}M | [{folder.name}]({card}) |')
     return '\n'.join(lines)
 
@@ -231,16 +255,28 @@ class DecodedTestImages:
         return self.decoded[key]
 
 
-def measure(repo: Repository, batches: List) -> dict:
+def without_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with each stage attention block replaced by the identity (the block's residual branch removed,
+    nothing retrained): what the trained network gives without what its blocks add."""
+    for stage in getattr(model, 'attn_stages', ()):
+        getattr(model, f'layer{stage}')[-1] = torch.nn.Identity()
+    return model
+
+
+def measure(repo: Repository, batches: List, ablate: bool = False) -> dict:
     """Top-1, top-5 and every image's top-1 class of the released folder, loaded as a user loads it
-    (`local-dir:` with `pretrained=True`), in float32 and the memory format the run measured in."""
+    (`local-dir:` with `pretrained=True`), in float32 and the memory format the run measured in; with `ablate`,
+    its attention blocks replaced by the identity (`without_attention`)."""
     channels_last = bool(repo.results.args.get('channels_last'))
     model = timm.create_model(f'local-dir:{repo.folder}', pretrained=True)
+    if ablate:
+        model = without_attention(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     predictions: List[int] = []
     metrics = evaluate(model, batches, DistEnv(), None, channels_last, predictions)
-    return dict(images=metrics['count'], top1=metrics['top1'], top5=metrics['top5'], predictions=predictions)
+    return dict(images=metrics['count'], top1=metrics['top1'], top5=metrics['top5'], predictions=predictions,
+                attn_stages=getattr(model, 'attn_stages', ()))
 
 
 def read_remeasured(releases: Path) -> Dict[str, dict]:
@@ -266,7 +302,10 @@ def _is_entry(entry) -> bool:
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 100
 
+    ablated = entry.get('without_attention') if isinstance(entry, dict) else None
     return (isinstance(entry, dict) and isinstance(entry.get('weights_sha256'), str) and count(entry.get('images'))
+            and (ablated is None or isinstance(ablated, dict) and number(ablated.get('top1'))
+                 and number(ablated.get('top5')))
             and number(entry.get('top1')) and number(entry.get('top5')) and count(entry.get('check_stride'))
             and isinstance(entry.get('check_predictions'), list)
             and all(isinstance(c, int) and not isinstance(c, bool) for c in entry['check_predictions'])
@@ -351,6 +390,11 @@ def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
             images=got['images'], top1=got['top1'], top5=got['top5'], measured_on=hardware(torch.device('cpu'), 1),
             software=software(), date=time.strftime('%Y-%m-%d'), check_stride=stride,
             check_predictions=got['predictions'][::stride])
+        if got['attn_stages']:
+            ablated = measure(repo, test_images.batches(repo), ablate=True)
+            record[_repo_id(repo)]['without_attention'] = dict(top1=ablated['top1'], top5=ablated['top5'])
+            print(f'{repo.name} without its attention blocks: top-1 {ablated["top1"]:.2f} top-5 '
+                  f'{ablated["top5"]:.2f}', flush=True)
     if wrong:
         raise RepositoryError(f'{len(wrong)} release(s) do not measure what their cards say (more than {TOLERANCE} '
                               f'points apart): {"; ".join(wrong)}. {REMEASURED} is unchanged; export and push the '

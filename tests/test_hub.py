@@ -571,13 +571,18 @@ def test_serve_stops_cleanly_on_every_stop_signal(served_releases, tmp_path, sig
     assert not list(tmp_path.iterdir()) and weights.is_file()  # nothing written, nothing left
 
 
-def _plain_predictions(folder: Path, data: Path) -> Tuple[list, list]:
+def _plain_predictions(folder: Path, data: Path, without_block: bool = False) -> Tuple[list, list]:
     """Each test image's top-1 class and label, recomputed image by image without the project's transforms or
-    evaluation loop."""
+    evaluation loop; `without_block`: by the plain ResNet holding the same weights but the SPA block's."""
     from train.data import load_dataset
     results = json.loads((folder / 'results.json').read_text())
-    model = timm.create_model('resnet18_spa', num_classes=10)
-    model.load_state_dict(load_file(folder / 'model.safetensors'))
+    weights = load_file(folder / 'model.safetensors')
+    if without_block:
+        model = timm.create_model('resnet18_cifar', num_classes=10)
+        model.load_state_dict({k: v for k, v in weights.items() if not k.startswith('layer3.2.')})
+    else:
+        model = timm.create_model('resnet18_spa', num_classes=10)
+        model.load_state_dict(weights)
     mean, std = (torch.tensor(results['dataset'][k]).view(3, 1, 1) for k in ('mean', 'std'))
     samples, indices = load_dataset('cifar10', str(data), val_size=8).split('test')
     predictions, labels = [], []
@@ -588,6 +593,27 @@ def _plain_predictions(folder: Path, data: Path) -> Tuple[list, list]:
             predictions.append(int(model.eval()(((x / 255 - mean) / std)[None]).argmax()))
             labels.append(label)
     return predictions, labels
+
+
+@pytest.mark.parametrize('arch', ['resnet18_spa', 'resnet18_nl', 'resnet18_gc'])
+def test_without_attention_computes_the_plain_resnet_with_the_same_weights(arch):
+    """Recomputed independently: the model with its blocks removed gives what `resnet18_cifar` gives with the same
+    weights but the blocks' (the blocks' parameters made random first, so that they change the output)."""
+    from hub.releases import without_attention
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=10).eval()
+    blocks = [f'layer{stage}.{len(getattr(model, f"layer{stage}")) - 1}.' for stage in model.attn_stages]
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.startswith(tuple(blocks)):
+                param.normal_(0, 0.2)
+    plain = timm.create_model('resnet18_cifar', num_classes=10).eval()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith(tuple(blocks))})
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        full, expected = model(x), plain(x)
+        assert not torch.allclose(full, expected)
+        assert torch.equal(without_attention(model)(x), expected)
 
 
 def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(trained_run, tmp_path, capsys):
@@ -616,6 +642,9 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     assert entry['images'] == 20 and entry['check_stride'] == 1 and entry['check_predictions'] == plain
     assert entry['top1'] == pytest.approx(100 * sum(p == t for p, t in zip(plain, labels, strict=True)) / 20)
     assert entry['top1'] == pytest.approx(results['test_top1']) and entry['top5'] == pytest.approx(results['test_top5'])
+    ablated, _ = _plain_predictions(folder, trained_run.parent / 'data', without_block=True)
+    assert entry['without_attention']['top1'] == \
+        pytest.approx(100 * sum(p == t for p, t in zip(ablated, labels, strict=True)) / 20)
     # a new card for the same weights: their record still covers them, so push asks for no re-measurement
     (source / 'README.md').write_text((source / 'README.md').read_text() + '\nOne more sentence.\n')
     capsys.readouterr()
