@@ -9,7 +9,6 @@ import difflib
 import inspect
 from typing import Any, Dict, Optional, Sequence, Tuple, Type, Union
 
-import torch
 from safetensors import SafetensorError
 from timm.layers import get_attn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -21,8 +20,7 @@ from ..layers import SalientPositionsAttention
 from .datasets import DATASET_CFGS
 from .published import DEFAULT_TAG, RELEASED, check_pretrained_available, hub_repo_id, raise_download_error
 
-__all__ = ['CifarResNet', 'CifarStemConv', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS',
-           'UnknownModelArguments']
+__all__ = ['CifarResNet', 'MODEL_NAMES', 'PRETRAINED_TAGS', 'STAGE_ATTN_LAYERS', 'UnknownModelArguments']
 
 # stage-level attention: timm's name (ours for 'spa') and the defaults that give the paper's Table 1 models
 STAGE_ATTN_LAYERS: Dict[str, Dict[str, Any]] = {
@@ -50,26 +48,6 @@ def _check_attn_stages(attn_stages: Union[int, Sequence[int]]) -> Tuple[int, ...
 def attn_layer_class(name: str) -> Type[nn.Module]:
     """The stage attention class: ours for 'spa', timm's `get_attn` for the names timm knows."""
     return SalientPositionsAttention if name == 'spa' else get_attn(name)
-
-
-def check_image_input(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """`x` if it is a (B, in_chans, H, W) batch, else a ValueError that says what to pass."""
-    if x.dim() != 4 or x.shape[1] != in_chans:
-        raise ValueError(
-            'Expected input images of shape (B, {}, H, W) for a model built with in_chans={}; got shape {}. '
-            'Pass a 4D batch with that many channels, or create the model with in_chans=<your channels>.'.format(
-                in_chans, in_chans, list(x.shape)))
-    return x
-
-
-torch.fx.wrap('check_image_input')  # one opaque call in FX graphs: tracing cannot branch on a shape
-
-
-class CifarStemConv(nn.Conv2d):
-    """The 3x3 stride-1 stem conv; rejects a wrong input shape with a message instead of a conv error."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(check_image_input(x, self.in_channels), self.weight, self.bias)
 
 
 class CifarResNet(ResNet):
@@ -111,7 +89,7 @@ class CifarResNet(ResNet):
         super().__init__(block, layers, num_classes=num_classes, in_chans=in_chans, **kwargs)
 
         # CIFAR stem: 3x3 stride-1 conv, no max-pool; every feature map is 4x larger than on ImageNet
-        self.conv1 = CifarStemConv(in_chans, self.bn1.num_features, 3, stride=1, padding=1, bias=False, **dd)
+        self.conv1 = nn.Conv2d(in_chans, self.bn1.num_features, 3, stride=1, padding=1, bias=False, **dd)
         nn.init.kaiming_normal_(self.conv1.weight, mode='fan_out', nonlinearity='relu')
         self.maxpool = nn.Identity()
         self.feature_info[0]['reduction'] = 1
