@@ -1,4 +1,5 @@
 """Capturing attention internals, and the pictures made from them."""
+import json
 import re
 
 import numpy as np
@@ -221,3 +222,38 @@ def test_figure_title_panel_titles_and_colour_bars_do_not_overlap(tmp_path):
     panels_and_bars = [ax.get_window_extent(renderer) for ax in fig.axes]
     assert len(panels_and_bars) == 10 * 3 + 10  # image, saliency, affinity per row, and a colour bar per affinity
     assert not any(a.overlaps(b) for i, a in enumerate(panels_and_bars) for b in panels_and_bars[i + 1:])
+
+
+def test_between_image_share_against_a_hand_computation():
+    """Entries (1, 2), (3, 4), (5, 6) over three images: each entry's variance across images 8/3, summed 16/3;
+    all six values around their mean 3.5: 17.5/3; share 16/17.5. Fed in two batches."""
+    from visualize.block_stats import EntryMoments
+    moments = EntryMoments()
+    moments.add(np.array([[1.0, 2.0]]))
+    moments.add(np.array([[3.0, 4.0], [5.0, 6.0]]))
+    assert moments.between_image_share() == pytest.approx(16 / 17.5)
+    fixed = EntryMoments()
+    fixed.add(np.tile(np.array([[0.1, 0.7, 0.2]]), (5, 1)))  # the same attention for every image
+    assert fixed.between_image_share() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_block_stats_residual_ratio():
+    """A fresh resnet18_spa's block is the identity (its last BatchNorm starts at zero): ratio 0; with that
+    BatchNorm's weight set to 1 the ratio is positive, and the affinity varies across images."""
+    from visualize.block_stats import block_stats
+    torch.manual_seed(0)
+    model = timm.create_model('resnet18_spa', num_classes=10).eval()
+    batches = [(torch.randn(3, 3, 32, 32), None), (torch.randn(2, 3, 32, 32), None)]
+    (row,) = block_stats(model, batches)
+    assert (row['block'], row['kind'], row['images'], row['entries']) == ('layer3.2', 'spa', 5, 256 * 256)
+    assert row['residual_ratio'] == 0.0 and 0 < row['between_image_share'] < 1
+    bn = [m for m in model.layer3[2].modules() if isinstance(m, torch.nn.BatchNorm2d)][-1]
+    with torch.no_grad():
+        bn.weight.fill_(1.0)
+    assert block_stats(model, batches)[0]['residual_ratio'] > 0
+
+
+def test_attention_maps_page_holds_the_saved_block_stats():
+    from visualize.block_stats import table
+    result = json.loads((ROOT / 'docs' / 'block-stats.json').read_text())
+    assert table(result) in (ROOT / 'docs' / 'attention-maps.md').read_text()
