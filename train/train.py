@@ -370,7 +370,7 @@ def run(args: argparse.Namespace, given: Optional[Set[str]] = None) -> Results:
         if writer:
             _check_free(args, run_dir)  # now that no other process can write here
         try:
-            return _run(args, given, run_dir)
+            return _train_and_test(args, given, run_dir)
         except KeyboardInterrupt as e:
             signum = getattr(e, 'signum', signal.SIGINT)
             how = f' ({signal.Signals(signum).name})' if signum != signal.SIGINT else ''
@@ -574,7 +574,7 @@ def _mixup(args: argparse.Namespace, num_classes: int) -> Optional[Mixup]:
                  num_classes=num_classes)
 
 
-def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
+def _train_and_test(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
     """A run as its steps: read what a resume continues, set everything up, train and validate each epoch,
     test the chosen checkpoint once."""
     state = None
@@ -586,17 +586,17 @@ def _run(args: argparse.Namespace, given: Set[str], run_dir: RunDir) -> Results:
         args.data_dir = str(Path(args.data_dir).expanduser().resolve())
     env = init_distributed(args.device)
     try:
-        run = _set_up(args, state, run_dir, env)
-        for epoch in range(run.progress.start_epoch, run.training.num_epochs):
-            stats, clock = run.train_epoch(epoch)
-            run.end_epoch(epoch, stats, clock)
-        return run.test_once()
+        prepared = _prepare(args, state, run_dir, env)
+        for epoch in range(prepared.progress.start_epoch, prepared.training.num_epochs):
+            stats, clock = prepared.train_epoch(epoch)
+            prepared.end_epoch(epoch, stats, clock)
+        return prepared.test_once()
     finally:
         cleanup(env)
 
 
 @dataclass
-class _Run:
+class _PreparedRun:
     """A run once set up: what its epochs read, and where they write."""
     args: argparse.Namespace
     run_dir: RunDir
@@ -734,7 +734,7 @@ class _Run:
         return results
 
 
-def _set_up(args: argparse.Namespace, state: Optional[dict], run_dir: RunDir, env: DistEnv) -> _Run:
+def _prepare(args: argparse.Namespace, state: Optional[dict], run_dir: RunDir, env: DistEnv) -> _PreparedRun:
     """Data, model, optimizer and the rest (from the checkpoint when resuming); a new run's arguments are written,
     and `--overwrite` removes the old run's files only now that nothing above failed."""
     log = partial(print, flush=True) if env.is_main else (lambda *_: None)
@@ -765,8 +765,11 @@ def _set_up(args: argparse.Namespace, state: Optional[dict], run_dir: RunDir, en
     barrier(env)  # the old run's files are gone before any rank goes on
     mixup = _mixup(args, num_classes)
     loss_fn = SoftTargetCrossEntropy() if mixup else nn.CrossEntropyLoss(label_smoothing=args.smoothing)
-    return _Run(args, run_dir, env, log, amp_dtype, data, training, progress, model_args, recorded,
-                *_train_and_eval_models(args, training, env), mixup, loss_fn, hardware(env.device, env.world_size))
+    train_model, eval_model, eval_forward = _train_and_eval_models(args, training, env)
+    return _PreparedRun(args=args, run_dir=run_dir, env=env, log=log, amp_dtype=amp_dtype, data=data,
+                        training=training, progress=progress, model_args=model_args, recorded=recorded,
+                        train_model=train_model, eval_model=eval_model, eval_forward=eval_forward, mixup=mixup,
+                        loss_fn=loss_fn, machine=hardware(env.device, env.world_size))
 
 
 def main(argv: Optional[List[str]] = None) -> Optional[Results]:
