@@ -31,7 +31,7 @@ from hub.export import export_run, portable_path
 from hub.push import publish
 from hub.releases import released_repositories
 from hub.repository import RepositoryError
-from hub.serve import HubServer, by_layout, free_port
+from hub.serve import HubServer, by_layout
 from train import train as train_script
 from train.run_dir import RunDir, RunError
 
@@ -147,7 +147,10 @@ def test_export_push_releases_serve_and_load_over_http(trained_run, installed, t
 
 @pytest.mark.slow
 def test_unreachable_hub_names_the_endpoint_and_offline_options(tmp_path):
-    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{free_port()}')
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(('127.0.0.1', 0))
+        port = unused.getsockname()[1]
+    env = dict(os.environ, HF_HOME=str(tmp_path / 'hf'), HF_ENDPOINT=f'http://127.0.0.1:{port}')
     env.pop('HF_HUB_OFFLINE', None)
     code = ("import timm, timm_spa\ntry:\n    timm.create_model('resnet18_spa.cifar10', pretrained=True)\n"
             "except Exception as e:\n    print(type(e).__name__, e)\n")
