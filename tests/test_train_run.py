@@ -417,23 +417,38 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
     assert exit_info.value.code == 2 and '--target 920 is not a top-1 in percent' in capsys.readouterr().err
 
 
-# docs/training.md's comparisons of CIFAR-10 runs, each from the records (args.json, summary.csv, results.json) of
-# the runs behind it: the recipes (v1 again, the v2 pilot, the v2 release run) and the four v2 release runs
-RUN_COMPARISONS = {
-    'docs/figures/v2_pilot_cpu.png': ('docs/runs/v1-rerun-r18spa-e15', 'docs/runs/v2-pilot-r18spa-e15',
-                                      'docs/runs/v2-resnet18_spa-e30'),
-    'docs/figures/v2_releases_cpu.png': ('docs/runs/v2-resnet18_spa-e30', 'docs/runs/v2-resnet18_cifar-e30',
-                                         'docs/runs/v2-resnet18_nl-e30', 'docs/runs/v2-resnet18_gc-e30'),
+def test_compare_draws_a_stage_after_the_run_it_started_from():
+    """A run started from another's weights is drawn after the epochs and hours behind them: from its checkpoint's
+    parent, or, for a record without checkpoint (docs/runs), from its results' lineage; a run from scratch at
+    its own."""
+    stage = dict(parent=dict(total_epochs=6, total_wall_time_s=7200.0),
+                 rows=[dict(epoch=0, val_top1=36.0, elapsed_s=1800.0), dict(epoch=1, val_top1=38.0, elapsed_s=3600.0)])
+    assert compare_script.curve(stage) == ([7, 8], [2.5, 3.0], [36.0, 38.0])
+    assert compare_script.curve(dict(stage, parent=None)) == ([1, 2], [0.5, 1.0], [36.0, 38.0])
+    record = compare_script._load(str(ROOT / 'docs' / 'runs' / 'tin-pilot-r18spa-64-e1'))  # no last.pth.tar
+    parent = json.loads((ROOT / 'docs' / 'runs' / 'tin-pilot-r18spa-32-e6' / 'results.json').read_text())
+    assert compare_script.curve(record)[0] == [parent['epochs'] + 1]
+
+
+# docs/training.md's comparisons of runs, each from the records (args.json, summary.csv, results.json) of the runs
+# behind it: the CIFAR-10 recipes (v1 again, the v2 pilot, the v2 release run), the four v2 release runs, and the
+# Tiny-ImageNet pilot
+CIFAR10_AT = dict(target=92, at_epochs=[5, 10, 15, 20, 25, 30])
+RUN_COMPARISONS = {  # figure: (the runs, train.compare's options)
+    'docs/figures/v2_pilot_cpu.png': (('docs/runs/v1-rerun-r18spa-e15', 'docs/runs/v2-pilot-r18spa-e15',
+                                       'docs/runs/v2-resnet18_spa-e30'), CIFAR10_AT),
+    'docs/figures/v2_releases_cpu.png': (('docs/runs/v2-resnet18_spa-e30', 'docs/runs/v2-resnet18_cifar-e30',
+                                          'docs/runs/v2-resnet18_nl-e30', 'docs/runs/v2-resnet18_gc-e30'), CIFAR10_AT),
+    'docs/figures/tin_pilot_cpu.png': (('docs/runs/tin-pilot-r18spa-32-e6', 'docs/runs/tin-pilot-r18spa-64-e1'), {}),
 }
-COMPARED_AT_EPOCHS = (5, 10, 15, 20, 25, 30)
 
 
 @pytest.mark.parametrize('figure', RUN_COMPARISONS)
 def test_run_comparisons_are_what_train_compare_prints_from_the_committed_runs(figure):
     """No number of those tables typed by hand: docs/training.md shows train.compare's output for the committed
     runs."""
-    runs = RUN_COMPARISONS[figure]
-    table = compare_script.compare([str(ROOT / run) for run in runs], target=92, at_epochs=list(COMPARED_AT_EPOCHS))
+    runs, options = RUN_COMPARISONS[figure]
+    table = compare_script.compare([str(ROOT / run) for run in runs], **options)
     assert table in (ROOT / 'docs' / 'training.md').read_text(), 'paste the output of train.compare into the page'
     assert (ROOT / figure).is_file()
 

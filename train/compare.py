@@ -9,7 +9,8 @@ validation top-1, the test top-1 of finished runs, the training top-1 of the las
 images: below validation the recipe underfits, far above it the network fits its training images), the median
 training images/s (hours compare only where it is alike: a run that shared its cores took longer) and the
 machines each run trained on, with their epochs and hours where it moved) and plots validation top-1 against
-epochs and against wall-clock hours. `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
+epochs and against wall-clock hours (a run started from another's weights drawn after the epochs and hours behind
+them). `--target PCT` adds the time to PCT% validation top-1: the epochs and hours of
 the run itself up to the first epoch that reaches it, and in all, counting the epochs and hours
 behind its `--initial-checkpoint` (the parent's record in the checkpoint). Reads only what each run
 directory holds (`args.json`, `summary.csv`, `last.pth.tar`, `results.json`), so it works on runs still
@@ -20,7 +21,7 @@ import json
 import math
 import statistics
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from .checkpoint import load_training_state
 from .cli import UsageError, add_debug_flag, run_cli
@@ -38,10 +39,14 @@ def _load(path: str) -> dict:
     if not run.summary.is_file() or not run.args.is_file():
         raise UsageError(f'{path} is not a run directory with finished epochs (no summary.csv or args.json).')
     try:
-        test = run.read_results().test_top1
+        results = run.read_results()
     except RunError:
-        test = None  # not finished, or written by another version
-    parent = load_training_state(run.last).get('parent') if run.last.is_file() else None
+        results = None  # not finished, or written by another version
+    test = results.test_top1 if results else None
+    if run.last.is_file():
+        parent = load_training_state(run.last).get('parent')
+    else:  # a record without its checkpoint (docs/runs): the parent its results name
+        parent = (results.lineage or {}).get('parent') if results else None
     rows = read_summary(run.summary)
     if rows and not {'val_top1', 'elapsed_s'} <= set(rows[0]):
         raise UsageError(f'{run.summary} is not a summary.csv of this project (no val_top1 or elapsed_s column).')
@@ -129,20 +134,31 @@ def compare(paths: List[str], output: Optional[str] = None, target: Optional[flo
     return text
 
 
+def curve(run: dict) -> Tuple[List[int], List[float], List[float]]:
+    """Epochs trained, hours and validation top-1 after each epoch, counting the epochs and hours behind the
+    run's `--initial-checkpoint` where its parent's record gives them (a stage that goes on from another run is
+    drawn where that run stopped)."""
+    parent = run['parent'] or {}
+    epochs, seconds = parent.get('total_epochs', 0), parent.get('total_wall_time_s', 0.0)
+    rows = run['rows']
+    return ([epochs + row['epoch'] + 1 for row in rows], [(seconds + row['elapsed_s']) / 3600 for row in rows],
+            [row['val_top1'] for row in rows])
+
+
 def _plot(runs: List[dict], path: Path, target: Optional[float] = None) -> None:
     """Validation top-1 against epochs (what a recipe buys per epoch) and against hours (what it costs)."""
     plt = pyplot()
     fig, (by_epoch, by_hour) = plt.subplots(1, 2, figsize=(12, 4), sharey=True)
     for r in runs:
-        top1 = [row['val_top1'] for row in r['rows']]
-        by_epoch.plot([row['epoch'] + 1 for row in r['rows']], top1, 'o-', label=Path(r['name']).name)
-        by_hour.plot([row['elapsed_s'] / 3600 for row in r['rows']], top1, 'o-', label=Path(r['name']).name)
+        epochs, hours, top1 = curve(r)
+        by_epoch.plot(epochs, top1, 'o-', label=Path(r['name']).name)
+        by_hour.plot(hours, top1, 'o-', label=Path(r['name']).name)
     for ax in (by_epoch, by_hour):
         if target is not None:
             ax.axhline(target, color='grey', linestyle='--', linewidth=1, label=f'{target:g}%')
         ax.grid(True, alpha=0.3)
-    by_epoch.set_xlabel('epochs trained')
-    by_hour.set_xlabel('wall-clock hours of the run itself (train + validation)')
+    by_epoch.set_xlabel('epochs trained (with those behind an --initial-checkpoint)')
+    by_hour.set_xlabel('wall-clock hours, train + validation (with those behind an --initial-checkpoint)')
     by_epoch.set_ylabel('val top-1 (%)')
     by_hour.legend(fontsize=8)
     fig.tight_layout()
