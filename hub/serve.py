@@ -19,6 +19,7 @@ import datetime
 import hashlib
 import http.server
 import json
+import math
 import os
 import re
 import signal
@@ -143,10 +144,7 @@ class _ServedRepository:
                 with safe_open(repo.folder / path, 'numpy') as weights:
                     for key in weights.keys():
                         tensor = weights.get_slice(key)
-                        numel = 1
-                        for dim in tensor.get_shape():
-                            numel *= dim
-                        counts[tensor.get_dtype()] = counts.get(tensor.get_dtype(), 0) + numel
+                        counts[tensor.get_dtype()] = counts.get(tensor.get_dtype(), 0) + math.prod(tensor.get_shape())
         if counts:
             served.safetensors = dict(parameters=counts, total=sum(counts.values()))
         return served
@@ -171,48 +169,19 @@ class _ServedRepository:
                          for f in self.files.values()],
         }
 
-    def commit_entry(self) -> dict:
-        return dict(id=self.commit, title=f'Serve {self.repo_id}', message='', authors=[dict(user=self.repo_id.split(
-            '/')[0])], date=self.modified)
+    def last_commit(self) -> dict:
+        return dict(id=self.commit, title=f'Serve {self.repo_id}', date=self.modified)
 
-    def tree(self, folder: str, recursive: bool, expand: bool) -> Optional[List[dict]]:
-        """The entries under `folder` ('' for the root), folders first as the Hub lists them; None if there is no
-        such folder."""
-        prefix = f'{folder}/' if folder else ''
-        folders, entries = {}, []
-        for path, f in self.files.items():
-            if not path.startswith(prefix):
-                continue
-            rest = path[len(prefix):]
-            if '/' in rest and not recursive:
-                sub = prefix + rest.split('/')[0]
-                folders[sub] = self.folder_entry(sub)
-                continue
-            if recursive:
-                parts = rest.split('/')[:-1]
-                for depth in range(1, len(parts) + 1):
-                    sub = prefix + '/'.join(parts[:depth])
-                    folders[sub] = self.folder_entry(sub)
-            entries.append(f.entry())
-        if folder and not (entries or folders):
-            return None
-        listed = [folders[k] for k in sorted(folders)] + entries
+    def commit_entry(self) -> dict:
+        return dict(self.last_commit(), message='', authors=[dict(user=self.repo_id.split('/')[0])])
+
+    def entries(self, paths: List[str], expand: bool) -> List[dict]:
+        """The files among `paths` as the Hub's tree and paths-info list them (a release folder holds no folders)."""
+        listed = [self.files[path].entry() for path in paths if path in self.files]
         if expand:
             for entry in listed:
-                entry['lastCommit'] = dict(id=self.commit, title=f'Serve {self.repo_id}', date=self.modified)
+                entry['lastCommit'] = self.last_commit()
         return listed
-
-    def folder_entry(self, folder: str) -> dict:
-        inside = ''.join(f'{p} {f.blob_id}\n' for p, f in self.files.items() if p.startswith(f'{folder}/'))
-        return dict(type='directory', oid=hashlib.sha1(inside.encode()).hexdigest(), path=folder)
-
-    def path_info(self, path: str) -> Optional[dict]:
-        path = path.strip('/')
-        if path in self.files:
-            return self.files[path].entry()
-        if any(p.startswith(f'{path}/') for p in self.files):
-            return self.folder_entry(path)
-        return None
 
 
 class _NotFound(Exception):
@@ -290,19 +259,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if what == 'tree' and len(rest) >= 2:
             self._check_revision(repo, rest[1])
             folder = '/'.join(rest[2:]).strip('/')
-            listed = repo.tree(folder, self._flag(query, 'recursive'), self._flag(query, 'expand'))
-            if listed is None:
+            if folder:
                 raise _NotFound('EntryNotFound', f'{folder} is not a folder of {repo.repo_id}', repo.commit)
-            return self._json(listed)
+            return self._json(repo.entries(list(repo.files), self._flag(query, 'expand')))
         if what == 'paths-info' and len(rest) == 2 and self.command == 'POST':
             self._check_revision(repo, rest[1])
             form = self._form()
-            infos = [repo.path_info(p) for p in form.get('paths', [])]
-            listed = [i for i in infos if i is not None]
-            if self._flag(form, 'expand'):
-                for entry in listed:
-                    entry['lastCommit'] = dict(id=repo.commit, title=f'Serve {repo.repo_id}', date=repo.modified)
-            return self._json(listed)
+            return self._json(repo.entries([p.strip('/') for p in form.get('paths', [])], self._flag(form, 'expand')))
         raise _NotFound(None, f'{self.command} /api/models/{"/".join(segments)} is not a call this server answers')
 
     def _form(self) -> Dict[str, List[str]]:
