@@ -12,7 +12,6 @@ release's, and the server's resident memory at start, at its peak and after the 
 should run meanwhile (pause training with SIGSTOP).
 """
 import argparse
-import hashlib
 import json
 import os
 import statistics
@@ -71,14 +70,6 @@ CLIENTS = {'hf': 'hf_hub_download into a fresh cache, then read back and hashed'
            'http': 'a plain HTTP GET of each file, hashed as it arrives'}
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _rss_mib(pid: int) -> float:
     for line in Path(f'/proc/{pid}/status').read_text().splitlines():
         if line.startswith('VmRSS:'):
@@ -106,7 +97,8 @@ def expected_files(releases: Path) -> Dict[str, list]:
     """`ORG/NAME::FILE` -> [SHA-256, size] of every file the server publishes."""
     from hub.releases import released_repositories
     from hub.serve import by_layout
-    return {f'{repo_id}::{path.relative_to(repo.folder)}': [_sha256(path), path.stat().st_size]
+    from train.checkpoint import file_sha256
+    return {f'{repo_id}::{path.relative_to(repo.folder)}': [file_sha256(path), path.stat().st_size]
             for repo_id, repo in by_layout(released_repositories(releases)).items() for path in repo.files()}
 
 
