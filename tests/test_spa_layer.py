@@ -1,4 +1,5 @@
 """The SPA layer against a plain re-computation of the paper's Eq. 3-7 and Alg. 1 (docs/design.md)."""
+import copy
 import math
 from unittest import mock
 
@@ -246,14 +247,21 @@ def test_k_ratio_is_adaptive():
         torch.testing.assert_close(block(x), expected)
 
 
+@pytest.mark.parametrize('observed', [False, True], ids=['qv-weights-read', 'qv-called'])
 @pytest.mark.parametrize('scale', [1.0, 'inv_channels'])
 @pytest.mark.parametrize('shape', PATH_SHAPES)
-def test_gradients_reach_theta_g_and_w_and_match_reference(shape, scale):
+def test_gradients_reach_theta_g_and_w_and_match_reference(shape, scale, observed):
+    """Both ways the forward computes theta and g: from `qv`'s weights (a backward follows, nothing observes
+    `qv`) and by calling `qv` (a hook on it)."""
     torch.manual_seed(0)
     block = SalientPositionsAttention(shape[1], k=3, scale=scale).double().eval()
     randomize_norm(block.norm)
+    calls = []
+    if observed:
+        block.qv.register_forward_hook(lambda *args: calls.append(1))
     x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
     block(x).pow(2).sum().backward()
+    assert len(calls) == observed
     got = {name: p.grad.clone() for name, p in block.named_parameters()}
     got_x = x.grad.clone()
 
@@ -274,6 +282,92 @@ def test_gradients_reach_theta_g_and_w_and_match_reference(shape, scale):
     torch.testing.assert_close(got_x, x2.grad)
     for grad in (got['qv.weight'][:rd], got['qv.weight'][rd:], got['proj.weight']):  # theta, g, W
         assert grad.abs().sum() > 0
+
+
+def _train_step(block, x):
+    """Output, input gradient, parameter gradients and BN running statistics after one training step."""
+    block.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    out = block(x)
+    out.pow(2).sum().backward()
+    return [out, x.grad, *(p.grad for p in block.parameters()), *block.norm.buffers()]
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('shape', PATH_SHAPES + [(3, 32, 8, 8)])
+def test_training_reads_qv_weights_unless_observed_and_computes_the_same(shape, channels_last):
+    """Training with nothing on `qv` computes theta and g from its weights (theta's gradient at the k positions
+    only; g folded into W A where W maps A) and never calls it; a hook on `qv` gets it called. Both give the same
+    outputs, gradients and BN statistics, and keep a channels-last input's layout."""
+    torch.manual_seed(0)
+    block = SalientPositionsAttention(shape[1], k=3).double().train()
+    randomize_norm(block.norm)
+    with torch.no_grad():
+        block.qv.bias.uniform_(-1, 1)
+    x = torch.randn(*shape, dtype=torch.float64)
+    if channels_last:
+        block, x = block.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    state = copy.deepcopy(block.state_dict())
+    with mock.patch.object(block.qv, 'forward', side_effect=AssertionError('qv called')):
+        from_weights = _train_step(block, x)
+    block.load_state_dict(state)
+    calls = []
+    block.qv.register_forward_hook(lambda *args: calls.append(1))
+    called = _train_step(block, x)
+    assert calls == [1]
+    for a, b in zip(from_weights, called, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    for out in (from_weights[0], called[0]):
+        assert out.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+class _CountingConv(torch.nn.Conv2d):
+    """A module swapped in for `qv` (as LoRA or quantisation swap `nn.Conv2d`s), counting its calls."""
+    calls = 0
+
+    def forward(self, x):
+        type(self).calls += 1
+        return super().forward(x)
+
+
+def _observe_qv(how, block, calls):
+    if how == 'forward hook':
+        return block.qv.register_forward_hook(lambda *args: calls.append(1))
+    if how == 'forward pre-hook':
+        return block.qv.register_forward_pre_hook(lambda *args: calls.append(1))
+    if how == 'backward hook':
+        return block.qv.register_full_backward_hook(lambda *args: calls.append(1))
+    if how == 'global forward hook':
+        return torch.nn.modules.module.register_module_forward_hook(
+            lambda module, *args: calls.append(1) if module is block.qv else None)
+    swapped = _CountingConv(block.qv.in_channels, block.qv.out_channels, 1)
+    swapped.load_state_dict(block.qv.state_dict())
+    block.qv, _CountingConv.calls = swapped, 0
+    return None
+
+
+@pytest.mark.parametrize('how', ['forward hook', 'forward pre-hook', 'backward hook', 'global forward hook', 'swap'])
+def test_what_observes_qv_sees_it_called_in_training(how):
+    block = SalientPositionsAttention(MANY[1]).train()
+    calls = []
+    handle = _observe_qv(how, block, calls)
+    try:
+        block(torch.randn(*MANY, requires_grad=True)).sum().backward()
+    finally:
+        if handle is not None:
+            handle.remove()
+    assert len(calls) == 1 if handle is not None else _CountingConv.calls == 1
+
+
+def test_tracing_in_training_records_the_qv_call():
+    """FX and TorchScript tracing record `qv` as a call, whatever the mode: a graph is for any later use."""
+    block = SalientPositionsAttention(MANY[1]).train()
+    graph = torch.fx.symbolic_trace(block).graph
+    assert [node.target for node in graph.nodes if node.op == 'call_module'][0] == 'qv'
+    traced = torch.jit.trace(block, torch.randn(*MANY, requires_grad=True), check_trace=False)
+    lines = str(traced.graph).splitlines()
+    [qv] = [line.split(':')[0].strip() for line in lines if 'GetAttr[name="qv"]' in line]
+    assert any('CallMethod[name="forward"]' in line and f'({qv},' in line for line in lines)
 
 
 @pytest.mark.parametrize('shape', PATH_SHAPES)

@@ -16,7 +16,10 @@ The block calls its own modules (`qv`, `select`, `proj`, `norm`), so forward hoo
 speed comes from choosing what each computes: `proj` maps A itself, not A V, where the input has more
 positions than channels ((W A) V needs fewer products), A V takes SDPA's fused kernel where that
 was measured to pay on the device type in use, and under autocast on a CPU A V is formed a few images at
-a time, in bfloat16 products.
+a time, in bfloat16 products. Where a backward will follow and nothing can see `qv` called (no hook on it,
+not swapped, not traced), the forward reads `qv`'s weights itself: theta without gradient for the selection
+and with it at the k selected positions only, and, where W maps A, g folded into (W A) W_g, so the products
+over all n positions drop from three to one with gradient and one without.
 """
 import math
 from contextlib import nullcontext
@@ -305,6 +308,14 @@ def check_spa_input(x: torch.Tensor, in_channels: int) -> torch.Tensor:
     return x
 
 
+def _module_hooks(module: nn.Module) -> bool:
+    """Whether a call of `module` would run a hook: its own or one registered for every module."""
+    shared = torch.nn.modules.module
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks or shared._global_forward_hooks or shared._global_forward_pre_hooks
+                or shared._global_backward_hooks or shared._global_backward_pre_hooks)
+
+
 # shape checks and shape-dependent branches: one opaque call each in FX graphs (torchvision's
 # create_feature_extractor, timm's FX features), so the block traces and still checks its input
 torch.fx.wrap('check_spa_input')
@@ -426,12 +437,50 @@ class SalientPositionsAttention(nn.Module):
         """Salient positions selected for an input of this spatial size."""
         return resolve_num_positions(height * width, self.k, self.k_ratio)
 
+    @torch.jit.unused
+    def _reads_qv_weights(self, x: torch.Tensor) -> bool:
+        """Whether the forward may compute theta and g from `qv`'s weights instead of calling it: only where
+        a backward will follow (without one, both compute the same products) and nothing can see the call."""
+        return (not isinstance(x, torch.fx.Proxy) and not torch.jit.is_tracing() and not torch.compiler.is_exporting()
+                and torch.is_grad_enabled() and (x.requires_grad or self.qv.weight.requires_grad)
+                and type(self.qv) is nn.Conv2d and self.qv.bias is not None and not _module_hooks(self.qv))
+
+    @torch.jit.unused
+    def _forward_from_qv_weights(self, x: torch.Tensor, attn_impl: str, linear: bool) -> torch.Tensor:
+        """The forward with theta's gradient at the k selected positions only, and g folded into W A where
+        W maps A: per position one product with gradient ((W A W_g) X, or g(X) then W A V) and one without
+        (theta for the selection), where calling `qv` costs both of theta's and g's with gradient."""
+        batch, channels, height, width = x.shape
+        weight_query, weight_value = self.qv.weight.split(self.rd_channels)
+        bias_query, bias_value = self.qv.bias.split(self.rd_channels)
+        with torch.no_grad():  # the selection's indices are constants for autograd
+            indices = self.select(F.conv2d(x, weight_query, bias_query))[1]
+        picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, channels, -1))  # X at the k positions
+        keys = torch.matmul(weight_query.flatten(1), picked) + bias_query[:, None]  # K = theta(X) there, (B, C', k)
+        if not folds_projection(height * width, channels, attn_impl, linear):
+            value = F.conv2d(x, weight_value, bias_value)
+            mixing = mixing_operand(keys, value, channels, self.scale, attn_impl, linear)
+            return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
+        mapped = self.proj(channel_affinity(keys, self.scale).to(x.dtype).unsqueeze(-1)).flatten(2)  # W A, (B, C, C')
+        folded = torch.matmul(mapped, weight_value.flatten(1))  # W A W_g, (B, C, C)
+        shift = torch.matmul(mapped, bias_value)  # W A b_g, (B, C)
+        if x.stride(1) == 1:  # channels-last input: (X^T M^T)^T keeps the output channels-last, without a copy
+            rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+            mixed = torch.baddbmm(shift.unsqueeze(1), rows, folded.transpose(1, 2))
+            mixed = mixed.view(batch, height, width, channels).permute(0, 3, 1, 2)
+        else:
+            mixed = torch.baddbmm(shift.unsqueeze(-1), folded, x.flatten(2)).view_as(x)
+        return x + self.norm(mixed)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_spa_input(x, self.in_channels)
-        query, value = self.qv(x).chunk(2, dim=1)  # Q = theta(X), V = g(X): (B, C', H, W) each
-        keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
         attn_impl = self.attn_impl if self.fused_attn or self.attn_impl != 'auto' else 'materialised'
         # W is linear: it maps A V, or A itself where that is cheaper (hooks on `proj` then see W A)
         linear = getattr(self.proj, 'bias', None) is None
+        if not torch.jit.is_scripting():
+            if self._reads_qv_weights(x):
+                return self._forward_from_qv_weights(x, attn_impl, linear)
+        query, value = self.qv(x).chunk(2, dim=1)  # Q = theta(X), V = g(X): (B, C', H, W) each
+        keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
         mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl, linear)
         return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
