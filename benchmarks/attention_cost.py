@@ -10,7 +10,8 @@ the number of positions (C = 64, H = W from 8 to 128), SPA against NL; (3) whole
 step and inference images/s; (4) the two kernels SPA can compute softmax(K K^T) V with when
 n <= C', and which one the layer picks. A fifth, with `--released PATH/SPANet.py` (the authors' file,
 `git clone https://github.com/likyoo/SPANet`, read at run time): our block against the authors' own
-at the ResNet-18 stage shapes, with C' = C and k = 2 as in our models. Times are medians over
+at the ResNet-18 stage shapes, with C' = C and k = 2 as in our models, and on CPU both blocks' time by
+operation (convolutions, matrix products, softmax, batch norm, the rest). Times are medians over
 repeats, taken in rounds that run every candidate once, so that all candidates see the same machine
 state. Peak memory is measured: on CUDA by the caching allocator, on CPU from the profiler's
 allocation events; "extra" memory is what a forward+backward allocates on top of the live input and
@@ -148,6 +149,26 @@ def peak_extra_bytes(fn: Callable[[], None], device: torch.device) -> int:
     return peak
 
 
+# operation groups of the profile table, matched against aten op names in this order
+PROFILE_GROUPS = (('1x1 convolutions', ('convolution',)), ('matrix products', ('bmm', 'mm', 'matmul')),
+                  ('softmax', ('softmax', 'attention')), ('batch norm', ('batch_norm',)))
+
+
+def operation_profile(step: Callable[[], None], steps: int = 5) -> Dict[str, float]:
+    """Milliseconds per step in each group of `PROFILE_GROUPS` ('other': the rest), from torch.profiler's self
+    times of the aten operations (CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    times = dict.fromkeys([name for name, _ in PROFILE_GROUPS] + ['other'], 0.0)
+    for event in prof.key_averages():
+        if event.key.startswith('aten::'):
+            group = next((name for name, parts in PROFILE_GROUPS if any(p in event.key for p in parts)), 'other')
+            times[group] += event.self_cpu_time_total / 1e3 / steps
+    return times
+
+
 def _fwd_bwd(module: nn.Module, x: torch.Tensor) -> Callable[[], None]:
     def step():
         module.zero_grad(set_to_none=True)
@@ -176,8 +197,8 @@ def _memory_budget(device: torch.device, fraction: float) -> int:
     return int(available * fraction)
 
 
-def _compare_blocks(
-        kinds, channels: int, size: int, batch: int, args, device: torch.device, budget: int) -> List[dict]:
+def _compare_blocks(kinds, channels: int, size: int, batch: int, args, device: torch.device, budget: int,
+                    profiled: tuple = ()) -> List[dict]:
     torch.manual_seed(0)
     x = torch.randn(batch, channels, size, size, device=device, requires_grad=True)
     modules, rows = {}, []
@@ -199,6 +220,8 @@ def _compare_blocks(
     times = median_times(steps, args.repeats, args.warmup, device)
     for kind, step in steps.items():
         rows.append(dict(block=kind, time_ms=times[kind] * 1e3, peak_extra_mib=peak_extra_bytes(step, device) / 2**20))
+        if kind in profiled and device.type == 'cpu':  # on CUDA the profiler's CPU times are launch overheads
+            rows[-1]['profile_ms'] = operation_profile(step)
     for row in rows:
         row.update(channels=channels, height=size, width=size, batch=batch)
     return rows
@@ -219,7 +242,8 @@ def released_table(args, device: torch.device, budget: int) -> List[dict]:
         return []
     rows = []
     for channels, size, _ in RESNET18_SHAPES:
-        rows += _compare_blocks(('spa', 'spa_naive', 'spa_released'), channels, size, args.batch, args, device, budget)
+        rows += _compare_blocks(('spa', 'spa_naive', 'spa_released'), channels, size, args.batch, args, device, budget,
+                                profiled=('spa', 'spa_released'))
         _print_progress(rows[-3:])
     return rows
 
@@ -378,12 +402,26 @@ def _released_markdown(report: dict) -> List[str]:
             f"{theirs['time_ms']:.2f} | {ours['time_vs_spa_released']:.2f} | "
             f"{naive['time_ms'] / theirs['time_ms']:.2f} | {ours['peak_extra_mib']:.1f} | "
             f"{theirs['peak_extra_mib']:.1f} |")
-    return _table(
+    table = _table(
         "### Our block against the authors' released block: forward+backward, batch {}, C' = C, k = 2".format(
             report['config']['batch']),
         "| C x H x W | ours ms | naive ms | authors' ms | ours / authors' | naive / authors' | ours MiB "
         "| authors' MiB |",
         '|---|---:|---:|---:|---:|---:|---:|---:|', rows)
+    return table + ([''] + _profile_markdown(report) if any('profile_ms' in r for r in report['released']) else [])
+
+
+def _profile_markdown(report: dict) -> List[str]:
+    """Beside the released table: each block's time by operation group, where the difference goes."""
+    groups = [name for name, _ in PROFILE_GROUPS] + ['other']
+    names = {'spa': 'ours', 'spa_released': "authors'"}
+    return _table(
+        "### Where the time goes: ms per forward+backward by operation (torch.profiler, 5 steps), batch {}".format(
+            report['config']['batch']),
+        '| C x H x W | block | ' + ' | '.join(groups) + ' | all |', '|---|---|' + '---:|' * (len(groups) + 1),
+        [f"| {r['channels']}x{r['height']}x{r['width']} | {names[r['block']]} | "
+         + ' | '.join(f"{r['profile_ms'][g]:.2f}" for g in groups) + f" | {sum(r['profile_ms'].values()):.2f} |"
+         for r in report['released'] if 'profile_ms' in r])
 
 
 MARKDOWN = dict(block=_block_markdown, scaling=_scaling_markdown, models=_models_markdown,

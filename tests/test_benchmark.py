@@ -150,6 +150,21 @@ def test_released_table_times_the_authors_block_beside_ours(tmp_path):
     assert table.startswith("### Our block against the authors' released block")
     assert f"| 512x4x4 | {rows[(512, 4, 'spa')]['time_ms']:.2f} |" in table
     assert not list(tmp_path.glob('attention_cost_cpu_tiny.*'))  # a partial run never writes a full run's files
+    profiled = rows[(512, 4, 'spa_released')]['profile_ms']  # both blocks by operation, below the times
+    assert "### Where the time goes" in table and 'profile_ms' not in rows[(512, 4, 'spa_naive')]
+    assert f"| 512x4x4 | authors' | {profiled['1x1 convolutions']:.2f} |" in table
+
+
+def test_operation_profile_puts_each_operation_in_its_group():
+    x, weight = torch.randn(2, 8, 6, 6), torch.randn(8, 8, 1, 1)
+    a, b = torch.randn(4, 16, 16), torch.randn(4, 16, 16)
+    only_conv = attention_cost.operation_profile(lambda: torch.nn.functional.conv2d(x, weight))
+    assert only_conv['1x1 convolutions'] > 0
+    assert only_conv['matrix products'] == only_conv['softmax'] == only_conv['batch norm'] == 0
+    mixed = attention_cost.operation_profile(lambda: (
+        torch.bmm(a, b), a.softmax(-1), torch.nn.functional.batch_norm(x, None, None, training=True), x.cos()))
+    assert mixed['1x1 convolutions'] == 0
+    assert all(mixed[group] > 0 for group in ('matrix products', 'softmax', 'batch norm', 'other'))
 
 
 def test_released_table_refuses_a_block_that_computes_something_else(tmp_path):
