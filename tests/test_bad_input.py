@@ -558,7 +558,7 @@ def push_folder_inside_destination(ws):
     return code, err
 
 
-@probe('`python -m visualize --num-images 0`', '--num-images 0 must be at least 1', code=2)
+@probe('`python -m visualize --num-images 0`', '--num-images: 0 must be at least 1', code=2)
 def no_images(ws):
     from visualize.__main__ import main as visualize_main
     return call(visualize_main, ['--model', 'resnet18_spa', '--dataset', 'folder', '--data-dir', str(ws.data),

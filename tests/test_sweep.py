@@ -199,7 +199,7 @@ def test_dry_run_lists_and_estimates_without_training(tmp_path, capsys):
 
 @pytest.mark.parametrize('argv,match', [
     (['table1', '--output', 'x', '--model', 'resnet18_spa'], 'the sweep sets the model'),
-    (['custom', '--models', 'resnet18_cifar', '--output', 'x', '--seeds', '0'], '--seeds 0 must be at least 1'),
+    (['custom', '--models', 'resnet18_cifar', '--output', 'x', '--seeds', '0'], '--seeds: 0 must be at least 1'),
     (['custom', '--models', 'resnet18_cifar', '--output', 'x', '--epochs', '0'], '--epochs 0 is not allowed'),
     (['report', 'x', '--lr', '0.1'], 'report takes no training flags'),
 ])

@@ -248,6 +248,17 @@ def test_bad_values_are_refused_before_anything_runs(folder_data, tmp_path, caps
     assert match in err and not (tmp_path / 'run').exists()
 
 
+@pytest.mark.parametrize('flag,value,match', [
+    ('-b', '0', 'argument -b/--batch-size: 0 must be at least 1'),
+    ('-j', '-1', 'argument -j/--workers: -1 must be at least 0'),
+    ('--img-size', 'big', "argument --img-size: 'big' is not a whole number"),
+])
+def test_validate_refuses_counts_out_of_range_naming_the_flag(capsys, flag, value, match):
+    with pytest.raises(SystemExit) as exit_info:
+        validate_script.main(['--model', 'resnet18_spa', '--dataset', 'cifar10', flag, value])
+    assert exit_info.value.code == 2 and match in capsys.readouterr().err
+
+
 def test_mixing_needs_an_even_batch(folder_data, tmp_path, capsys):
     err = _fails(capsys, TINY + ['--data-dir', str(folder_data), '--output', str(tmp_path / 'run'), '--cutmix', '1',
                                  '-b', '7'])

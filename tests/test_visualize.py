@@ -181,7 +181,7 @@ def test_number_of_images_must_be_positive(tmp_path, capsys):
     Image.new('RGB', (32, 32)).save(tmp_path / 'a.png')
     err = _refused(capsys, ['--model', 'resnet18_spa', '--dataset', 'digits', '--num-images', '0',
                             '--output', str(tmp_path / 'x.png')], code=2)
-    assert '--num-images 0 must be at least 1' in err
+    assert '--num-images: 0 must be at least 1' in err
 
 
 def test_run_directory_gives_model_weights_and_data(tiny_run, tmp_path):

@@ -38,15 +38,21 @@ class ModelKwargs(ParseKwargs):
         super().__call__(parser, namespace, values, option_string)
 
 
-def positive_int(text: str) -> int:
-    """An argparse type: an int >= 1 (a count of steps, repeats, runs, pixels), or argparse's one-line error."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f'{value} must be at least 1')
-    return value
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= `minimum` (a count of steps, repeats, runs, workers, pixels), or argparse's
+    one-line error naming the flag."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{value} must be at least {minimum}')
+        return value
+    return parse
+
+
+positive_int = int_at_least(1)
 
 
 def did_you_mean(word: str, known: Sequence[str], otherwise: str = '', n: int = 2) -> str:

@@ -34,7 +34,7 @@ from timm_spa.models import MODEL_NAMES
 
 from . import train as train_cli
 from .checkpoint import atomic_write
-from .cli import Interrupted, UsageError, add_debug_flag, interrupt_on_termination, message, run_cli
+from .cli import Interrupted, UsageError, add_debug_flag, interrupt_on_termination, message, positive_int, run_cli
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
 from .engine import train_step
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == 'custom':
             s.add_argument('--models', nargs='+', required=True)
         s.add_argument('--output', required=True, help='the sweep folder: OUTPUT/<cell>/seed<S>/ per run')
-        s.add_argument('--seeds', type=int, default=1, help='runs per cell, seeds --first-seed, +1, ...')
+        s.add_argument('--seeds', type=positive_int, default=1, help='runs per cell, seeds --first-seed, +1, ...')
         s.add_argument('--first-seed', type=int, default=42)
         s.add_argument('--dry-run', action='store_true', help='list the runs and estimate their cost, train nothing')
     s = sub.add_parser('report', help='the table from what OUTPUT holds')
@@ -135,8 +135,6 @@ def parse(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, List[str]]:
     if owned:
         raise UsageError(f'{", ".join(owned)}: the sweep sets the model, its arguments, the seed and each run\'s '
                          'directory itself; drop them (use --models, --seeds and --output of the sweep).')
-    if args.command != 'report' and args.seeds < 1:
-        raise UsageError(f'--seeds {args.seeds} must be at least 1.')
     return args, train_argv
 
 

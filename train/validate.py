@@ -18,7 +18,16 @@ import timm_spa  # noqa: F401  registers the models
 from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
 
 from .checkpoint import load_weights
-from .cli import ModelKwargs, UsageError, add_debug_flag, check_device, check_model_name, run_cli
+from .cli import (
+    ModelKwargs,
+    UsageError,
+    add_debug_flag,
+    check_device,
+    check_model_name,
+    int_at_least,
+    positive_int,
+    run_cli,
+)
 from .data import DATASETS, DataError, TransformedSamples, build_loader, build_transforms, load_dataset
 from .distributed import DistEnv
 from .engine import evaluate
@@ -43,9 +52,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--split', default='test', choices=SPLITS)
     p.add_argument('--val-size', type=int, default=None)
     p.add_argument('--val-split-seed', type=int, default=None)
-    p.add_argument('--img-size', type=int, default=None)
-    p.add_argument('-b', '--batch-size', type=int, default=256)
-    p.add_argument('-j', '--workers', type=int, default=2)
+    p.add_argument('--img-size', type=positive_int, default=None)
+    p.add_argument('-b', '--batch-size', type=positive_int, default=256)
+    p.add_argument('-j', '--workers', type=int_at_least(0), default=2)
     p.add_argument('--amp', action='store_true', help='autocast where it pays (bfloat16 only on a CPU that has it)')
     p.add_argument('--amp-dtype', choices=sorted(AMP_DTYPES), default=None, help='force this autocast dtype')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
@@ -64,9 +73,6 @@ def validate(args: argparse.Namespace) -> dict:
         recorded = finished.results.dataset
     if not args.model or not args.dataset:
         raise UsageError('name a --model and a --dataset (or a --run directory that records both).')
-    if args.batch_size < 1 or args.workers < 0 or (args.img_size is not None and args.img_size < 1):
-        raise UsageError(f'-b {args.batch_size}, -j {args.workers}, --img-size {args.img_size}: need -b >= 1, '
-                         '-j >= 0 and --img-size >= 1.')
     check_model_name(args.model)
     check_device(args.device)
     env = DistEnv(device=torch.device(args.device))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from timm_spa.models import PretrainedWeightsUnavailable, WeightsDownloadError
-from train.cli import ModelKwargs, UsageError, add_debug_flag, run_cli
+from train.cli import ModelKwargs, UsageError, add_debug_flag, positive_int, run_cli
 from train.data import DATASETS
 
 from .figure import Request, draw_attention, parse_query
@@ -36,7 +36,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument('--data-dir', default=None)
     p.add_argument('--split', default='test', choices=('test', 'val', 'train'))
     p.add_argument('--val-size', type=int, default=None)
-    p.add_argument('--num-images', type=int, default=4)
+    p.add_argument('--num-images', type=positive_int, default=4)
     p.add_argument('--seed', type=int, default=0, help='which images are drawn from the split')
     p.add_argument('--img-size', type=int, default=None)
     p.add_argument('--query', action='append', default=None, metavar='ROW,COL',

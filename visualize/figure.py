@@ -96,8 +96,6 @@ def draw_attention(req: Request) -> dict:
         raise UsageError('name a --model, or a finished --run directory.')
     if not req.images and not req.dataset:
         raise UsageError('give --images FILE ... or --dataset NAME (with --data-dir) to draw images from.')
-    if req.num_images < 1:
-        raise UsageError(f'--num-images {req.num_images} must be at least 1.')
     splits = None
     if req.dataset and not req.images:
         splits = load_dataset(req.dataset, req.data_dir, req.val_size, req.val_split_seed or 0)
