@@ -384,8 +384,7 @@ class HubServer:
             try:
                 self.server = _Server(('127.0.0.1', self.port), handler)
             except OSError as e:
-                raise ServeError(f'port {self.port} on 127.0.0.1 is in use ({e.strerror}); choose another '
-                                      '--port, or leave --port out for a free one.') from None
+                raise port_in_use(self.port, e) from None
             self.endpoint = f'http://127.0.0.1:{self.server.server_address[1]}'
         except BaseException:
             self.__exit__()
@@ -403,13 +402,17 @@ class HubServer:
         self.served = {}
 
 
+def port_in_use(port: int, error: OSError) -> ServeError:
+    return ServeError(f'port {port} on 127.0.0.1 is in use ({error.strerror}); choose another --port, or leave '
+                      '--port out for a free one.')
+
+
 def check_port_free(port: int) -> None:
     with socket.socket() as s:
         try:
             s.bind(('127.0.0.1', port))
         except OSError as e:
-            raise ServeError(f'port {port} on 127.0.0.1 is in use ({e.strerror}); choose another --port, or leave '
-                             '--port out for a free one.') from None
+            raise port_in_use(port, e) from None
 
 
 def by_layout(repos: List[Served]) -> Dict[str, Served]:

@@ -6,6 +6,7 @@ import http.client
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from safetensors import safe_open
 
 from hub.releases import released_repositories
 from hub.repository import read_repository
-from hub.serve import HubServer, by_layout
+from hub.serve import HubServer, ServeError, by_layout
 
 REPO_ID = 'timm-spa/resnet18_spa.cifar10'
 CLIENT = r'''
@@ -152,6 +153,18 @@ def test_byte_ranges_and_refusals(releases):
         response, _ = _get(server.endpoint, '/api/spaces/timm-spa/x')
         assert response.status == 404 and 'not a Hub call this server answers' in response.getheader(
             'X-Error-Message')
+
+
+def test_a_port_taken_after_the_check_is_named_and_leaves_nothing_open(releases):
+    """`hub serve` checks the port before it loads torch; one taken meanwhile gets the same line from the server."""
+    with socket.socket() as busy:
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = HubServer(releases, port=port)
+        with pytest.raises(ServeError, match=f'port {port} on 127.0.0.1 is in use'):
+            server.__enter__()
+    assert server.server is None and server.served == {}
 
 
 def test_a_release_replaced_or_rewritten_while_served(tmp_path):
