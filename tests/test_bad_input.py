@@ -1244,3 +1244,16 @@ def test_reliability_page_is_this_table():
 
 if __name__ == '__main__':
     print(render_table())
+
+
+def test_the_suite_keeps_no_files_of_passing_tests(tmp_path):
+    """The suite writes checkpoints and data sets under pytest's temporary folder. Kept for pytest's default three
+    runs they came to 63 GB here and filled the disk under a training run; the project's configuration keeps only
+    what failed tests wrote."""
+    (tmp_path / 'test_probe.py').write_text('def test_writes(tmp_path):\n    (tmp_path / "x").write_bytes(b"x")\n')
+    base = tmp_path / 'base'
+    done = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-c',
+                           str(ROOT / 'pyproject.toml'), '--rootdir', str(tmp_path), '--basetemp', str(base),
+                           str(tmp_path / 'test_probe.py')], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not list(base.rglob('x'))
