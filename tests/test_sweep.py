@@ -232,7 +232,7 @@ def test_sweep_under_torchrun_uses_ddp_for_each_run(tmp_path):
     """Two processes (gloo), two runs in one sweep, one process group for both (re-creating it raced on stale keys)."""
     out = tmp_path / 'ddp'
     done = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29523', '-m',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', '-m',
          'train.sweep', 'custom', '--models', 'resnet18_cifar', 'resnet18_spa', '--output', str(out), *TINY],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr

@@ -667,7 +667,7 @@ def test_recovery_interval_resumes_inside_an_epoch_as_if_never_stopped(folder_da
 def test_ddp_two_cpu_processes_gloo(folder_data, tmp_path):
     out = tmp_path / 'ddp'
     done = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29517', '-m', 'train',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', '-m', 'train',
          *TINY, '--data-dir', str(folder_data), '--epochs', '1', '--output', str(out)],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -706,7 +706,7 @@ def test_ddp_ranks_evaluate_and_save_one_set_of_batch_norm_statistics(folder_dat
     (tmp_path / 'probe.py').write_text(BN_PROBE)
     out = tmp_path / 'ddp'
     done = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29541',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone',
          str(tmp_path / 'probe.py'), str(tmp_path / 'spread.json'), *TINY, '--data-dir', str(folder_data),
          '--epochs', '2', '--model-ema', '--model-ema-decay', '0.5', '--dist-bn', dist_bn, '--output', str(out)],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=600)
@@ -726,17 +726,17 @@ def test_ddp_ranks_evaluate_and_save_one_set_of_batch_norm_statistics(folder_dat
 def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, capsys):
     """Two gloo processes stopped inside epoch 1 resume from the recovery checkpoint (each rank its own totals and
     random streams) to the weights of the run never stopped; one process is refused, naming the count."""
-    def torchrun(port, *argv):
-        return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', f'--master_port={port}', '-m',
-                'train', *argv]
+    def torchrun(*argv):  # --standalone: a free port of its own, so that tests running at once never share one
+        return [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', '-m', 'train',
+                *argv]
     common = [*TINY, '--data-dir', str(folder_data), '--epochs', '2', '-b', '4', '--log-interval', '1',
               '--model-ema', '--model-kwargs', 'drop_rate=0.5']
     straight, stopped = tmp_path / 'straight', tmp_path / 'stopped'
     env = dict(os.environ, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    done = subprocess.run(torchrun(29531, *common, '--output', str(straight)), cwd=ROOT, env=env,
+    done = subprocess.run(torchrun(*common, '--output', str(straight)), cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    proc = subprocess.Popen(torchrun(29532, *common, '--output', str(stopped), '--recovery-interval', '2'), cwd=ROOT,
+    proc = subprocess.Popen(torchrun(*common, '--output', str(stopped), '--recovery-interval', '2'), cwd=ROOT,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     for line in proc.stdout:
         if line.startswith('epoch 1 step 3/'):
@@ -749,7 +749,7 @@ def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, caps
 
     err = _fails(capsys, ['--resume', str(stopped)], code=1)
     assert 'by 2 process(es), and this is 1' in err and 'torchrun --nproc_per_node 2' in err
-    done = subprocess.run(torchrun(29533, '--resume', str(stopped)), cwd=ROOT, env=env, capture_output=True,
+    done = subprocess.run(torchrun('--resume', str(stopped)), cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     assert 'after its step 2 of 5 (recovery.pth.tar)' in done.stdout
@@ -764,7 +764,7 @@ def test_ddp_recovery_resumes_with_as_many_processes(folder_data, tmp_path, caps
 @pytest.mark.slow
 def test_ddp_divergence_stops_every_rank(folder_data, tmp_path):
     done = subprocess.run(
-        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_port=29519', '-m', 'train',
+        [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--standalone', '-m', 'train',
          *TINY, '--data-dir', str(folder_data), '--epochs', '2', '--lr', '1e12', '--output', str(tmp_path / 'ddp')],
         cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS='1'), capture_output=True, text=True, timeout=300)
     assert done.returncode != 0 and 'training diverged' in done.stderr
