@@ -1242,10 +1242,6 @@ def test_reliability_page_is_this_table():
     assert render_table() in page, 'regenerate it: python tests/test_bad_input.py'
 
 
-if __name__ == '__main__':
-    print(render_table())
-
-
 def test_the_suite_keeps_no_files_of_passing_tests(tmp_path):
     """The suite writes checkpoints and data sets under pytest's temporary folder. Kept for pytest's default three
     runs they came to 63 GB here and filled the disk under a training run; the project's configuration keeps only
@@ -1257,3 +1253,7 @@ def test_the_suite_keeps_no_files_of_passing_tests(tmp_path):
                            str(tmp_path / 'test_probe.py')], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert not list(base.rglob('x'))
+
+
+if __name__ == '__main__':
+    print(render_table())

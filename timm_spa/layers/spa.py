@@ -458,12 +458,11 @@ class SalientPositionsAttention(nn.Module):
         picked = x.flatten(2).gather(2, indices.unsqueeze(1).expand(-1, channels, -1))  # X at the k positions
         keys = torch.matmul(weight_query.flatten(1), picked) + bias_query[:, None]  # K = theta(X) there, (B, C', k)
         if not folds_projection(height * width, channels, attn_impl, linear):
-            value = F.conv2d(x, weight_value, bias_value)
-            mixing = mixing_operand(keys, value, channels, self.scale, attn_impl, linear)
-            return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
+            return self._attend(x, keys, F.conv2d(x, weight_value, bias_value), attn_impl, linear)
         mapped = self.proj(channel_affinity(keys, self.scale).to(x.dtype).unsqueeze(-1)).flatten(2)  # W A, (B, C, C')
         folded = torch.matmul(mapped, weight_value.flatten(1))  # W A W_g, (B, C, C)
         shift = torch.matmul(mapped, bias_value)  # W A b_g, (B, C)
+        # (W A W_g) X + W A b_g, the shift fused into the product (a separate add cost up to 18% of the block)
         if x.stride(1) == 1:  # channels-last input: (X^T M^T)^T keeps the output channels-last, without a copy
             rows = x.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
             mixed = torch.baddbmm(shift.unsqueeze(1), rows, folded.transpose(1, 2))
@@ -471,6 +470,12 @@ class SalientPositionsAttention(nn.Module):
         else:
             mixed = torch.baddbmm(shift.unsqueeze(-1), folded, x.flatten(2)).view_as(x)
         return x + self.norm(mixed)
+
+    def _attend(self, x: torch.Tensor, keys: torch.Tensor, value: torch.Tensor, attn_impl: str,
+                linear: bool) -> torch.Tensor:
+        """Z = X + BN(W softmax(K K^T) V), W applied to A or to A V, whichever costs less."""
+        mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl, linear)
+        return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = check_spa_input(x, self.in_channels)
@@ -482,5 +487,4 @@ class SalientPositionsAttention(nn.Module):
                 return self._forward_from_qv_weights(x, attn_impl, linear)
         query, value = self.qv(x).chunk(2, dim=1)  # Q = theta(X), V = g(X): (B, C', H, W) each
         keys = self.select(query)[0]  # K: Q at the salient positions, (B, C', k)
-        mixing = mixing_operand(keys, value, self.in_channels, self.scale, attn_impl, linear)
-        return x + self.norm(mix_values(self.proj(mixing), value, attn_impl, linear))
+        return self._attend(x, keys, value, attn_impl, linear)
