@@ -5,7 +5,7 @@ timm's own cards (Model Details, usage for classification, feature maps and embe
 and adds what a budget run must say: the data set's caveats, how the checkpoint was chosen, the
 budget, the precision and CPU, and every argument of the run.
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
@@ -18,7 +18,7 @@ from train.lineage import totals
 from train.precision import describe_flags
 from train.run_dir import CURVES, DatasetRecord, Results
 
-from .releases import CHECK_IMAGES
+from .repository import CHECK_IMAGES
 
 DATASET_IDS = {'cifar10': 'cifar10', 'cifar100': 'cifar100', 'tinyimagenet': 'zh-plus/tiny-imagenet'}
 # the Hub data set's name for the split the test numbers were measured on, where it is not 'test'
@@ -132,17 +132,48 @@ def history_section(history: List[dict]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def with_history(card: str, history: List[dict]) -> str:
-    """`card` with its release history section (replaced, or removed when there is no history), before the
-    citation."""
-    if HISTORY_HEADING in card:  # drop the old section: up to the next heading of its level
-        head, _, rest = card.partition(HISTORY_HEADING)
-        tail = rest.split('\n## ', 1)
-        card = head + ('## ' + tail[1] if len(tail) > 1 else '')
-    if not history:
+def _with_section(card: str, heading: str, section: str) -> str:
+    """`card` with its section `heading` replaced by `section` where it has one (removed where `section` is
+    empty), else with `section` added before the citation."""
+    head, found, rest = card.partition(heading + '\n')
+    if found:
+        _, more, tail = rest.partition('\n## ')  # the old section ends at the next heading of its level
+        rest = '## ' + tail if more else ''
+        return head + (f'{section}\n' if section and rest else section) + rest
+    if not section:
         return card
     head, marker, tail = card.partition('## Citation')
-    return f'{head}{history_section(history)}\n{marker}{tail}' if marker else f'{card}\n{history_section(history)}'
+    return f'{head}{section}\n{marker}{tail}' if marker else f'{card}\n{section}'
+
+
+def with_history(card: str, history: List[dict]) -> str:
+    """`card` with its release history section (none where there is no history)."""
+    return _with_section(card, HISTORY_HEADING, history_section(history) if history else '')
+
+
+REMEASURED_HEADING = '## Measured again'
+
+
+def remeasured_section(entry: dict) -> str:
+    """The card's record of `python -m hub remeasure`: these weights on the whole test split, as released and,
+    for a network with attention blocks, with each block replaced by the identity (nothing retrained)."""
+    lines = [REMEASURED_HEADING, '',
+             f"`python -m hub remeasure` measured these weights again on the whole test split ({entry['images']:,} "
+             f"images) on {entry['date']}, loaded as a user loads them, in float32 on {entry['measured_on']}.", '',
+             '| | top-1 (%) | top-5 (%) |', '|---|---:|---:|',
+             f"| as released | {entry['top1']:.2f} | {entry['top5']:.2f} |"]
+    ablated = entry.get('without_attention')
+    if ablated:
+        lines += [f"| each attention block replaced by the identity (its residual branch removed, nothing retrained) "
+                  f"| {ablated['top1']:.2f} | {ablated['top5']:.2f} |", '',
+                  'The second row is what the trained network gives without what its attention blocks add: how much '
+                  'it relies on them.']
+    return '\n'.join(lines) + '\n'
+
+
+def with_remeasured(card: str, entry: Optional[dict]) -> str:
+    """`card` with its re-measurement section (none without a record of these weights)."""
+    return _with_section(card, REMEASURED_HEADING, remeasured_section(entry) if entry else '')
 
 
 def transformers_usage(repo_id: str, data: DatasetRecord) -> List[str]:

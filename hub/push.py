@@ -25,10 +25,10 @@ from timm_spa.models import HF_HUB_ORG
 from timm_spa.models.published import RELEASED
 from train.checkpoint import current_umask, file_sha256
 
-from .card import with_history
+from .card import with_history, with_remeasured
 from .export import machine_paths
 from .release_slot import ReleaseSlot
-from .releases import check_against_remeasured, needs_remeasure
+from .releases import check_against_remeasured, needs_remeasure, remeasured_entry
 from .repository import (
     CARD,
     HISTORY,
@@ -100,8 +100,9 @@ def planned_files(repo: Repository, target: Path, repo_id: str, replace: bool) -
                 'release is kept in its history), or push under another name.')
         history = history + [_entry(old, old_sha256)]
     files[HISTORY] = json.dumps(history, indent=2) + '\n'
-    if CARD in files:
-        files[CARD] = with_history(Path(files[CARD]).read_text(), history)
+    if CARD in files:  # a record of these very weights (a new card for them) stays on the card
+        files[CARD] = with_remeasured(with_history(Path(files[CARD]).read_text(), history),
+                                      remeasured_entry(target.parents[1], repo_id, repo))
     return files
 
 

@@ -32,11 +32,20 @@ from train.report import hardware, software
 from train.run_dir import Results
 from train.train import RESUME_SAFE, run_arguments
 
+from .card import REMEASURED_HEADING, with_remeasured
 from .release_slot import recover_releases
-from .repository import WEIGHTS, Repository, RepositoryError, check_config, read_history, read_repository
+from .repository import (
+    CARD,
+    CHECK_IMAGES,
+    WEIGHTS,
+    Repository,
+    RepositoryError,
+    check_config,
+    read_history,
+    read_repository,
+)
 
 REMEASURED = 'remeasured.json'
-CHECK_IMAGES = 1000  # at most this many test images in CI's fixed subset, every k-th of the split
 TOLERANCE = 0.02  # points of top-1/top-5 a whole-split re-measurement may differ from the card by
 MAX_FLIPS = 2  # images whose top-1 class may differ on another CPU (borderline logits): 0.02 points of 10,000
 BOUND_SIGMAS = 5  # an honest card falls outside this many standard deviations about once in 1.7 million checks
@@ -328,15 +337,22 @@ def _repo_id(repo: Repository) -> str:
     return f'{repo.folder.parent.name}/{repo.folder.name}'
 
 
+def remeasured_entry(releases: Path, repo_id: str, repo: Repository) -> Optional[dict]:
+    """RELEASES/remeasured.json's entry for the weights `repo` holds, or None (no entry, one of other weights, or
+    an unreadable record, which `hub remeasure` replaces)."""
+    try:
+        entry = read_remeasured(Path(releases)).get(repo_id)
+    except RepositoryError:
+        return None
+    return entry if _of_current_weights(entry, repo) else None
+
+
 def check_against_remeasured(releases: Path, repo_id: str, repo: Repository) -> None:
     """Refuse numbers that the whole-split re-measurement of the very same weights in RELEASES/remeasured.json
     contradicts: a card says what its weights give (an edited results.json would otherwise reach the card and the
     table, and only CI's later check would catch it)."""
-    try:
-        entry = read_remeasured(Path(releases)).get(repo_id)
-    except RepositoryError:
-        return  # unreadable: push asks for `hub remeasure` afterwards, which replaces it
-    if _of_current_weights(entry, repo) and not _agrees_with_card(entry, repo):
+    entry = remeasured_entry(releases, repo_id, repo)
+    if entry is not None and not _agrees_with_card(entry, repo):
         card = repo.results
         raise RepositoryError(
             f'{repo.folder / "results.json"} says test top-1 {card.test_top1:.2f} and top-5 {card.test_top5:.2f} '
@@ -348,11 +364,8 @@ def check_against_remeasured(releases: Path, repo_id: str, repo: Repository) -> 
 def needs_remeasure(releases: Path, repo_id: str, repo: Repository) -> bool:
     """Whether RELEASES/remeasured.json lacks what CI asks of `repo` released as `repo_id`: a whole-split
     re-measurement of its very weights that agrees with its card (a push of a new card alone keeps it)."""
-    try:
-        entry = read_remeasured(Path(releases)).get(repo_id)
-    except RepositoryError:
-        return True
-    return not (_of_current_weights(entry, repo) and _agrees_with_card(entry, repo))
+    entry = remeasured_entry(releases, repo_id, repo)
+    return entry is None or not _agrees_with_card(entry, repo)
 
 
 def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
@@ -403,6 +416,11 @@ def remeasure(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dict]:
     text = '{\n' + ',\n'.join(f' {json.dumps(k)}: {json.dumps(v)}' for k, v in sorted(record.items())) + '\n}\n'
     atomic_write(path, lambda tmp: tmp.write_text(text))  # a line per release: a replaced one is a one-line diff
     print(f'recorded {len(record)} re-measured release(s) in {path}')
+    for repo in repos:  # each card shows its record
+        card = (repo.folder / CARD).read_text()
+        shown = with_remeasured(card, record.get(_repo_id(repo)))
+        if shown != card:
+            atomic_write(repo.folder / CARD, lambda tmp, text=shown: tmp.write_text(text))
     return record
 
 
@@ -424,6 +442,11 @@ def check_remeasured(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, dic
             problems.append(f'{repo.name}: its card says top-1 {card.test_top1:.2f} top-5 {card.test_top5:.2f} on '
                             f'{card.dataset.test_images:,} images, the record {entry["top1"]:.2f} / '
                             f'{entry["top5"]:.2f} on {entry["images"]:,}')
+            continue
+        shown = (repo.folder / CARD).read_text()
+        if with_remeasured(shown, entry) != shown:
+            problems.append(f'{repo.name}: its card does not show its re-measurement (section '
+                            f'"{REMEASURED_HEADING[3:]}")')
             continue
         name = card.dataset.name
         if name not in data_dirs:

@@ -25,6 +25,7 @@ REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)  # what `hub export` write
 # writes it, so `hub export --overwrite` refuses a published folder instead of replacing it behind push's back
 HISTORY = 'history.json'
 PUBLISHED_FILES = (*REPO_FILES, HISTORY)
+CHECK_IMAGES = 1000  # at most this many test images in CI's fixed subset of a release's test split, every k-th
 # what timm 1.0.31's save_config_for_hf adds to model_args: transformers' TimmWrapper passes num_classes beside
 # model_args, and fails on the repeat (`hub export` leaves them out)
 TIMM_RECORDED_ARGS = ('num_classes', 'in_chans', 'global_pool')

@@ -646,14 +646,19 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     assert entry['top1'] == pytest.approx(100 * sum(p == t for p, t in zip(plain, labels, strict=True)) / 20)
     assert entry['top1'] == pytest.approx(results['test_top1']) and entry['top5'] == pytest.approx(results['test_top5'])
     ablated, _ = _plain_predictions(folder, trained_run.parent / 'data', without_block=True)
-    assert entry['without_attention']['top1'] == \
-        pytest.approx(100 * sum(p == t for p, t in zip(ablated, labels, strict=True)) / 20)
+    ablated_top1 = 100 * sum(p == t for p, t in zip(ablated, labels, strict=True)) / 20
+    assert entry['without_attention']['top1'] == pytest.approx(ablated_top1)
+    card = (folder / 'README.md').read_text()  # the card shows the measurement, before its citation
+    shown = card[card.index('## Measured again\n'):card.index('## Citation')]
+    assert f"| as released | {results['test_top1']:.2f} | {results['test_top5']:.2f} |" in shown
+    assert f'nothing retrained) | {ablated_top1:.2f} |' in shown and '20 images' in shown
     # a new card for the same weights: their record still covers them, so push asks for no re-measurement
     (source / 'README.md').write_text((source / 'README.md').read_text() + '\nOne more sentence.\n')
     capsys.readouterr()
     assert publish(str(source), REPO_ID, releases=str(releases),
                    replace=True)['changed']
     assert 'hub remeasure' not in capsys.readouterr().out
+    assert shown in (folder / 'README.md').read_text()  # the new card shows the record of its weights too
     checked = hub_main(['remeasure', str(releases), *data, '--check'])
     assert checked['resnet18_spa.cifar10']['flips'] == [] and json.loads(record_path.read_text()) == record
     assert '0 prediction(s) differ from the record' in capsys.readouterr().out
@@ -670,6 +675,11 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
         in fails('--check')
     edited(lambda e: e.update(check_predictions=moved[:1] + plain[1:]))  # one borderline flip is tolerated
     assert hub_main(['remeasure', str(releases), *data, '--check'])['resnet18_spa.cifar10']['flips'] == [0]
+    record_path.write_text(json.dumps(record))
+    card = (folder / 'README.md').read_text()
+    (folder / 'README.md').write_text(card.replace(shown, ''))  # a card without the section
+    assert 'its card does not show its re-measurement' in fails('--check')
+    (folder / 'README.md').write_text(card)
     edited(lambda e: e.update(top1=e['top1'] + 5))
     assert f"its card says top-1 {results['test_top1']:.2f}" in fails('--check')
     edited(lambda e: e.update(weights_sha256='0' * 64))  # other weights were measured
