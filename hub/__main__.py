@@ -31,6 +31,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     export.add_argument('--output', required=True, help='the repository folder to write (outside the run)')
     export.add_argument('--repo-id', default=None, help='ORG/NAME it will live at (default: the project org)')
     export.add_argument('--overwrite', action='store_true', help='replace an exported repository at --output')
+    export.add_argument('--seeds', default=None, metavar='FOLDER',
+                        help="run records of this run's recipe with other seeds (and its baseline's): their spread "
+                             'goes on the card and into seeds.json')
     push = commands.add_parser('push', help='upload an exported folder to the Hub or into a releases folder')
     push.add_argument('folder')
     push.add_argument('--repo-id', default=None, help='ORG/NAME (default: the id it was exported for)')
@@ -61,7 +64,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     def body():
         if args.command == 'export':
-            out = export_run(args.run_dir, args.output, args.repo_id, args.overwrite)
+            out = export_run(args.run_dir, args.output, args.repo_id, args.overwrite, seeds=args.seeds)
             print(f'exported {args.run_dir} to {out}')
             return out
         if args.command == 'push':

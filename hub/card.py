@@ -208,7 +208,35 @@ def transformers_usage(repo_id: str, data: DatasetRecord) -> List[str]:
     ]
 
 
-def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: bool = True) -> str:
+def _spread_row(model: str, summary: dict, runs: List[dict]) -> str:
+    each = ', '.join(f"{r['test_top1']:.2f} ({r['seed']})" for r in runs)
+    return f"| `{model}` | {summary['n']} | {summary['mean']:.2f} +- {summary['std']:.2f} | {each} |" \
+        if summary['n'] > 1 else f"| `{model}` | 1 | {summary['mean']:.2f} | {each} |"
+
+
+def seeds_section(seeds: dict) -> List[str]:
+    """The spread over the seeds of the run's recipe (`hub export --seeds`), beside the baseline's and the paper's
+    difference: what one run cannot say."""
+    commits = sorted({run['git_commit'][:7] for run in seeds['runs']})
+    lines = ['## Seeds', '',
+             f"These weights are one of {seeds['test_top1']['n']} runs of `{seeds['model']}` with the same arguments "
+             f"but the seed (code at {', '.join(f'`{c}`' for c in commits)}), from the run records in "
+             f"`{seeds['records']}` (`python -m train.sweep report` compares them too):", '',
+             '| model | runs | test top-1 (%), mean +- std | each run (seed) |', '|---|---:|---:|---|',
+             _spread_row(seeds['model'], seeds['test_top1'], seeds['runs'])]
+    if seeds['baseline']:
+        lines.append(_spread_row(seeds['baseline'], seeds['baseline_test_top1'], seeds['baseline_runs']))
+        vs = seeds['vs_baseline']
+        said = (f"{vs['difference']:+.2f} points, 95% confidence interval [{vs['low']:+.2f}, {vs['high']:+.2f}] "
+                "(Welch's t)" if vs else 'no interval: fewer than two runs on one side')
+        paper_said = f"; the paper's (single runs): {seeds['paper_vs_baseline']:+.2f}" \
+            if seeds['paper_vs_baseline'] is not None else ''
+        lines += ['', f"Difference from `{seeds['baseline']}`: {said}{paper_said}."]
+    return lines + ['']
+
+
+def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: bool = True,
+               seeds: Optional[dict] = None) -> str:
     data, args, arch = results.dataset, results.args, results.model_args
     name = repo_id.split('/')[-1]
     paper_top1 = paper.TOP1.get(results.model, {}).get(results.tag) if results.tag else None
@@ -282,12 +310,16 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         lines.append(f'- {DATASET_CAVEATS[data.name]}')
     lines += [
         '- A single training run (one seed): no mean or seed-to-seed spread was measured, so this card makes no '
-        'claim that this model is better or worse than another variant trained the same way.',
+        'claim that this model is better or worse than another variant trained the same way.' if seeds is None else
+        f'- These weights are a single training run (seed {results.seed}); "Seeds" below gives the spread over '
+        f"{seeds['test_top1']['n']} seeds of its recipe, and no claim beyond it is made that this model is better or "
+        'worse than another variant trained the same way.',
         '- The test numbers were measured in float32. Evaluated on another CPU, a borderline image may flip, so a '
         're-measurement can differ by one image (0.01 points on 10,000 images).',
         '- Before a release is published, timm-spa measures it again on the whole test split (`python -m hub '
         f'remeasure`); every CI run then re-classifies up to {CHECK_IMAGES:,} test images spread over the split '
         'and compares them with that record.', '',
+        *(seeds_section(seeds) if seeds is not None else []),
         '## How the checkpoint was chosen', '',
         f'{results.checkpoint_selection[0].upper()}{results.checkpoint_selection[1:]}. The best epoch was '
         f'{results.best_epoch} of {results.epochs} (counted from 0); the test split was not used for any choice.', '',

@@ -27,14 +27,17 @@ from safetensors.torch import save_file
 
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
+from train.cli import UsageError
 from train.report import CHECKOUT
 from train.run_dir import RESULTS, RUN_FILES, Results, RunDir, dump_json
+from train.sweep import seed_spread
 
 from .card import model_card
 from .repository import (
     CONFIG,
     CURVES,
     REPO_FILES,
+    SEEDS,
     WEIGHTS,
     RepositoryError,
     check_repo_id,
@@ -134,10 +137,34 @@ def check_output(out: Path, run: Path, overwrite: bool, what: str = 'run') -> No
                               '--overwrite only replaces an exported repository. Choose another --output.')
 
 
-def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrite: bool = False) -> Path:
+def _seeds(src: _Source, results: Results, seeds: Optional[str]) -> Optional[dict]:
+    """The seeds record of the export: from the run records under `seeds` (`train.sweep.seed_spread`, the folder
+    named as `portable_path` names it), else the repository's own, else None."""
+    if seeds:
+        folder = Path(seeds).expanduser().resolve()
+        if not folder.is_dir():
+            raise UsageError(f'--seeds {seeds}: no such folder (the run records of the seeds to compare).')
+        return dict(seed_spread(folder, results), records=portable_path(str(folder), Path.home(), CHECKOUT))
+    if not (src.is_repository and (src.path / SEEDS).is_file()):
+        return None
+    try:
+        record = json.loads((src.path / SEEDS).read_text())
+        own = results.run_id in [run['run_id'] for run in record['runs']]
+    except (ValueError, TypeError, KeyError) as e:
+        raise RepositoryError(f'{src.path / SEEDS} is not a seeds record ({e!r}); restore it, or export again with '
+                              '--seeds FOLDER.') from None
+    if not own:
+        raise RepositoryError(f'{src.path / SEEDS} does not list run {results.run_id}, whose weights these are: it '
+                              "belongs to another release. Export again with --seeds FOLDER of this run's seeds.")
+    return record
+
+
+def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrite: bool = False,
+               seeds: Optional[str] = None) -> Path:
     """Write the Hub repository folder for `source` (a finished run directory, or an exported repository whose
     config and card are written anew around the same weights file) into `output`; refuses what it cannot vouch
-    for."""
+    for. `seeds`: a folder of run records (`train.sweep.seed_spread`) whose spread over seeds goes on the card and
+    into seeds.json; an exported repository keeps its own."""
     src, out = _read_source(Path(source).expanduser()), Path(output).expanduser()
     # a repository's record as published (its bytes are kept where nothing in it changes), or the run's
     held = json.loads((src.path / RESULTS).read_text()) if src.is_repository else src.results.to_dict()
@@ -146,6 +173,7 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
     arch = results.model_args  # checked against the weights' own metadata
     repo_id = check_repo_id(repo_id or src.repo_id)
     check_output(out, src.path, overwrite, 'repository' if src.is_repository else 'run')
+    spread = _seeds(src, results, seeds)
     name = f"{arch['model']}.{results.tag}" if results.tag else arch['model']  # the tag's pretrained config
     model = timm.create_model(name, num_classes=arch['num_classes'], **arch['model_kwargs'])
     try:
@@ -177,7 +205,12 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
             (staging / RESULTS).write_text(dump_json(record))
         if src.curves.is_file():
             shutil.copy(src.curves, staging / CURVES)
-        (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=src.curves.is_file()))
+        if spread is not None and not seeds:  # the repository's own record, untouched
+            shutil.copyfile(src.path / SEEDS, staging / SEEDS)
+        elif spread is not None:
+            (staging / SEEDS).write_text(dump_json(spread))
+        (staging / 'README.md').write_text(model_card(results, repo_id, model, has_curves=src.curves.is_file(),
+                                                      seeds=spread))
         for path in (staging, *staging.iterdir()):  # a folder like any other, not mkdtemp's private one
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
         if out.exists():

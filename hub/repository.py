@@ -20,7 +20,8 @@ from train.run_dir import CURVES, REPO_CONFIG, REPO_WEIGHTS, RESULTS, Results, R
 WEIGHTS = REPO_WEIGHTS
 CONFIG = REPO_CONFIG
 CARD = 'README.md'
-REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES)  # what `hub export` writes
+SEEDS = 'seeds.json'  # with `hub export --seeds`: the spread over the seeds of the run's recipe, on the card too
+REPO_FILES = (WEIGHTS, CONFIG, CARD, RESULTS, CURVES, SEEDS)  # what `hub export` writes (seeds.json if asked)
 # what a push adds: the releases this one replaced, oldest first (`[]` for a first release). Export never
 # writes it, so `hub export --overwrite` refuses a published folder instead of replacing it behind push's back
 HISTORY = 'history.json'

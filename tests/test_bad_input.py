@@ -403,6 +403,23 @@ def push_under_another_tag(ws):
                            str(ws.root / 'releases')])
 
 
+@probe('`python -m hub export RUN --output DIR --seeds FOLDER` where FOLDER holds the records of other seeds but '
+       "not RUN's own (or no such folder)", 'holds no finished run', 'the run; no folder is written', code=2)
+def export_seeds_without_the_run(ws):
+    from hub.__main__ import main as hub_main
+    seeds = ws.root / 'seeds-elsewhere'
+    (seeds / 'other').mkdir(parents=True)
+    record = json.loads((ws.run / 'results.json').read_text())
+    (seeds / 'other' / 'results.json').write_text(json.dumps(dict(record, run_id='f' * 32, seed=7)))
+    missing = call(hub_main, ['export', str(ws.run), '--output', str(ws.root / 'seeded'), '--seeds',
+                              str(ws.root / 'no-such-folder')])
+    assert missing[0] == 2 and 'no such folder' in missing[1], missing
+    with unchanged(ws.run):
+        done = call(hub_main, ['export', str(ws.run), '--output', str(ws.root / 'seeded'), '--seeds', str(seeds)])
+    assert not (ws.root / 'seeded').exists()
+    return done
+
+
 @probe('`python -m hub remeasure releases/ --data cifar10` (no folder)', "--data 'cifar10': give NAME=DIR", code=2)
 def remeasure_data_without_folder(ws):
     from hub.__main__ import main as hub_main

@@ -33,6 +33,7 @@ from hub.releases import released_repositories
 from hub.repository import RepositoryError
 from hub.serve import HubServer, by_layout
 from train import train as train_script
+from train.cli import UsageError
 from train.run_dir import RunDir, RunError
 
 REPO_ID = 'timm-spa/resnet18_spa.cifar10'
@@ -692,3 +693,50 @@ def test_remeasure_records_the_whole_split_and_the_check_compares_with_it(traine
     err = fails()
     assert 'do not measure what their cards say' in err and 'remeasured.json is unchanged' in err
     assert json.loads(record_path.read_text()) == record
+
+
+def test_export_with_seeds_puts_their_spread_on_the_card(trained_run, tmp_path):
+    """`hub export --seeds FOLDER`: the card and seeds.json give the runs of the same arguments but the seed (the
+    exported run among them) and the baseline's, mean +- std against a hand computation; a run of other arguments is
+    left out; a folder without the run or without another seed is refused; a re-export of the repository keeps its
+    record byte for byte, and one of another run's weights is refused."""
+    record = json.loads((trained_run / 'results.json').read_text())
+    top1, folder = record['test_top1'], tmp_path / 'seeds'
+
+    def add(name, model='resnet18_spa', lr=record['args']['lr'], **change):
+        (folder / name).mkdir(parents=True)
+        changed = dict(record, model=model, args=dict(record['args'], model=model, lr=lr),
+                       model_args=dict(record['model_args'], model=model), **change)
+        (folder / name / 'results.json').write_text(json.dumps(changed))
+
+    def refused(source=trained_run) -> str:
+        with pytest.raises((UsageError, RepositoryError)) as error:
+            export_run(str(source), str(tmp_path / 'refused'), seeds=str(folder) if source == trained_run else None)
+        return str(error.value)
+
+    add('cifar-43', model='resnet18_cifar', run_id='c' * 32, seed=43, test_top1=top1 - 1)
+    assert 'holds no finished run' in refused()
+    add('spa-42')  # the exported run's own record
+    assert 'no other seed' in refused()
+    add('spa-43', run_id='a' * 32, seed=43, test_top1=top1 + 1)
+    add('spa-44', run_id='b' * 32, seed=44, test_top1=top1 + 2)
+    add('spa-lr', run_id='d' * 32, seed=45, test_top1=top1 + 40, lr=0.5)  # another recipe: left out
+    add('cifar-44', model='resnet18_cifar', run_id='e' * 32, seed=44, test_top1=top1 + 1)
+    out = export_run(str(trained_run), str(tmp_path / 'repo'), seeds=str(folder))
+    seeds = json.loads((out / 'seeds.json').read_text())
+    assert [r['seed'] for r in seeds['runs']] == [record['seed'], 43, 44]
+    assert seeds['test_top1']['mean'] == pytest.approx(top1 + 1) and seeds['test_top1']['std'] == pytest.approx(1.0)
+    assert seeds['baseline'] == 'resnet18_cifar' and seeds['baseline_test_top1']['mean'] == pytest.approx(top1)
+    assert seeds['baseline_test_top1']['std'] == pytest.approx(2 ** 0.5)
+    assert seeds['vs_baseline']['difference'] == pytest.approx(1.0)
+    assert seeds['paper_vs_baseline'] == pytest.approx(95.79 - 93.07)
+    card = (out / 'README.md').read_text()
+    assert f"| `resnet18_spa` | 3 | {top1 + 1:.2f} +- 1.00 | {top1:.2f} ({record['seed']}), {top1 + 1:.2f} (43)" in card
+    assert f'| `resnet18_cifar` | 2 | {top1:.2f} +- 1.41 | {top1 - 1:.2f} (43), {top1 + 1:.2f} (44) |' in card
+    assert 'Difference from `resnet18_cifar`: +1.00 points' in card
+    assert '"Seeds" below gives the spread over 3 seeds' in card and 'no mean or seed-to-seed spread' not in card
+    again = export_run(str(out), str(tmp_path / 'again'))
+    assert (again / 'seeds.json').read_bytes() == (out / 'seeds.json').read_bytes()
+    assert (again / 'README.md').read_text() == card
+    (out / 'seeds.json').write_text(json.dumps(dict(seeds, runs=seeds['runs'][1:])))  # another run's seeds
+    assert 'does not list run' in refused(out)

@@ -87,8 +87,10 @@ def test_released_in_code_is_exactly_the_release_folders(releases):
 
 def test_release_folders_hold_exactly_what_push_uploads(released):
     for repo in released:
-        assert sorted(p.name for p in repo.folder.iterdir()) == \
-            ['README.md', 'config.json', 'curves.png', 'history.json', 'model.safetensors', 'results.json'], repo.folder
+        held = sorted(p.name for p in repo.folder.iterdir() if p.name != 'seeds.json')  # seeds.json where measured
+        assert held == ['README.md', 'config.json', 'curves.png', 'history.json', 'model.safetensors',
+                        'results.json'], repo.folder
+        assert ('## Seeds' in (repo.folder / 'README.md').read_text()) == (repo.folder / 'seeds.json').is_file()
         history = read_history(repo.folder)  # a replaced release is on the card too
         assert ('## Release history' in (repo.folder / 'README.md').read_text()) == bool(history)
         assert all(h['run_id'] != repo.results.run_id for h in history)

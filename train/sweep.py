@@ -351,6 +351,45 @@ def baseline_of(model: str) -> str:
     return f"{model.split('_', 1)[0]}_cifar"
 
 
+SEED_BLIND = ('model', 'seed', 'run_id', *train_cli.RESUME_SAFE)  # what runs of one recipe may differ in
+
+
+def _recipe(results) -> str:
+    return json.dumps({k: v for k, v in train_cli.run_arguments(results.args).items() if k not in SEED_BLIND},
+                      sort_keys=True, default=str)
+
+
+def seed_spread(folder: Path, results) -> dict:
+    """The finished runs under `folder` of `results`' model and recipe, which differ from it only in their seed (its
+    own run among them), and its baseline's (the plain ResNet of its depth) with that recipe: their test top-1
+    over seeds and the difference with its Welch interval, beside the paper's (what `hub export --seeds` puts
+    on a card)."""
+    runs = [run['results'] for run in _finished_runs(Path(folder))[0]]
+    recipe, base = _recipe(results), baseline_of(results.model)
+    same = [r for r in runs if _recipe(r) == recipe]
+    if results.run_id not in {r.run_id for r in same if r.model == results.model}:
+        raise UsageError(f'{folder} holds no finished run {results.run_id} of this recipe (the run these weights '
+                         'come from): the seeds on a card are its own run and the runs that differ from it only in '
+                         'their seed.')
+    mine, theirs = (sorted((r for r in same if r.model == model), key=lambda r: r.seed)
+                    for model in (results.model, base))
+    if len(mine) < 2:
+        raise UsageError(f'{folder} holds no other seed of this run ({len(runs)} finished run(s) there, none of '
+                         f'{results.model} with the same arguments but --seed): nothing to add to one run.')
+    def described(found):
+        return [dict(run_id=r.run_id, seed=r.seed, test_top1=r.test_top1, git_commit=r.git_commit) for r in found]
+
+    spread = dict(model=results.model, runs=described(mine), test_top1=_summary([r.test_top1 for r in mine]),
+                  baseline=None)
+    if base != results.model and theirs:
+        paper_top1, paper_base = (paper.TOP1.get(m, {}).get(results.tag) for m in (results.model, base))
+        spread.update(baseline=base, baseline_runs=described(theirs),
+                      baseline_test_top1=_summary([r.test_top1 for r in theirs]),
+                      vs_baseline=welch_interval(spread['test_top1']['values'], [r.test_top1 for r in theirs]),
+                      paper_vs_baseline=paper_top1 - paper_base if None not in (paper_top1, paper_base) else None)
+    return spread
+
+
 def _written_by_report(out: Path, name: str) -> bool:
     """Whether OUT/name is a file an earlier report wrote (the PNG goes with its report.json)."""
     try:
