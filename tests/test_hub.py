@@ -722,6 +722,7 @@ def test_export_with_seeds_puts_their_spread_on_the_card(trained_run, tmp_path):
     add('spa-44', run_id='b' * 32, seed=44, test_top1=top1 + 2)
     add('spa-lr', run_id='d' * 32, seed=45, test_top1=top1 + 40, lr=0.5)  # another recipe: left out
     add('cifar-44', model='resnet18_cifar', run_id='e' * 32, seed=44, test_top1=top1 + 1)
+    add('copy/spa-43', run_id='a' * 32, seed=43, test_top1=top1 + 1)  # one run recorded twice counts once
     out = export_run(str(trained_run), str(tmp_path / 'repo'), seeds=str(folder))
     seeds = json.loads((out / 'seeds.json').read_text())
     assert [r['seed'] for r in seeds['runs']] == [record['seed'], 43, 44]
@@ -735,6 +736,8 @@ def test_export_with_seeds_puts_their_spread_on_the_card(trained_run, tmp_path):
     assert f'| `resnet18_cifar` | 2 | {top1:.2f} +- 1.41 | {top1 - 1:.2f} (43), {top1 + 1:.2f} (44) |' in card
     assert 'Difference from `resnet18_cifar`: +1.00 points' in card
     assert '"Seeds" below gives the spread over 3 seeds' in card and 'no mean or seed-to-seed spread' not in card
+    add('spa-43-rerun', run_id='9' * 32, seed=43, test_top1=top1)
+    assert 'more than one run of resnet18_spa with seed 43' in refused()
     again = export_run(str(out), str(tmp_path / 'again'))
     assert (again / 'seeds.json').read_bytes() == (out / 'seeds.json').read_bytes()
     assert (again / 'README.md').read_text() == card

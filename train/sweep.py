@@ -364,8 +364,8 @@ def seed_spread(folder: Path, results) -> dict:
     own run among them), and its baseline's (the plain ResNet of its depth) with that recipe: their test top-1
     over seeds and the difference with its Welch interval, beside the paper's (what `hub export --seeds` puts
     on a card)."""
-    runs = [run['results'] for run in _finished_runs(Path(folder))[0]]
-    recipe, base = _recipe(results), baseline_of(results.model)
+    runs = list({run['results'].run_id: run['results'] for run in _finished_runs(Path(folder))[0]}.values())
+    recipe, base = _recipe(results), baseline_of(results.model)  # a run recorded twice counts once
     same = [r for r in runs if _recipe(r) == recipe]
     if results.run_id not in {r.run_id for r in same if r.model == results.model}:
         raise UsageError(f'{folder} holds no finished run {results.run_id} of this recipe (the run these weights '
@@ -376,6 +376,13 @@ def seed_spread(folder: Path, results) -> dict:
     if len(mine) < 2:
         raise UsageError(f'{folder} holds no other seed of this run ({len(runs)} finished run(s) there, none of '
                          f'{results.model} with the same arguments but --seed): nothing to add to one run.')
+    for found in (mine, theirs):
+        seeds = [r.seed for r in found]
+        if len(set(seeds)) < len(seeds):
+            again = sorted({s for s in seeds if seeds.count(s) > 1})
+            raise UsageError(f'{folder} holds more than one run of {found[0].model} with seed {again[0]}: runs of one '
+                             'seed are not seeds. Keep one of them there.')
+
     def described(found):
         return [dict(run_id=r.run_id, seed=r.seed, test_top1=r.test_top1, git_commit=r.git_commit) for r in found]
 
