@@ -35,6 +35,7 @@ from hub.releases import (
 from hub.repository import read_history
 from hub.serve import HubServer, by_layout
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
+from train.sweep import seed_spread
 
 RELEASES = ROOT / 'releases'
 # where each data set of the releases is; a copy that is absent skips its check, saying so
@@ -129,6 +130,9 @@ def test_release_folders_are_what_export_writes_today_and_name_no_machine_path(r
         card = with_remeasured(with_history((fresh / 'README.md').read_text(), read_history(repo.folder)),
                                remeasured[f'{repo.folder.parent.name}/{repo.folder.name}'])
         assert card == (repo.folder / 'README.md').read_text(), repo.folder
+        if (repo.folder / 'seeds.json').is_file():  # the spread over seeds is what the committed records give
+            seeds = json.loads((repo.folder / 'seeds.json').read_text())
+            assert seed_spread(ROOT / seeds.pop('records'), repo.results) == seeds, repo.folder
 
 
 def test_committed_records_of_released_runs_are_the_releases_records(released):
