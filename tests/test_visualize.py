@@ -253,7 +253,35 @@ def test_block_stats_residual_ratio():
     assert block_stats(model, batches)[0]['residual_ratio'] > 0
 
 
-def test_attention_maps_page_holds_the_saved_block_stats():
+def test_attention_maps_page_holds_the_saved_block_stats_of_the_current_releases():
+    """The page's table is the saved result's, and that result covers every release with attention blocks, each
+    measured on the weights it holds now (a release replaced since fails here: measure it again)."""
+    from hub.releases import released_repositories
+    from train.checkpoint import file_sha256
     from visualize.block_stats import table
     result = json.loads((ROOT / 'docs' / 'block-stats.json').read_text())
     assert table(result) in (ROOT / 'docs' / 'attention-maps.md').read_text()
+    repos = {repo.name: repo for repo in released_repositories(ROOT / 'releases')}
+    assert set(result) == {name for name, repo in repos.items() if repo.results.model_args['model'] != 'resnet18_cifar'}
+    for name, rows in result.items():
+        assert {row['weights_sha256'] for row in rows} == {file_sha256(repos[name].folder / 'model.safetensors')}, name
+
+
+def test_block_stats_keep_earlier_rows_only_of_unchanged_weights(tmp_path, capsys):
+    """Releases not measured now (no --data for them) keep their earlier rows while their weights are the same;
+    rows of other weights are dropped, saying so."""
+    from visualize.block_stats import main as block_stats_main
+    saved = json.loads((ROOT / 'docs' / 'block-stats.json').read_text())
+    stale = dict(saved, **{'resnet18_nl.cifar10': [dict(row, weights_sha256='0' * 64)
+                                                   for row in saved['resnet18_nl.cifar10']]})
+    output = tmp_path / 'stats.json'
+    output.write_text(json.dumps(stale))
+    block_stats_main([str(ROOT / 'releases'), '--output-json', str(output)])
+    kept = json.loads(output.read_text())
+    assert kept == {name: rows for name, rows in saved.items() if name != 'resnet18_nl.cifar10'}
+    assert 'resnet18_nl.cifar10: its earlier rows are of other weights and are dropped' in capsys.readouterr().out
+    output.write_text('{"cut short": ')
+    with pytest.raises(SystemExit):
+        block_stats_main([str(ROOT / 'releases'), '--output-json', str(output)])
+    assert 'is not an earlier result of this command' in capsys.readouterr().err
+    assert output.read_text() == '{"cut short": '

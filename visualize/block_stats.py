@@ -9,7 +9,9 @@ n x n position affinity, global context's mask over positions; `timm_spa.capture
   every image gets the same attention (a fixed mixing); 1 means the mean matrix is flat and all structure is
   per image.
 - residual ratio: ||block(x) - x|| / ||x|| per image, averaged: how much the block changes its input.
-`--table JSON` prints the table of a saved result (docs/attention-maps.md holds it).
+`--table JSON` prints the table of a saved result (docs/attention-maps.md holds it). Each release's rows name
+the SHA-256 of the weights they were measured on; `--output-json` of an earlier result keeps the rows of releases
+not measured now (no `--data` for them) while their weights are unchanged.
 """
 import argparse
 import json
@@ -87,24 +89,37 @@ def table(result: Dict[str, List[dict]]) -> str:
     return '\n'.join(lines)
 
 
-def measure_releases(releases: Path, data_dirs: Dict[str, str]) -> Dict[str, List[dict]]:
+def measure_releases(releases: Path, data_dirs: Dict[str, str], earlier: Optional[Dict[str, List[dict]]] = None
+                     ) -> Dict[str, List[dict]]:
+    """Each release with attention blocks whose data is in `data_dirs`, its rows tagged with its weights' SHA-256;
+    a release not measured now keeps its `earlier` rows while they are of the weights it holds."""
     import timm
 
     from hub.releases import DecodedTestImages, released_repositories
+    from hub.repository import WEIGHTS
+    from train.checkpoint import file_sha256
     test_images, result = DecodedTestImages(data_dirs), {}
     for repo in released_repositories(releases):
+        sha256 = file_sha256(repo.folder / WEIGHTS)
         if repo.results.dataset.name not in data_dirs:
+            kept = (earlier or {}).get(repo.name)
+            if kept and all(row.get('weights_sha256') == sha256 for row in kept):
+                result[repo.name] = kept
+            elif kept:
+                print(f'{repo.name}: its earlier rows are of other weights and are dropped (no --data '
+                      f'{repo.results.dataset.name}=DIR to measure these)', flush=True)
             continue
         model = timm.create_model(f'local-dir:{repo.folder}', pretrained=True)
         if not attention_blocks(model):
             continue
-        result[repo.name] = block_stats(model, test_images.batches(repo))
+        result[repo.name] = [dict(row, weights_sha256=sha256) for row in block_stats(model, test_images.batches(repo))]
         print(table({repo.name: result[repo.name]}).splitlines()[-1], flush=True)
     return result
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, List[dict]]:
     from hub.releases import parse_data_dirs
+    from train.checkpoint import atomic_write
     from train.cli import run_cli
     parser = argparse.ArgumentParser(prog='python -m visualize.block_stats', description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,9 +135,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, List[dict]]:
         else:
             if not args.releases:
                 parser.error('give the releases folder (or --table JSON)')
-            result = measure_releases(Path(args.releases), parse_data_dirs(args.data))
-            if args.output_json:
-                Path(args.output_json).write_text(json.dumps(result, indent=2) + '\n')
+            output = Path(args.output_json) if args.output_json else None
+            try:
+                earlier = json.loads(output.read_text()) if output is not None and output.is_file() else None
+            except ValueError as e:
+                raise ValueError(f'--output-json {output} is not an earlier result of this command ({e}); move it '
+                                 'away (nothing was measured or written).') from None
+            result = measure_releases(Path(args.releases), parse_data_dirs(args.data), earlier)
+            if output is not None:
+                atomic_write(output, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + '\n'))
         print(table(result))
         return result
 
