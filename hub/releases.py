@@ -16,7 +16,7 @@ import math
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import timm
 import torch
@@ -29,8 +29,7 @@ from train.distributed import DistEnv
 from train.engine import evaluate
 from train.lineage import describe, totals
 from train.report import hardware, software
-from train.run_dir import Results
-from train.train import RESUME_SAFE, run_arguments
+from train.train import training_recipe
 
 from .card import REMEASURED_HEADING, with_remeasured
 from .release_slot import recover_releases
@@ -82,13 +81,6 @@ PEERS_CIFAR10_RESNET18 = (
     ('huyvnphan/PyTorch_CIFAR10', 'https://github.com/huyvnphan/PyTorch_CIFAR10#statistics-of-supported-models',
      93.07, '100 epochs'),
 )
-
-
-def training_recipe(results: Results) -> Dict[str, Any]:
-    """The arguments that decide what a release's run trained, beside the model: not where its data lay or how
-    fast it ran (what `--resume` lets change). A data set's releases compare like with like where these agree.
-    A flag added after a run was made has its default there: what that run did (new flags start off)."""
-    return {k: v for k, v in run_arguments(results.args).items() if k != 'model' and k not in RESUME_SAFE}
 
 
 def _recipe_labels(repos: List[Repository]) -> Dict[str, Dict[str, str]]:

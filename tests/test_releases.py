@@ -30,12 +30,12 @@ from hub.releases import (
     read_remeasured,
     release_table,
     released_repositories,
-    training_recipe,
 )
 from hub.repository import read_history
 from hub.serve import HubServer, by_layout
 from timm_spa.models import HF_HUB_ORG, MODEL_NAMES, PRETRAINED_TAGS, PretrainedWeightsUnavailable, published_names
 from train.sweep import seed_spread
+from train.train import training_recipe
 
 RELEASES = ROOT / 'releases'
 # where each data set of the releases is; a copy that is absent skips its check, saying so

@@ -351,12 +351,10 @@ def baseline_of(model: str) -> str:
     return f"{model.split('_', 1)[0]}_cifar"
 
 
-SEED_BLIND = ('model', 'seed', 'run_id', *train_cli.RESUME_SAFE)  # what runs of one recipe may differ in
-
-
 def _recipe(results) -> str:
-    return json.dumps({k: v for k, v in train_cli.run_arguments(results.args).items() if k not in SEED_BLIND},
-                      sort_keys=True, default=str)
+    """The run's training recipe but its seed, as one comparable string."""
+    return json.dumps({k: v for k, v in train_cli.training_recipe(results).items() if k != 'seed'}, sort_keys=True,
+                      default=str)
 
 
 def seed_spread(folder: Path, results) -> dict:

@@ -210,6 +210,13 @@ def run_arguments(recorded: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in (defaults | recorded).items() if k not in NOT_RECORDED}
 
 
+def training_recipe(results: Results) -> Dict[str, Any]:
+    """The arguments that decide what a run trained, beside the model: not where its data lay or how fast it ran
+    (what `--resume` lets change). Releases, or runs that differ only in their seed, compare like with like where
+    these agree. A flag added after a run was made has its default there: what that run did (new flags start off)."""
+    return {k: v for k, v in run_arguments(results.args).items() if k != 'model' and k not in RESUME_SAFE}
+
+
 def check_args(args: argparse.Namespace) -> None:
     """Refuse values no run can start with, naming the flag; raises `UsageError`."""
     for key, test, allowed in _CHECKS:
