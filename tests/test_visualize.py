@@ -280,8 +280,9 @@ def test_block_stats_keep_earlier_rows_only_of_unchanged_weights(tmp_path, capsy
     kept = json.loads(output.read_text())
     assert kept == {name: rows for name, rows in saved.items() if name != 'resnet18_nl.cifar10'}
     assert 'resnet18_nl.cifar10: its earlier rows are of other weights and are dropped' in capsys.readouterr().out
-    output.write_text('{"cut short": ')
-    with pytest.raises(SystemExit):
-        block_stats_main([str(ROOT / 'releases'), '--output-json', str(output)])
-    assert 'is not an earlier result of this command' in capsys.readouterr().err
-    assert output.read_text() == '{"cut short": '
+    for foreign in ('{"cut short": ', '[1, 2]', '{"a": "b"}'):  # cut short, or another program's JSON
+        output.write_text(foreign)
+        with pytest.raises(SystemExit):
+            block_stats_main([str(ROOT / 'releases'), '--output-json', str(output)])
+        assert 'is not an earlier result of this command' in capsys.readouterr().err
+        assert output.read_text() == foreign

@@ -89,6 +89,13 @@ def table(result: Dict[str, List[dict]]) -> str:
     return '\n'.join(lines)
 
 
+def _is_result(value) -> bool:
+    """Whether a parsed JSON value is what `--output-json` writes: release name -> rows naming their block."""
+    return isinstance(value, dict) and all(
+        isinstance(rows, list) and all(isinstance(row, dict) and 'block' in row for row in rows)
+        for rows in value.values())
+
+
 def measure_releases(releases: Path, data_dirs: Dict[str, str], earlier: Optional[Dict[str, List[dict]]] = None
                      ) -> Dict[str, List[dict]]:
     """Each release with attention blocks whose data is in `data_dirs`, its rows tagged with its weights' SHA-256;
@@ -138,9 +145,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, List[dict]]:
             output = Path(args.output_json) if args.output_json else None
             try:
                 earlier = json.loads(output.read_text()) if output is not None and output.is_file() else None
-            except ValueError as e:
-                raise ValueError(f'--output-json {output} is not an earlier result of this command ({e}); move it '
-                                 'away (nothing was measured or written).') from None
+            except ValueError:
+                earlier = []  # not JSON: refused below like any other file this command did not write
+            if earlier is not None and not _is_result(earlier):
+                raise ValueError(f'--output-json {output} is not an earlier result of this command; move it away '
+                                 '(nothing was measured or written).')
             result = measure_releases(Path(args.releases), parse_data_dirs(args.data), earlier)
             if output is not None:
                 atomic_write(output, lambda tmp: tmp.write_text(json.dumps(result, indent=2) + '\n'))
