@@ -5,7 +5,7 @@ timm's own cards (Model Details, usage for classification, feature maps and embe
 and adds what a budget run must say: the data set's caveats, how the checkpoint was chosen, the
 budget, the precision and CPU, and every argument of the run.
 """
-from typing import List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 from huggingface_hub import EvalResult, ModelCardData
@@ -103,6 +103,26 @@ def _lineage_lines(results: Results) -> List[str]:
                      f'{parent_size} pixels, this run at {size} x {size} (the model is fully convolutional, so one '
                      'set of weights takes both).')
     return lines
+
+
+def _parent_recipe_lines(results: Results) -> List[str]:
+    """The initial weights' arguments where they differ from this run's: in a staged schedule (e.g. most epochs at
+    a lower resolution, then a few at the test size) the first stage is most of the recipe."""
+    parent = (results.lineage or {}).get('parent') or {}
+    theirs, ours = parent.get('args'), results.args
+    if not theirs:
+        return []
+    keys = [k for k in RECIPE_KEYS if k in theirs or k in ours]
+    keys += sorted((set(theirs) | set(ours)) - set(RECIPE_KEYS))
+
+    def shown(args: Dict[str, Any], key: str) -> str:
+        return f'`{args[key]}`' if key in args else '-'
+
+    rows = [f'| `{key}` | {shown(theirs, key)} | {shown(ours, key)} |' for key in keys
+            if shown(theirs, key) != shown(ours, key)]
+    name = f"run `{parent['run_id']}`" if parent.get('run_id') else f"`{parent['source']}`"
+    return ['', f'The initial weights ({name}) were trained with the same arguments but these:', '',
+            "| argument | initial weights' run | this run |", '|---|---|---|', *rows]
 
 
 def _stopped_lines(results: Results) -> List[str]:
@@ -341,6 +361,7 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
     ]
     lines += [f'| `{key}` | `{args[key]}` |' for key in RECIPE_KEYS if key in args]
     lines += [f'| `{key}` | `{value}` |' for key, value in sorted(args.items()) if key not in RECIPE_KEYS]
+    lines += _parent_recipe_lines(results)
     if has_curves:
         lines += ['', '## Training curves', '', f'![training curves]({CURVES})']
     lines += ['', '## Citation', '', '```bibtex', paper.BIBTEX, '```', '']

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from timm_spa.models import hub_repo_id
 from train.checkpoint import CheckpointError, current_umask, load_weights, non_finite_tensors, weights_state
 from train.cli import UsageError
+from train.lineage import with_parent_arguments
 from train.report import CHECKOUT
 from train.run_dir import RESULTS, RUN_FILES, Results, RunDir, dump_json
 from train.sweep import seed_spread
@@ -82,8 +83,10 @@ def portable_path(value: Any, home: Path, checkout: Path) -> Any:
 
 
 def _path_holders(record: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """The parts of a results record whose values may be paths: its arguments and its lineage's parent."""
-    return [record['args']] + ([record['lineage']['parent']] if record.get('lineage') else [])
+    """The parts of a results record whose values may be paths: its arguments, its lineage's parent and the
+    parent's arguments."""
+    parent = (record.get('lineage') or {}).get('parent')
+    return [record['args']] + ([parent] if parent else []) + ([parent['args']] if parent and 'args' in parent else [])
 
 
 def portable_record(record: Dict[str, Any], home: Optional[Path] = None, checkout: Path = CHECKOUT) -> Dict[str, Any]:
@@ -167,7 +170,8 @@ def export_run(source: str, output: str, repo_id: Optional[str] = None, overwrit
     into seeds.json; an exported repository keeps its own."""
     src, out = _read_source(Path(source).expanduser()), Path(output).expanduser()
     # a repository's record as published (its bytes are kept where nothing in it changes), or the run's
-    held = json.loads((src.path / RESULTS).read_text()) if src.is_repository else src.results.to_dict()
+    held = json.loads((src.path / RESULTS).read_text()) if src.is_repository else \
+        with_parent_arguments(src.results.to_dict())
     record = portable_record(held)
     results = Results.from_dict(record)
     arch = results.model_args  # checked against the weights' own metadata

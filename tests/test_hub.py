@@ -237,6 +237,34 @@ def _copy_run(run: Path, to: Path) -> Path:
     return to
 
 
+def test_card_gives_the_arguments_the_initial_weights_were_trained_with(trained_run, tmp_path):
+    """A staged schedule's first stage is most of its recipe (e.g. 26 epochs at 32x32, then 4 at 64x64): the card of
+    a run started from another gives the parent's arguments where they differ. A run recorded before the parent's
+    arguments were (none in its lineage) gets them from the parent's run directory while that holds the same run;
+    the release then carries them, so a card written anew from the release (CI) keeps the table."""
+    parent = _copy_run(trained_run, tmp_path / 'parent')
+    held = json.loads((parent / 'results.json').read_text())
+    parent_args = dict(held['args'], epochs=26, lr=0.05, img_size=32)
+    (parent / 'results.json').write_text(json.dumps(dict(held, run_id='f' * 32, args=parent_args)))
+    child = _copy_run(trained_run, tmp_path / 'child')
+    lineage = dict(parent=dict(source=str(parent), run_dir=str(parent), run_id='f' * 32, weights_sha256='0' * 64),
+                   totals_known=False, total_epochs=held['epochs'], total_wall_time_s=held['wall_time_s'])
+    (child / 'results.json').write_text(json.dumps(dict(held, lineage=lineage)))
+    rows = (f"| `epochs` | `26` | `{held['args']['epochs']}` |", f"| `lr` | `0.05` | `{held['args']['lr']}` |",
+            f"| `img_size` | `32` | `{held['args']['img_size']}` |")
+    repo = export_run(str(child), str(tmp_path / 'repo'))
+    card = (repo / 'README.md').read_text()
+    assert f"The initial weights (run `{'f' * 32}`) were trained with the same arguments but these:" in card
+    assert all(row in card for row in rows) and '| `batch_size` |' not in card.split('same arguments but')[1]
+    assert json.loads((repo / 'results.json').read_text())['lineage']['parent']['args']['lr'] == 0.05
+    shutil.rmtree(parent)  # the release holds them now
+    again = export_run(str(repo), str(tmp_path / 'again'))
+    assert (again / 'README.md').read_text() == card
+    # a parent directory that holds another run now: nothing is taken from it
+    parent = _copy_run(trained_run, tmp_path / 'parent')
+    assert 'same arguments but' not in (export_run(str(child), str(tmp_path / 'other')) / 'README.md').read_text()
+
+
 def test_export_refuses_incomplete_or_mismatched_runs(trained_run, tmp_path):
     broken = tmp_path / 'broken'
     broken.mkdir()

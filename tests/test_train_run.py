@@ -858,6 +858,7 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
     lineage = second['lineage']
     assert lineage['parent']['run_id'] == first['run_id'] and lineage['parent']['epochs'] == 1
     assert lineage['parent']['image_size'] == 16 and second['dataset']['image_size'] == 8
+    assert lineage['parent']['args'] == first['args']  # its recipe, which the child's card shows where it differs
     assert lineage['total_epochs'] == 3 and lineage['totals_known']
     assert lineage['total_wall_time_s'] == pytest.approx(first['wall_time_s'] + second['wall_time_s'])
     assert torch.load(tmp_path / 'second' / LAST, weights_only=True)['optimizer']['state'] != {}  # its own, fresh
@@ -874,6 +875,7 @@ def test_initial_checkpoint_starts_from_given_weights_and_records_the_lineage(fo
         f"from run {first['run_id']}, 1 epochs at 16x16; + 2 = 3 epochs"
     second_card = (export_run(str(tmp_path / 'second'), str(tmp_path / 'repo2')) / 'README.md').read_text()
     assert 'trained at 16 x 16 pixels, this run at 8 x 8' in second_card
+    assert '| `epochs` | `1` | `2` |' in second_card and '| `img_size` | `16` | `8` |' in second_card
     # a bare weights file: its run id from the metadata, the epochs before it unknown (and said so)
     bare = _run(folder_data, tmp_path / 'bare', '--epochs', '1', '--initial-checkpoint',
                 str(tmp_path / 'first' / BEST))

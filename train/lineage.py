@@ -3,8 +3,8 @@
 timm's `train.py` calls the flag `--initial-checkpoint`: start from given weights with a fresh optimizer
 and schedule. Here it takes a weights file, a run directory (its chosen weights), an exported or released
 repository folder, `hf-hub:ORG/NAME`, or a published `arch.tag`. The parent's record (run id or repo id,
-its epochs and hours, and its own parent's totals) goes into the run's `results.json` as `lineage`, so a
-card can state every epoch and hour behind its weights, not only the last run's.
+its epochs and hours, its own parent's totals, and its arguments) goes into the run's `results.json` as `lineage`,
+so a card can state every epoch, hour and argument behind its weights, not only the last run's.
 """
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -75,11 +75,28 @@ def load_initial_checkpoint(model: nn.Module, spec: str, model_name: str) -> Dic
         epochs, seconds = totals(results)
         parent.update(run_id=results.run_id, model=results.model, dataset=results.dataset.label,
                       epochs=results.epochs, total_epochs=epochs, total_wall_time_s=seconds,
-                      test_top1=results.test_top1, hardware=results.hardware, image_size=results.dataset.image_size)
+                      test_top1=results.test_top1, hardware=results.hardware, image_size=results.dataset.image_size,
+                      args=results.args)
     elif weights.suffix == '.safetensors':
         meta = weights_metadata(weights)
         parent.update({k: meta[k] for k in ('run_id', 'epoch') if k in meta})
     return parent
+
+
+def with_parent_arguments(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A run's results record with its parent's arguments in its lineage: runs started before the parent's
+    arguments were recorded get them from the parent's run directory where the lineage names it, while that still
+    holds the same run (else the record as it is)."""
+    parent = (record.get('lineage') or {}).get('parent') or {}
+    if 'args' in parent or not parent.get('run_dir') or not parent.get('run_id'):
+        return record
+    try:
+        results = RunDir(Path(parent['run_dir']).expanduser()).read_results()
+    except RunError:
+        return record
+    if results.run_id != parent['run_id']:
+        return record
+    return dict(record, lineage=dict(record['lineage'], parent=dict(parent, args=results.args)))
 
 
 def lineage_record(parent: Optional[Dict[str, Any]], epochs: int, wall_time_s: float) -> Optional[Dict[str, Any]]:
