@@ -964,6 +964,22 @@ def sweep_report_corrupt_results(ws):
     return code, err
 
 
+@probe('`python -m train.sweep report DIR` where DIR mixes runs of two recipes (another `--epochs`)',
+       'holds runs of 2 recipes (they differ in --epochs)', "the folder's files; no report written", code=2)
+def sweep_report_mixed_recipes(ws):
+    from train import sweep
+    folder = ws.root / 'mixed-recipes'
+    shutil.copytree(ws.run, folder / 'long')
+    shorter = json.loads((ws.run / 'results.json').read_text())
+    (folder / 'short').mkdir()
+    (folder / 'short' / 'results.json').write_text(json.dumps(dict(
+        shorter, run_id='short', seed=7, epochs=shorter['epochs'] + 1,
+        args=dict(shorter['args'], seed=7, epochs=shorter['epochs'] + 1))))
+    with unchanged(folder):
+        code, err = call(sweep.main, ['report', str(folder)])
+    return code, err
+
+
 @probe('`python -m train --model-kwargs attn_stages` (no `=`)', "'attn_stages' is not KEY=VALUE", code=2)
 def model_kwargs_without_value(ws):
     return ws.train('--model-kwargs', 'attn_stages', '--output', str(ws.root / 'x'))

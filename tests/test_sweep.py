@@ -15,6 +15,7 @@ from conftest import ROOT
 from timm_spa import paper
 from timm_spa.models import MODEL_NAMES
 from train import sweep
+from train.cli import UsageError
 from train.run_dir import RunError
 
 # the embedded digits at their native 8x8, one epoch: a few dozen steps per run
@@ -110,7 +111,8 @@ def _records(folder: Path, model: str, top1s) -> None:
     for seed, top1 in enumerate(top1s):
         run = folder / model / f'seed{seed}'
         run.mkdir(parents=True)
-        (run / 'results.json').write_text(json.dumps(dict(record, run_id=f'{model}-{seed}', test_top1=top1)))
+        (run / 'results.json').write_text(json.dumps(dict(record, run_id=f'{model}-{seed}', seed=seed, test_top1=top1,
+                                                          args=dict(record['args'], seed=seed))))
 
 
 def test_report_compares_each_model_with_the_baseline_by_welch_t(tmp_path):
@@ -136,6 +138,28 @@ def test_report_compares_each_model_with_the_baseline_by_welch_t(tmp_path):
     _records(unequal, 'resnet18_spa', [90.0, 91.0, 92.0, 93.0])
     spa = {r['cell']: r for r in sweep.report(unequal)['rows']}['resnet18_spa']['vs_baseline']
     assert spa['difference'] == pytest.approx(2.25) and spa['df'] == pytest.approx(3.7166, abs=1e-3)
+
+
+def test_report_pools_only_seeds_of_one_recipe(tmp_path):
+    """Mean +- std over seeds is a recipe's: a folder with a run of another recipe (15 epochs beside 30), or a run
+    again with a seed it already has, is refused, naming what differs; a run recorded twice counts once."""
+    folder = tmp_path / 'runs'
+    _records(folder, 'resnet18_cifar', [89.0, 90.0])
+    _records(folder, 'resnet18_spa', [90.0, 91.0])
+    shutil.copytree(folder / 'resnet18_spa' / 'seed1', folder / 'copy-of-seed1')
+    assert {r['cell']: r['test_top1']['n'] for r in sweep.report(folder)['rows']} == \
+        dict(resnet18_cifar=2, resnet18_spa=2)
+    shorter = json.loads((folder / 'resnet18_spa' / 'seed1' / 'results.json').read_text())
+    (folder / 'shorter').mkdir()
+    (folder / 'shorter' / 'results.json').write_text(json.dumps(dict(
+        shorter, run_id='short', seed=7, epochs=15, args=dict(shorter['args'], seed=7, epochs=15))))
+    with pytest.raises(UsageError, match='holds runs of 2 recipes \\(they differ in --epochs\\): a report pools'):
+        sweep.report(folder)
+    shutil.rmtree(folder / 'shorter')
+    (folder / 'again').mkdir()
+    (folder / 'again' / 'results.json').write_text(json.dumps(dict(shorter, run_id='again', test_top1=95.0)))
+    with pytest.raises(UsageError, match='more than one run of resnet18_spa with seed 1: runs of one seed'):
+        sweep.report(folder)
 
 
 @pytest.mark.slow

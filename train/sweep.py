@@ -351,10 +351,19 @@ def baseline_of(model: str) -> str:
     return f"{model.split('_', 1)[0]}_cifar"
 
 
-def _recipe(results) -> str:
-    """The run's training recipe but its seed, as one comparable string."""
-    return json.dumps({k: v for k, v in train_cli.training_recipe(results).items() if k != 'seed'}, sort_keys=True,
-                      default=str)
+def _recipe(results, ignored: Tuple[str, ...] = ('seed',)) -> str:
+    """The run's training recipe less the `ignored` arguments (its seed), as one comparable string."""
+    return json.dumps({k: v for k, v in train_cli.training_recipe(results).items() if k not in ignored},
+                      sort_keys=True, default=str)
+
+
+def _check_one_seed_each(folder: Path, found: List) -> None:
+    """Refuse two runs of one model and seed: a run again with its seed is no second seed (it narrows the spread)."""
+    seeds = [r.seed for r in found]
+    if len(set(seeds)) < len(seeds):
+        again = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise UsageError(f'{folder} holds more than one run of {found[0].model} with seed {again[0]}: runs of one '
+                         'seed are not seeds. Keep one of them there.')
 
 
 def seed_spread(folder: Path, results) -> dict:
@@ -375,11 +384,7 @@ def seed_spread(folder: Path, results) -> dict:
         raise UsageError(f'{folder} holds no other seed of this run ({len(runs)} finished run(s) there, none of '
                          f'{results.model} with the same arguments but --seed): nothing to add to one run.')
     for found in (mine, theirs):
-        seeds = [r.seed for r in found]
-        if len(set(seeds)) < len(seeds):
-            again = sorted({s for s in seeds if seeds.count(s) > 1})
-            raise UsageError(f'{folder} holds more than one run of {found[0].model} with seed {again[0]}: runs of one '
-                             'seed are not seeds. Keep one of them there.')
+        _check_one_seed_each(folder, found)
 
     def described(found):
         return [dict(run_id=r.run_id, seed=r.seed, test_top1=r.test_top1, git_commit=r.git_commit) for r in found]
@@ -421,16 +426,31 @@ def check_report_folder(out: Path) -> None:
                          'them. Move them out of the folder, then report again.')
 
 
+def _check_one_recipe(out: Path, runs: List) -> None:
+    """Refuse runs of several recipes in one report (e.g. 15 and 30 epochs): its mean +- std pools seeds, and runs
+    of another recipe are no seeds. A table's cells may differ in the model and its arguments only."""
+    recipes = [json.loads(r) for r in dict.fromkeys(_recipe(res, ('seed', 'model_kwargs')) for res in runs)]
+    if len(recipes) < 2:
+        return
+    differ = sorted({k for recipe in recipes for k in recipe
+                     if len({json.dumps(other.get(k), default=str) for other in recipes}) > 1})
+    raise UsageError(f'{out} holds runs of {len(recipes)} recipes (they differ in '
+                     f'{", ".join("--" + k.replace("_", "-") for k in differ)}): a report pools the seeds of one '
+                     'recipe. Move the runs of each recipe into a folder of its own.')
+
+
 def report(out: Path) -> dict:
     """The sweep's table from its run directories: mean +- std over seeds beside the paper's number."""
     out = Path(out)
     check_report_folder(out)
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
     runs, skipped = _finished_runs(out)
+    runs = list({r['results'].run_id: r for r in runs}.values())  # a run recorded twice counts once
     labels = sorted({r['results'].dataset.label for r in runs})
     if len(labels) > 1:
         raise UsageError(f'{out} holds runs on {len(labels)} data sets ({"; ".join(labels)}): one report compares '
                          'one data set. Move the runs of each into a sweep folder of its own.')
+    _check_one_recipe(out, [r['results'] for r in runs])
     table = manifest.get('table')
     if table in TABLES:
         cells = TABLES[table]()
@@ -445,6 +465,9 @@ def report(out: Path) -> dict:
         name = Cell(res.model, '', '', tuple(kwargs['attn_stages']) if 'attn_stages' in kwargs else None,
                     kwargs.get('attn_kwargs', {}).get('k')).name
         by_cell.setdefault(name, []).append(res)
+    for found in by_cell.values():
+        if found:
+            _check_one_seed_each(out, found)
     tags = sorted({r['results'].hub_tag for r in runs})
     tag = tags[0] if len(tags) == 1 else None
     rows = []
