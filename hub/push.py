@@ -24,6 +24,7 @@ from huggingface_hub import HfApi, get_token
 from timm_spa.models import HF_HUB_ORG
 from timm_spa.models.published import RELEASED
 from train.checkpoint import current_umask, file_sha256
+from train.lineage import totals
 
 from .card import with_history, with_remeasured
 from .export import machine_paths
@@ -56,9 +57,11 @@ def _refuse_nesting(folder: Path, place: Path, flag: str) -> None:
 
 
 def _entry(repo: Repository, weights_sha256: str) -> dict:
-    """What the history keeps of a release that was replaced: which run, its numbers, which bytes."""
+    """What the history keeps of a release that was replaced: which run, its numbers, which bytes, and the epochs
+    behind them (a staged release's stages together, as the release table counts them)."""
     r = repo.results
-    return dict(run_id=r.run_id, test_top1=r.test_top1, test_top5=r.test_top5, val_top1=r.val_top1, epochs=r.epochs,
+    return dict(run_id=r.run_id, test_top1=r.test_top1, test_top5=r.test_top5, val_top1=r.val_top1,
+                epochs=totals(r)[0],
                 hardware=r.hardware, precision=r.precision['train'], git_commit=r.git_commit,
                 weights_sha256=weights_sha256, replaced_on=time.strftime('%Y-%m-%d'))
 

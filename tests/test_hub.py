@@ -14,6 +14,7 @@ import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Tuple
 
 import numpy as np
@@ -25,6 +26,7 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file
 
 from benchmarks.startup_time import measure
+from hub import push as push_module
 from hub.__main__ import main as hub_main
 from hub.card import model_card, model_profile
 from hub.export import export_run, portable_path
@@ -263,6 +265,15 @@ def test_card_gives_the_arguments_the_initial_weights_were_trained_with(trained_
     # a parent directory that holds another run now: nothing is taken from it
     parent = _copy_run(trained_run, tmp_path / 'parent')
     assert 'same arguments but' not in (export_run(str(child), str(tmp_path / 'other')) / 'README.md').read_text()
+
+
+def test_history_keeps_every_epoch_behind_the_replaced_weights():
+    """A release trained in stages (26 epochs at 32x32 from scratch, then 4 at 64x64 from those weights) is recorded,
+    when replaced, with every epoch behind its weights, as the release table counts them: its last stage's alone
+    read as a one-epoch release."""
+    results = RunDir(ROOT / 'releases' / 'timm-spa' / 'resnet18_spa.tinyimagenet').read_results()
+    entry = push_module._entry(SimpleNamespace(results=results), '0' * 64)
+    assert results.epochs < results.lineage['total_epochs'] == entry['epochs']
 
 
 def test_export_refuses_incomplete_or_mismatched_runs(trained_run, tmp_path):

@@ -442,8 +442,8 @@ def test_compare_draws_a_stage_after_the_run_it_started_from():
 
 
 # docs/training.md's comparisons of runs, each from the records (args.json, summary.csv, results.json) of the runs
-# behind it: the CIFAR-10 recipes (v1 again, the v2 pilot, the v2 release run), the four v2 release runs, and the
-# Tiny-ImageNet pilot
+# behind it: the CIFAR-10 recipes (v1 again, the v2 pilot, the v2 release run), the four v2 release runs, the
+# Tiny-ImageNet pilot and its release run
 CIFAR10_AT = dict(target=92, at_epochs=[5, 10, 15, 20, 25, 30])
 RUN_COMPARISONS = {  # figure: (the runs, train.compare's options)
     'docs/figures/v2_pilot_cpu.png': (('docs/runs/v1-rerun-r18spa-e15', 'docs/runs/v2-pilot-r18spa-e15',
@@ -451,6 +451,10 @@ RUN_COMPARISONS = {  # figure: (the runs, train.compare's options)
     'docs/figures/v2_releases_cpu.png': (('docs/runs/v2-resnet18_spa-e30', 'docs/runs/v2-resnet18_cifar-e30',
                                           'docs/runs/v2-resnet18_nl-e30', 'docs/runs/v2-resnet18_gc-e30'), CIFAR10_AT),
     'docs/figures/tin_pilot_cpu.png': (('docs/runs/tin-pilot-r18spa-32-e6', 'docs/runs/tin-pilot-r18spa-64-e1'), {}),
+    'docs/figures/tin_release_cpu.png': (('docs/runs/tin-pilot-r18spa-32-e6', 'docs/runs/tin-pilot-r18spa-64-e1',
+                                          'docs/runs/tin-v2-resnet18_spa-32-e26',
+                                          'docs/runs/tin-v2-resnet18_spa-64-e4'),
+                                         dict(target=50, at_epochs=[1, 4, 6, 13, 26])),
 }
 
 
