@@ -297,8 +297,8 @@ def sweep(args: argparse.Namespace, train_argv: List[str]) -> List[dict]:
 
 
 def _finished_runs(out: Path) -> Tuple[List[dict], List[str]]:
-    """The runs whose results can be read (a run directory, or the record of one: its results.json), and for each
-    one that cannot, a line naming it and why."""
+    """The runs whose results can be read (a run directory, or the record of one: its results.json; a run recorded
+    twice counts once), and for each one that cannot, a line naming it and why."""
     found, skipped = [], []
     for path in sorted(out.rglob(RESULTS)):
         run = RunDir(path.parent)
@@ -308,7 +308,7 @@ def _finished_runs(out: Path) -> Tuple[List[dict], List[str]]:
         except (RunError, ValueError) as e:
             skipped.append(f'{path.parent}: {message(e)}')
             print(f'skipping {skipped[-1]}', file=sys.stderr)
-    return found, skipped
+    return list({run['results'].run_id: run for run in found}.values()), skipped
 
 
 def _unfinished_models(out: Path) -> Tuple[str, ...]:
@@ -371,8 +371,8 @@ def seed_spread(folder: Path, results) -> dict:
     own run among them), and its baseline's (the plain ResNet of its depth) with that recipe: their test top-1
     over seeds and the difference with its Welch interval, beside the paper's (what `hub export --seeds` puts
     on a card)."""
-    runs = list({run['results'].run_id: run['results'] for run in _finished_runs(Path(folder))[0]}.values())
-    recipe, base = _recipe(results), baseline_of(results.model)  # a run recorded twice counts once
+    runs = [run['results'] for run in _finished_runs(Path(folder))[0]]
+    recipe, base = _recipe(results), baseline_of(results.model)
     same = [r for r in runs if _recipe(r) == recipe]
     if results.run_id not in {r.run_id for r in same if r.model == results.model}:
         raise UsageError(f'{folder} holds no finished run {results.run_id} of this recipe (the run these weights '
@@ -445,7 +445,6 @@ def report(out: Path) -> dict:
     check_report_folder(out)
     manifest = json.loads((out / MANIFEST).read_text()) if (out / MANIFEST).is_file() else {}
     runs, skipped = _finished_runs(out)
-    runs = list({r['results'].run_id: r for r in runs}.values())  # a run recorded twice counts once
     labels = sorted({r['results'].dataset.label for r in runs})
     if len(labels) > 1:
         raise UsageError(f'{out} holds runs on {len(labels)} data sets ({"; ".join(labels)}): one report compares '
