@@ -140,7 +140,7 @@ def test_committed_records_of_released_runs_are_the_releases_records(released):
     """docs/runs keeps the records behind the README's run comparisons; where one is a released run's, it is that
     release's results.json byte for byte, so a comparison never shows numbers its release no longer has."""
     by_run = {repo.results.run_id: repo.folder for repo in released}
-    records = {path: json.loads(path.read_text())['run_id'] for path in (ROOT / 'docs' / 'runs').glob('*/results.json')}
+    records = {path: json.loads(path.read_text())['run_id'] for path in (ROOT / 'docs' / 'runs').rglob('results.json')}
     matched = {path: by_run[run_id] for path, run_id in records.items() if run_id in by_run}
     assert matched, 'no record in docs/runs is of a released run'
     for path, folder in matched.items():

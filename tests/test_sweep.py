@@ -107,12 +107,26 @@ def test_two_cells_two_seeds_run_and_report(tmp_path, capsys):
 def _records(folder: Path, model: str, top1s) -> None:
     """Made-up seeds of `model`: copies of its committed v2 release record (results.json only, as docs/runs keeps
     them) with other run ids and test top-1s."""
-    record = json.loads((ROOT / 'docs' / 'runs' / f'v2-{model}-e30' / 'results.json').read_text())
+    record = json.loads((ROOT / 'docs' / 'runs' / 'cifar10-v2-e30' / f'v2-{model}-e30' / 'results.json').read_text())
     for seed, top1 in enumerate(top1s):
         run = folder / model / f'seed{seed}'
         run.mkdir(parents=True)
         (run / 'results.json').write_text(json.dumps(dict(record, run_id=f'{model}-{seed}', seed=seed, test_top1=top1,
                                                           args=dict(record['args'], seed=seed))))
+
+
+def test_committed_seed_report_is_what_report_makes_of_its_records(tmp_path):
+    """docs/runs/cifar10-v2-e30 keeps the records of one recipe's runs, seeds added as they finish; its report, and
+    the table docs/paper-tables.md shows, are what `train.sweep report` makes of those records now: none typed by
+    hand, none left behind by a record added or changed since."""
+    folder = ROOT / 'docs' / 'runs' / 'cifar10-v2-e30'
+    again = tmp_path / folder.name
+    shutil.copytree(folder, again)
+    sweep.report(again)
+    assert (again / 'report.md').read_text() == (folder / 'report.md').read_text()
+    fresh, committed = (json.loads((f / 'report.json').read_text()) for f in (again, folder))
+    assert dict(fresh, folder=None) == dict(committed, folder=None)
+    assert (folder / 'report.md').read_text().split('\n', 1)[1] in (ROOT / 'docs' / 'paper-tables.md').read_text()
 
 
 def test_report_compares_each_model_with_the_baseline_by_welch_t(tmp_path):

@@ -447,9 +447,9 @@ def test_compare_draws_a_stage_after_the_run_it_started_from():
 CIFAR10_AT = dict(target=92, at_epochs=[5, 10, 15, 20, 25, 30])
 RUN_COMPARISONS = {  # figure: (the runs, train.compare's options)
     'docs/figures/v2_pilot_cpu.png': (('docs/runs/v1-rerun-r18spa-e15', 'docs/runs/v2-pilot-r18spa-e15',
-                                       'docs/runs/v2-resnet18_spa-e30'), CIFAR10_AT),
-    'docs/figures/v2_releases_cpu.png': (('docs/runs/v2-resnet18_spa-e30', 'docs/runs/v2-resnet18_cifar-e30',
-                                          'docs/runs/v2-resnet18_nl-e30', 'docs/runs/v2-resnet18_gc-e30'), CIFAR10_AT),
+                                       'docs/runs/cifar10-v2-e30/v2-resnet18_spa-e30'), CIFAR10_AT),
+    'docs/figures/v2_releases_cpu.png': (tuple(f'docs/runs/cifar10-v2-e30/v2-resnet18_{block}-e30'
+                                               for block in ('spa', 'cifar', 'nl', 'gc')), CIFAR10_AT),
     'docs/figures/tin_pilot_cpu.png': (('docs/runs/tin-pilot-r18spa-32-e6', 'docs/runs/tin-pilot-r18spa-64-e1'), {}),
     'docs/figures/tin_release_cpu.png': (('docs/runs/tin-pilot-r18spa-32-e6', 'docs/runs/tin-pilot-r18spa-64-e1',
                                           'docs/runs/tin-v2-resnet18_spa-32-e26',

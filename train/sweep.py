@@ -486,7 +486,8 @@ def report(out: Path) -> dict:
                          epochs=sorted({r.epochs for r in found}), hardware=sorted({r.hardware for r in found}),
                          precision=sorted({r.precision['train'] for r in found})))
     first = runs[0]['results'] if runs else None
-    data = dict(table=table or 'custom', folder=str(out), dataset=first.dataset.label if first else None,
+    data = dict(table=table or 'custom', title=table if table in TABLES else out.resolve().name, folder=str(out),
+                dataset=first.dataset.label if first else None,
                 dataset_notes=first.dataset.notes if first else [], rows=rows, runs=len(runs), skipped=skipped,
                 written_by=WRITTEN_BY)
     text = _markdown(data)
@@ -508,7 +509,7 @@ def _fmt(summary: dict) -> str:
 
 def _markdown(data: dict) -> str:
     rows = data['rows']
-    lines = [f"### {data['table']}: test top-1 (%) on {data['dataset'] or 'no finished run yet'}", '']
+    lines = [f"### {data['title']}: test top-1 (%) on {data['dataset'] or 'no finished run yet'}", '']
     for note in data['dataset_notes']:
         lines.append(f'- {note}')
     budget = sorted({(tuple(r['epochs']), tuple(r['hardware']), tuple(r['precision'])) for r in rows if r['epochs']})
@@ -567,7 +568,7 @@ def _plot(data: dict, path: Path) -> None:
     ax.set_xticks(list(x))
     ax.set_xticklabels(labels, rotation=60, ha='right', fontsize=7)
     ax.set_ylabel('test top-1 (%)')
-    ax.set_title(f"{data['table']} on {data['dataset']}", fontsize=9)
+    ax.set_title(f"{data['title']} on {data['dataset']}", fontsize=9)
     values = [v for v in means + papers if not math.isnan(v)]
     if values:
         ax.set_ylim(max(0.0, min(values) - 5), min(100.0, max(values) + 2))
