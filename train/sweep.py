@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument('--first-seed', type=int, default=42)
         s.add_argument('--dry-run', action='store_true', help='list the runs and estimate their cost, train nothing')
     s = sub.add_parser('report', help='the table from what OUTPUT holds')
-    s.add_argument('output')
+    s.add_argument('output', help="a sweep's --output, or any folder of runs of one recipe (run directories or their "
+                                   'records, e.g. docs/runs/cifar10-v2-e30); writes report.md, .json and .png there')
     return p
 
 
