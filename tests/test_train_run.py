@@ -394,8 +394,10 @@ def test_compare_gives_the_time_to_a_target_with_the_parents_budget(tmp_path, ca
                                                     img_s=None if parent else 100.0 + 20 * e,
                                                     train_top1=None if parent else 70.0 + 10 * e)
                                                for e, v in enumerate(val)])
-        # the warm run recorded --dist-bn at its default, the cold one predates the flag: no column for it
-        (folder / 'args.json').write_text(json.dumps(dict(lr=0.1, dist_bn='reduce') if parent else dict(lr=0.2)))
+        # the warm run recorded --dist-bn at its default, the cold one predates the flag: no column for it; nor for
+        # where the data lay, written two ways
+        (folder / 'args.json').write_text(json.dumps(dict(lr=0.1, dist_bn='reduce', data_dir='~/data') if parent
+                                                     else dict(lr=0.2, data_dir='/root/data', download=True)))
         torch.save(dict(version=2, model_args={}, epoch=len(val) - 1, parent=parent), folder / LAST)
         return str(folder)
     warm = run('warm', [90.0, 91.99, 92.0, 93.1], dict(total_epochs=15, total_wall_time_s=36000.0))

@@ -3,8 +3,8 @@
     python -m train.compare runs/v1-r18spa runs/v2-pilot-r18spa --output compare.png [--target 92]
         [--at-epochs 5 10 15 30]
 
-Prints a Markdown table (one row per run: the arguments in which the runs differ, validation top-1
-and elapsed wall time after each epoch, or after the epoch counts `--at-epochs` names, the best
+Prints a Markdown table (one row per run: the arguments in which the runs differ, where their data lay aside,
+validation top-1 and elapsed wall time after each epoch, or after the epoch counts `--at-epochs` names, the best
 validation top-1, the test top-1 of finished runs, the training top-1 of the last epoch (on the augmented
 images: below validation the recipe underfits, far above it the network fits its training images), the median
 training images/s (hours compare only where it is alike: a run that shared its cores took longer) and the
@@ -30,8 +30,9 @@ from .run_dir import RunDir, RunError, check_not_a_run_file
 from .train import run_arguments
 
 PROG = 'python -m train.compare'
-# how loudly or with how many loader workers a run went; how it was started never reaches run_arguments
-IGNORED = ('run_id', 'log_interval', 'progress', 'workers')
+# how loudly or with how many loader workers a run went, and where its data lay (a run recorded '~/data', a later
+# one the absolute path; the data set is --dataset); how it was started never reaches run_arguments
+IGNORED = ('run_id', 'log_interval', 'progress', 'workers', 'data_dir', 'download')
 
 
 def _load(path: str) -> dict:
