@@ -5,6 +5,7 @@ timm's own cards (Model Details, usage for classification, feature maps and embe
 and adds what a budget run must say: the data set's caveats, how the checkpoint was chosen, the
 budget, the precision and CPU, and every argument of the run.
 """
+import shlex
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
@@ -17,6 +18,7 @@ from timm_spa import paper
 from train.lineage import totals
 from train.precision import describe_flags
 from train.run_dir import CURVES, DatasetRecord, Results
+from train.train import command_flags
 
 from .repository import CHECK_IMAGES
 
@@ -123,6 +125,36 @@ def _parent_recipe_lines(results: Results) -> List[str]:
     name = f"run `{parent['run_id']}`" if parent.get('run_id') else f"`{parent['source']}`"
     return ['', f'The initial weights ({name}) were trained with the same arguments but these:', '',
             "| argument | initial weights' run | this run |", '|---|---|---|', *rows]
+
+
+def _shell_word(word: str) -> str:
+    """`word` quoted for bash, a leading `~/` left bare so that the shell expands it."""
+    return '~/' + shlex.quote(word[2:]) if word.startswith('~/') else shlex.quote(word)
+
+
+def _shell_lines(head: str, flags: List[List[str]], width: int = 110) -> List[str]:
+    """`head` and its flags as bash lines of about `width` characters, a flag never split from its values."""
+    lines, line = [], head
+    for words in flags:
+        part = ' '.join(map(_shell_word, words))
+        if len(line) + 1 + len(part) > width:
+            lines.append(line + ' \\')
+            line = '    ' + part
+        else:
+            line += ' ' + part
+    return lines + [line]
+
+
+def _training_commands(results: Results, name: str) -> List[str]:
+    """The commands that train the weights again from their runs' records and export them as this repository: a
+    staged schedule's first stage too, where the run it started from recorded its arguments."""
+    parent = (results.lineage or {}).get('parent') or {}
+    start, run = results.args.get('initial_checkpoint'), f'runs/{name}'
+    lines = []
+    if start and parent.get('run_dir') and parent.get('args'):
+        lines += _shell_lines('python -m train', [*command_flags(parent['args']), ['--output', start]])
+    lines += _shell_lines('python -m train', [*command_flags(results.args), ['--output', run]])
+    return lines + _shell_lines('python -m hub export', [[run], ['--output', name]])
 
 
 def _stopped_lines(results: Results) -> List[str]:
@@ -353,6 +385,10 @@ def model_card(results: Results, repo_id: str, model: nn.Module, has_curves: boo
         f'- Software: {", ".join(f"{k} {v}" for k, v in results.software.items())}; code at commit '
         f'`{results.git_commit}`; run id `{results.run_id}`.', '',
         '## Recipe', '',
+        "To train these weights again with timm-spa's `python -m train` (in a checkout at the commit above, "
+        "`pip install -e '.[train]'`, the data set where `--data-dir` says): each argument the run had at another "
+        'value than its default, the first stage first where the weights were trained in two.', '',
+        '```bash', *_training_commands(results, name), '```', '',
         "Every argument of the run (`python -m train` of timm-spa). Its defaults are the paper's recipe: SGD "
         'with momentum 0.9, lr 0.1, batch 128, weight decay 5e-4, cosine schedule stepped per epoch, pad-4 random '
         'crop and horizontal flip, nothing else. Paths are named as from the timm-spa checkout the run was '

@@ -267,6 +267,47 @@ def test_card_gives_the_arguments_the_initial_weights_were_trained_with(trained_
     assert 'same arguments but' not in (export_run(str(child), str(tmp_path / 'other')) / 'README.md').read_text()
 
 
+DUMP_ARGV = """python() { printf '%s\\0' "$@" >> "$ARGV_FILE"; printf '\\n\\0' >> "$ARGV_FILE"; }
+"""
+
+
+def test_card_gives_the_commands_that_train_its_weights_again(trained_run, tmp_path):
+    """The card's bash block, run by bash itself (`python` a function that writes down its arguments), gives each
+    stage's `python -m train` flags that argparse reads back as the arguments that stage recorded, quotes and `~`
+    included; the first stage writes where the second starts from, and `hub export` reads where the second wrote."""
+    child = _copy_run(trained_run, tmp_path / 'child')
+    held = json.loads((child / 'results.json').read_text())
+    stage_one = '~/runs/stage one'
+    parent_args = dict(held['args'], epochs=26, lr=0.05, img_size=32, channels_last=True, model_ema=True,
+                       dataset_label="CIFAR-10 (JPEG q75 copy, 'a' quote)", decode_cache='~/my cache',
+                       model_kwargs={'attn_kwargs': {'k': 8}, 'attn_stages': [1]}, torchcompile='inductor',
+                       aa='rand-m9-mstd0.5-inc1', seed=7)
+    lineage = dict(parent=dict(source=stage_one, run_dir=stage_one, run_id='f' * 32, weights_sha256='0' * 64,
+                               args=parent_args),
+                   totals_known=False, total_epochs=held['epochs'], total_wall_time_s=held['wall_time_s'])
+    child_args = dict(held['args'], initial_checkpoint=stage_one, amp=False, reprob=0.25)
+    (child / 'results.json').write_text(json.dumps(dict(held, args=child_args, lineage=lineage)))
+    card = (export_run(str(child), str(tmp_path / 'repo')) / 'README.md').read_text()
+    script = card.split('## Recipe')[1].split('```bash\n')[1].split('```')[0]
+    home, argv_file = tmp_path / 'home', tmp_path / 'argv'
+    subprocess.run(['bash', '-c', DUMP_ARGV + script], check=True, env=dict(os.environ, HOME=str(home),
+                                                                           ARGV_FILE=str(argv_file)))
+    commands = [c.strip('\0').split('\0') for c in argv_file.read_text().split('\n\0') if c]
+    assert [c[:2] for c in commands] == [['-m', 'train'], ['-m', 'train'], ['-m', 'hub']]
+
+    def expanded(value):
+        return str(home) + value[1:] if isinstance(value, str) and value.startswith('~/') else value
+
+    for argv, recorded in zip(commands[:2], (parent_args, child_args), strict=True):
+        parsed = vars(train_script.parse_args(argv[2:]))
+        for key, value in recorded.items():
+            if key not in ('device', 'progress', 'log_interval', 'run_id'):
+                assert json.loads(json.dumps(parsed[key])) == expanded(value), key
+    first, second = (train_script.parse_args(argv[2:]) for argv in commands[:2])
+    assert first.output == second.initial_checkpoint == expanded(stage_one)
+    assert commands[2][2:] == ['export', second.output, '--output', 'resnet18_spa.cifar10']
+
+
 def test_history_keeps_every_epoch_behind_the_replaced_weights():
     """A release trained in stages (26 epochs at 32x32 from scratch, then 4 at 64x64 from those weights) is recorded,
     when replaced, with every epoch behind its weights, as the release table counts them: its last stage's alone

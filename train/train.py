@@ -210,6 +210,36 @@ def run_arguments(recorded: Dict[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in (defaults | recorded).items() if k not in NOT_RECORDED}
 
 
+OWN_MACHINE = ('device', 'progress', 'log_interval')  # what the machine running a command picks, not the run's
+ALWAYS_GIVEN = ('dataset', 'model', 'epochs', 'seed')  # what a reader of a command looks for first
+
+
+def command_flags(recorded: Dict[str, Any]) -> List[List[str]]:
+    """The flags of `python -m train` that train a recorded run again, each with its values: every argument the run
+    had at another value than its default, and its data set, model, epochs and seed. Written from the parser, so
+    that they parse back to the recorded values (what a card gives as the command that made its weights)."""
+    flags, done = [], set(NOT_RECORDED + OWN_MACHINE)
+    for action in build_parser()._actions:  # argparse keeps each flag's spelling and default only there
+        key = action.dest
+        if key in done or key not in recorded:
+            continue
+        done.add(key)
+        value = recorded[key]
+        if key not in ALWAYS_GIVEN and comparable(value) == comparable(action.default):
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            flags.append([action.option_strings[0] if value else action.option_strings[1]])
+            continue
+        flag = max(action.option_strings, key=len)  # --batch-size, not -b
+        if isinstance(action, ModelKwargs):
+            flags.append([flag, *(f'{k}={v!r}' for k, v in value.items())])
+        elif action.nargs == 0:  # store_true
+            flags.append([flag])
+        else:
+            flags.append([flag, str(value)])
+    return flags
+
+
 def training_recipe(results: Results) -> Dict[str, Any]:
     """The arguments that decide what a run trained, beside the model: not where its data lay or how fast it ran
     (what `--resume` lets change). Releases, or runs that differ only in their seed, compare like with like where
