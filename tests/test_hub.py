@@ -287,7 +287,9 @@ def test_card_gives_the_commands_that_train_its_weights_again(trained_run, tmp_p
                    totals_known=False, total_epochs=held['epochs'], total_wall_time_s=held['wall_time_s'])
     child_args = dict(held['args'], initial_checkpoint=stage_one, amp=False, reprob=0.25)
     (child / 'results.json').write_text(json.dumps(dict(held, args=child_args, lineage=lineage)))
-    card = (export_run(str(child), str(tmp_path / 'repo')) / 'README.md').read_text()
+    repo = export_run(str(child), str(tmp_path / 'repo'))
+    card, record = (repo / 'README.md').read_text(), json.loads((repo / 'results.json').read_text())
+    assert record['lineage']['parent']['args']['decode_cache'] == '~/my cache' == parent_args['decode_cache']
     script = card.split('## Recipe')[1].split('```bash\n')[1].split('```')[0]
     home, argv_file = tmp_path / 'home', tmp_path / 'argv'
     subprocess.run(['bash', '-c', DUMP_ARGV + script], check=True, env=dict(os.environ, HOME=str(home),
@@ -298,7 +300,8 @@ def test_card_gives_the_commands_that_train_its_weights_again(trained_run, tmp_p
     def expanded(value):
         return str(home) + value[1:] if isinstance(value, str) and value.startswith('~/') else value
 
-    for argv, recorded in zip(commands[:2], (parent_args, child_args), strict=True):
+    # the release's record: paths as the card names them (from ~ or the checkout, wherever the test's data lies)
+    for argv, recorded in zip(commands[:2], (record['lineage']['parent']['args'], record['args']), strict=True):
         parsed = vars(train_script.parse_args(argv[2:]))
         for key, value in recorded.items():
             if key not in ('device', 'progress', 'log_interval', 'run_id'):
