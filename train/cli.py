@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Any, Callable, Iterator, NoReturn, Optional, Sequence, Type
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Type
 
 import timm
 import torch
@@ -36,6 +36,12 @@ class ModelKwargs(ParseKwargs):
                 raise argparse.ArgumentError(self, f'{value!r} is not KEY=VALUE; write e.g. attn_stages="(1,)" '
                                                    '"attn_kwargs={\'k\': 8}"')
         super().__call__(parser, namespace, values, option_string)
+
+    @staticmethod
+    def words(kwargs: dict) -> List[str]:
+        """The KEY=VALUE words this action reads back as `kwargs` (each value by its repr, which timm's parser
+        evaluates as a literal)."""
+        return [f'{k}={v!r}' for k, v in kwargs.items()]
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

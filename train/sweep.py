@@ -34,7 +34,16 @@ from timm_spa.models import MODEL_NAMES
 
 from . import train as train_cli
 from .checkpoint import atomic_write
-from .cli import Interrupted, UsageError, add_debug_flag, interrupt_on_termination, message, positive_int, run_cli
+from .cli import (
+    Interrupted,
+    ModelKwargs,
+    UsageError,
+    add_debug_flag,
+    interrupt_on_termination,
+    message,
+    positive_int,
+    run_cli,
+)
 from .data import load_dataset
 from .distributed import cleanup, init_distributed
 from .engine import train_step
@@ -140,7 +149,7 @@ def parse(argv: Optional[List[str]]) -> Tuple[argparse.Namespace, List[str]]:
 
 
 def _kwargs_flags(kwargs: dict) -> List[str]:
-    return ['--model-kwargs', *(f'{k}={v!r}' for k, v in kwargs.items())] if kwargs else []
+    return ['--model-kwargs', *ModelKwargs.words(kwargs)] if kwargs else []
 
 
 def run_args(cell: Cell, seed: int, train_argv: List[str], folder: Path) -> argparse.Namespace:

@@ -232,7 +232,7 @@ def command_flags(recorded: Dict[str, Any]) -> List[List[str]]:
             continue
         flag = max(action.option_strings, key=len)  # --batch-size, not -b
         if isinstance(action, ModelKwargs):
-            flags.append([flag, *(f'{k}={v!r}' for k, v in value.items())])
+            flags.append([flag, *ModelKwargs.words(value)])
         elif action.nargs == 0:  # store_true
             flags.append([flag])
         else:
